@@ -1,0 +1,186 @@
+"""DnS students: the fine-grained (ViSiL-like) and the coarse-grained (one vector per video) networks.
+
+Inputs are region features `[T, R, D]` (one video) or `[N, T, R, D]` with a frame mask `[N, T]`
+(1 = real frame, 0 = padding). Method names follow the official classes.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from dns_jax.layers import (DEFAULT_PRECISION, Attention, Binarization, NetVLAD, TransformerEncoder,
+                            VideoComparator, l2_normalize)
+from dns_jax.losses import similarity_regularization_loss
+from dns_jax.similarity import chamfer, frame_mask_outer, frame_to_frame
+from dns_jax.validation import add_batch_axis
+
+Array = jax.Array
+
+FINE_INDEXING = ("att", "bin", "none")
+
+
+class FineGrainedStudent(nn.Module):
+    """Fine-grained student: indexing layer ('att' attention, 'bin' binarization or 'none'),
+    region Chamfer, the zero-padded comparator CNN, hard tanh, video Chamfer."""
+
+    dims: int = 512
+    indexing: str = "att"
+    bits: Optional[int] = None
+    precision: Optional[str] = DEFAULT_PRECISION
+
+    def setup(self):
+        if self.indexing not in FINE_INDEXING:
+            raise ValueError(f"indexing must be one of {FINE_INDEXING}, got {self.indexing!r}")
+        if self.indexing == "att":
+            self.attention = Attention(self.dims, self.precision)
+        elif self.indexing == "bin":
+            self.binarization = Binarization(self.dims, self.bits, precision=self.precision)
+        self.visil_head = VideoComparator("zero", self.precision)
+
+    # -- indexing ---------------------------------------------------------------------------
+    def index_video(self, x: Array, mask: Optional[Array] = None, train: bool = False) -> Array:
+        """[..., T, R, D] (+ mask [..., T]) -> the stored representation, same shape
+        (attention-weighted features, or +-1 codes of `bits` dims); padded frames zeroed."""
+        if self.indexing == "bin":
+            x = self.binarization(x, train)
+        elif self.indexing == "att":
+            x, _ = self.attention(x)
+        if mask is not None:
+            x = jnp.where(mask[..., None, None] > 0, x, 0.0)
+        return x
+
+    def attention_weights(self, x: Array) -> Array:
+        """[..., T, R, D] -> [..., T, R, 1] region weights (attention students only)."""
+        if self.indexing != "att":
+            raise ValueError(f"a '{self.indexing}' student has no attention weights")
+        return self.attention(x)[1]
+
+    # -- similarity -------------------------------------------------------------------------
+    def frame_to_frame_similarity(self, query: Array, target: Array) -> Array:
+        """Indexed [Tq, R, D], [Tt, R, D] -> [Tq, Tt] (for 'bin', the dot of codes / bits)."""
+        sim = frame_to_frame(query, target, precision=self.precision)
+        if self.indexing == "bin":
+            sim = sim / target.shape[-1]
+        return sim
+
+    def similarity_matrix(self, query: Array, target: Array) -> Array:
+        """Indexed [Tq, R, D], [Tt, R, D] -> comparator output after hard tanh [Tq//4, Tt//4]."""
+        sim = self.frame_to_frame_similarity(query, target)
+        out, _ = self.visil_head(sim[None])
+        return jnp.clip(out[0], -1.0, 1.0)
+
+    def calculate_video_similarity(self, query: Array, target: Array,
+                                   query_mask: Optional[Array] = None, target_mask: Optional[Array] = None):
+        """Similarity of every query with every target, official semantics.
+
+        Unbatched [Tq, R, D], [Tt, R, D] -> [1, 1]; batched [A, Tq, R, D], [B, Tt, R, D] with masks
+        [A, Tq], [B, Tt] -> [A, B] using the official padded rule (exact only for lengths that are
+        multiples of 4; use `padded_pair_similarity` for an exact padded path).
+        """
+        query, query_mask = add_batch_axis(query, query_mask)
+        target, target_mask = add_batch_axis(target, target_mask)
+        a, b = query.shape[0], target.shape[0]
+        pair_f2f = jax.vmap(jax.vmap(self.frame_to_frame_similarity, (None, 0)), (0, None))
+        sim = pair_f2f(query, target).reshape((a * b,) + (query.shape[1], target.shape[1]))
+        sim_mask = None
+        if query_mask is not None and target_mask is not None:
+            sim_mask = frame_mask_outer(query_mask[:, None], target_mask[None]).reshape(sim.shape)
+            sim = jnp.where(sim_mask > 0, sim, 0.0)
+        out, out_mask = self.visil_head(sim, sim_mask)
+        out = jnp.clip(out, -1.0, 1.0)
+        return chamfer(out, 2, 1, out_mask).reshape(a, b)
+
+    def padded_pair_similarity(self, query: Array, target: Array, query_len: Array, target_len: Array) -> Array:
+        """Exact similarity of one zero-padded pair: indexed [Tq, R, D], [Tt, R, D] with true lengths
+        -> scalar, equal to the unpadded `calculate_video_similarity` for every length >= 4."""
+        sim = self.frame_to_frame_similarity(query, target)
+        lengths = jnp.stack([query_len, target_len]).astype(jnp.int32)[None]
+        out, valid = self.visil_head(sim[None], lengths=lengths)
+        return chamfer(jnp.clip(out[0], -1.0, 1.0), 1, 0, valid[0])
+
+    # -- training ---------------------------------------------------------------------------
+    def __call__(self, anchors: Array, positives: Array, negatives: Array,
+                 anchor_mask: Array, positive_mask: Array, negative_mask: Array):
+        """Official training forward on indexed, padded batches [n, T, R, D] with masks [n, T].
+
+        Returns (pos [n, 1], neg [n, 1], reg_loss): similarities of (anchor_i, positive_i) and
+        (anchor_i, negative_i), and the regularisation loss of the raw comparator output.
+        """
+        f2f = jax.vmap(self.frame_to_frame_similarity)
+        sim = jnp.concatenate([f2f(anchors, positives), f2f(anchors, negatives)], 0)
+        mask = jnp.concatenate([frame_mask_outer(anchor_mask, positive_mask),
+                                frame_mask_outer(anchor_mask, negative_mask)], 0)
+        sim = jnp.where(mask > 0, sim, 0.0)
+        out, out_mask = self.visil_head(sim, mask)
+        reg_loss = similarity_regularization_loss(out)
+        sims = chamfer(jnp.clip(out, -1.0, 1.0), 2, 1, out_mask)[:, None]
+        pos, neg = jnp.split(sims, 2, axis=0)
+        return pos, neg, reg_loss
+
+    def init_all(self, num_frames: int = 8, num_regions: int = 9):
+        """Touches every parameter (for `model.init(rng, method='init_all')`)."""
+        x = jnp.zeros((num_frames, num_regions, self.dims), jnp.float32)
+        x = self.index_video(x)
+        return self.calculate_video_similarity(x, x)
+
+
+class CoarseGrainedStudent(nn.Module):
+    """Coarse-grained student: attention -> sum over regions -> L2 -> Transformer -> NetVLAD ->
+    L2, one `[netvlad_outdims]` vector per video; similarity is a dot product."""
+
+    dims: int = 512
+    attention: bool = True
+    transformer: bool = True
+    transformer_heads: int = 8
+    transformer_feedforward_dims: int = 2048
+    transformer_layers: int = 1
+    netvlad: bool = True
+    netvlad_clusters: int = 64
+    netvlad_outdims: Optional[int] = 1024
+    precision: Optional[str] = DEFAULT_PRECISION
+
+    def setup(self):
+        if self.attention:
+            self.attention_layer = Attention(self.dims, self.precision)
+        if self.transformer:
+            self.transformer_layer = TransformerEncoder(
+                self.dims, self.transformer_heads, self.transformer_feedforward_dims,
+                self.transformer_layers, 0.1, self.precision)
+        if self.netvlad:
+            self.netvlad_layer = NetVLAD(self.dims, self.netvlad_clusters, self.netvlad_outdims, self.precision)
+
+    def index_video(self, x: Array, mask: Optional[Array] = None, train: bool = False) -> Array:
+        """[T, R, D] or [N, T, R, D] (+ mask [N, T]) -> L2-normalised [N, out] (N = 1 unbatched)."""
+        x, mask = add_batch_axis(x, mask)
+        if self.attention:
+            x, _ = self.attention_layer(x)
+            self.sow("intermediates", "attention_out", x)
+        x = l2_normalize(jnp.sum(x, axis=2))
+        if self.transformer:
+            x = self.transformer_layer(x, mask, deterministic=not train)
+            self.sow("intermediates", "transformer_out", x)
+        if self.netvlad:
+            x = self.netvlad_layer(x, mask)
+            self.sow("intermediates", "netvlad_out", x)
+        elif mask is not None:
+            x = jnp.sum(jnp.where(mask[..., None] > 0, x, 0.0), 1) / jnp.sum(mask, 1, keepdims=True)
+        else:
+            x = jnp.mean(x, 1)
+        return l2_normalize(x)
+
+    def calculate_video_similarity(self, query: Array, target: Array) -> Array:
+        """[A, E] x [B, E] -> [A, B] cosine similarities."""
+        return jnp.matmul(query, target.T, precision=self.precision)
+
+    def __call__(self, anchors: Array, positives: Array, negatives: Array, *masks):
+        """Official training forward on indexed [n, E] vectors -> (pos [n, 1], neg [n, 1], None)."""
+        pos = jnp.sum(anchors * positives, 1, keepdims=True)
+        neg = jnp.sum(anchors * negatives, 1, keepdims=True)
+        return pos, neg, None
+
+    def init_all(self, num_frames: int = 8, num_regions: int = 9):
+        """Touches every parameter (for `model.init(rng, method='init_all')`)."""
+        return self.index_video(jnp.zeros((num_frames, num_regions, self.dims), jnp.float32))
