@@ -78,19 +78,21 @@ class ResNet(nn.Module):
 
     `__call__(x)` takes normalised frames `x: [N, H, W, 3]` (float) and returns the tuple
     `(layer1 [N, H/4, W/4, 4w], layer2 [.., 8w], layer3 [.., 16w], layer4 [N, H/32, W/32, 32w])`
-    with `w = width` (64 for ResNet-50: 256/512/1024/2048 channels).
+    with `w = width` (64 for ResNet-50: 256/512/1024/2048 channels). The stem conv has
+    `stem_width` channels (default: `width`).
     """
     stage_sizes: Sequence[int] = RESNET50_STAGES
     width: int = 64
     stride_on_1x1: bool = False
     fused_bn: bool = False
     stem_pool_padding: tuple = ((1, 1), (1, 1))
+    stem_width: int | None = None
     precision: Any = None
     dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
-        x = _conv_bn(x, self.width, 7, 2, 3, "conv1", "bn1", self.fused_bn, self.precision, self.dtype)
+        x = _conv_bn(x, self.stem_width or self.width, 7, 2, 3, "conv1", "bn1", self.fused_bn, self.precision, self.dtype)
         x = nn.relu(x)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=self.stem_pool_padding)
         stages = []

@@ -25,8 +25,9 @@ OPENNSFW = "resnet50_1by2_opennsfw"
 
 
 def resnet50_1by2(**kwargs) -> ResNet:
-    """The open_nsfw ResNet-50-1by2 trunk (32 base channels, Caffe block layout, fused BN)."""
-    return ResNet(stage_sizes=RESNET50_STAGES, width=32, stride_on_1x1=True, fused_bn=True,
+    """The open_nsfw ResNet-50-1by2 trunk (64-channel stem, 32 base channels in the stages, Caffe
+    block layout, fused BN)."""
+    return ResNet(stage_sizes=RESNET50_STAGES, width=32, stem_width=64, stride_on_1x1=True, fused_bn=True,
                   stem_pool_padding=((0, 1), (0, 1)), **kwargs)
 
 
