@@ -1,0 +1,155 @@
+"""Video decoding for feature extraction: 1 frame per second, shorter side 256, centre crop 224.
+
+Relation to the official loader (ViSiL / DnS `load_video`, OpenCV):
+
+* Decoding uses PyAV (FFmpeg) instead of `cv2.VideoCapture` (which is FFmpeg underneath too).
+  Frame *selection* is the official one: every decoded frame is counted and frame i is kept when
+  `i % round(video_fps / fps) == 0`, where `video_fps` is the stream's average frame rate (OpenCV's
+  CAP_PROP_FPS), replaced by 25 when missing, zero or above 144. Decoding stops at the first
+  error, as OpenCV's grab/retrieve loop does; a video that yields no frame is an error here
+  (OpenCV would silently return an empty array).
+* RGB conversion: PyAV's `rgb24` conversion (libswscale). OpenCV converts to BGR24 through
+  libswscale too, so the two agree as long as both link a similar FFmpeg.
+* Resizing reimplements OpenCV's `INTER_CUBIC` for uint8 (Keys cubic with a = -0.75, half-pixel
+  centres, replicated borders, 11-bit fixed-point weights, no antialiasing when shrinking; the
+  vertical pass in float32 as OpenCV's SIMD code), with the output size
+  `round(side * rs_size / shorter_side)` of `cv2.resize(fx=, fy=)`. Only the pixels that survive
+  the centre crop are computed. It is bit-identical to opencv-python-headless 4.14 with IPP off
+  (`cv2.ipp.setUseIPP(False)`), i.e. OpenCV's own implementation; recent wheels route
+  INTER_CUBIC through Intel IPP by default, which differs from it by one level on 2-6 % of the
+  pixels.
+* The centre crop starts at `int((side - cc_size) / 2)`, as the official `center_crop`.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+MAX_FPS = 144
+DEFAULT_FPS = 25.0
+
+_COEF_SCALE = 1 << 11  # OpenCV INTER_RESIZE_COEF_BITS = 11
+
+
+class VideoError(RuntimeError):
+    """A video that cannot be used: unreadable, corrupt, without a video stream or without frames."""
+
+
+def _cubic_taps(in_size: int, out_size: int, inv_scale: float, start: int, stop: int):
+    """Source indices [n, 4] and fixed-point weights [n, 4] for output positions start..stop-1,
+    computed in float32 exactly as OpenCV's resize does."""
+    scale = 1.0 / inv_scale
+    pos = ((np.arange(start, stop, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+    base = np.floor(pos)
+    f = (pos - base).astype(np.float32)
+    a = np.float32(-0.75)
+    one = np.float32(1)
+    f1, g = f + one, one - f
+    c0 = ((a * f1 - 5 * a) * f1 + 8 * a) * f1 - 4 * a
+    c1 = ((a + 2) * f - (a + 3)) * f * f + one
+    c2 = ((a + 2) * g - (a + 3)) * g * g + one
+    c3 = one - c0 - c1 - c2
+    coef = np.stack([c0, c1, c2, c3], axis=1).astype(np.float32)
+    weights = np.rint(coef * np.float32(_COEF_SCALE)).astype(np.int64)
+    idx = np.clip(base.astype(np.int64)[:, None] + np.arange(-1, 3)[None, :], 0, in_size - 1)
+    return idx, weights
+
+
+def resize_crop(frame: np.ndarray, rs_size: int | None = 256, cc_size: int | None = 224) -> np.ndarray:
+    """uint8 `[H, W, C]` -> shorter side resized to `rs_size` (OpenCV INTER_CUBIC), then the centre
+    `cc_size` x `cc_size` crop (either step skipped when None)."""
+    h, w = frame.shape[:2]
+    if rs_size is not None:
+        ratio = rs_size / min(h, w)
+        out_h, out_w = int(np.rint(h * ratio)), int(np.rint(w * ratio))
+    else:
+        ratio, out_h, out_w = 1.0, h, w
+    top = int(max(0, (out_h - cc_size) / 2)) if cc_size is not None else 0
+    left = int(max(0, (out_w - cc_size) / 2)) if cc_size is not None else 0
+    bottom = min(out_h, top + cc_size) if cc_size is not None else out_h
+    right = min(out_w, left + cc_size) if cc_size is not None else out_w
+    if rs_size is None:
+        return frame[top:bottom, left:right]
+    rows, wy = _cubic_taps(h, out_h, ratio, top, bottom)
+    cols, wx = _cubic_taps(w, out_w, ratio, left, right)
+    src = frame[np.unique(rows)].astype(np.int64)
+    rows = np.searchsorted(np.unique(rows), rows)
+    # horizontal pass: [h', out_w', C] integer sums with 11-bit weights
+    tmp = np.einsum("hwkc,wk->hwc", src[:, cols], wx)
+    # vertical pass in float32 with OpenCV's SIMD operation order (mul then add, S3 first), rounded
+    # half to even: the path OpenCV's generic INTER_CUBIC takes for every pixel of the crop
+    taps = tmp[rows].astype(np.float32)                                     # [h, 4, w, C]
+    wy = wy.astype(np.float32) * np.float32(1.0 / (1 << 22))
+    acc = taps[:, 3] * wy[:, 3, None, None]
+    for k in (2, 1, 0):
+        acc = taps[:, k] * wy[:, k, None, None] + acc
+    return np.clip(np.rint(acc), 0, 255).astype(np.uint8)
+
+
+def _stream_fps(stream) -> float:
+    """OpenCV's CAP_PROP_FPS: the average frame rate, else the stream's base (r_frame_rate) rate."""
+    for rate in (stream.average_rate, getattr(stream, "base_rate", None)):
+        if rate:
+            return float(rate)
+    return 0.0
+
+
+def frame_step(video_fps: float, fps: float = 1) -> int:
+    """Keep one decoded frame in `frame_step` (official rule; unusable rates count as 25 fps)."""
+    if not video_fps or video_fps > MAX_FPS or not np.isfinite(video_fps):
+        video_fps = DEFAULT_FPS
+    return max(1, round(video_fps / fps))
+
+
+def load_video(path, fps: float = 1, rs_size: int | None = 256, cc_size: int | None = 224,
+               all_frames: bool = False) -> np.ndarray:
+    """Decode a video file into uint8 RGB frames `[T, H, W, 3]` the way DnS/ViSiL sample them.
+
+    Args:
+      path: video file (anything FFmpeg reads).
+      fps: frames kept per second of video (1 in DnS): one every `round(video_fps / fps)` decoded
+        frames, counting from the first.
+      rs_size: the shorter side is resized to this (bicubic, as OpenCV); None keeps the size.
+      cc_size: centre crop size; None keeps the whole resized frame.
+      all_frames: keep every decoded frame (the official `all_frames` flag).
+
+    Raises:
+      FileNotFoundError: no such file. VideoError: unreadable/corrupt file, no video stream, or no
+      frame could be decoded. ImportError: PyAV is not installed (`pip install av`).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"video not found: {path}")
+    try:
+        import av
+    except ImportError as e:
+        raise ImportError("load_video needs PyAV: pip install av") from e
+    try:
+        container = av.open(path)
+    except (av.FFmpegError, UnicodeDecodeError) as e:
+        raise VideoError(f"cannot open video {path}: {e}") from e
+    frames = []
+    with container:
+        if not container.streams.video:
+            raise VideoError(f"no video stream in {path}")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        step = 1 if all_frames else frame_step(_stream_fps(stream), fps)
+        count = 0
+        try:
+            for frame in container.decode(stream):
+                if count % step == 0:
+                    frames.append(resize_crop(frame.to_ndarray(format="rgb24"), rs_size, cc_size))
+                count += 1
+        except av.FFmpegError as e:
+            if not frames:
+                raise VideoError(f"cannot decode video {path}: {e}") from e
+            warnings.warn(f"{path}: decoding stopped after {count} frames: {e}", RuntimeWarning, stacklevel=2)
+    if not frames:
+        raise VideoError(f"no frames could be decoded from {path}")
+    try:
+        return np.stack(frames)
+    except ValueError as e:  # frame size changed mid-stream and no crop evens it out
+        raise VideoError(f"{path}: frames of different sizes ({e}); pass cc_size to crop them alike") from e
