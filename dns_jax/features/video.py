@@ -19,6 +19,11 @@ Relation to the official loader (ViSiL / DnS `load_video`, OpenCV):
   INTER_CUBIC through Intel IPP by default, which differs from it by one level on 2-6 % of the
   pixels.
 * The centre crop starts at `int((side - cc_size) / 2)`, as the official `center_crop`.
+
+Measured: on synthetic clips (h264 and mpeg4 in mp4/avi/mkv, yuv420p and yuv444p, 24/25/29.97/30/60
+fps, 240p-720p) `load_video` returned exactly the frames of the official `load_video` run with
+opencv-python-headless 4.14 (IPP off): same count, every pixel equal. Variable-frame-rate files
+are the known gap of the index-based rule (both loaders count decoded frames, not timestamps).
 """
 from __future__ import annotations
 
