@@ -1,0 +1,55 @@
+"""Streaming PCA fitting: the official {mean, V, d} layout, equal to a one-shot eigendecomposition."""
+import numpy as np
+import pytest
+
+from dns_jax.features import PCAFitter, PCAWhitening, build_whitening, fit_pca, load_pca
+
+
+def _data(n=3000, dim=24, seed=0):
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(dim, dim)) * np.linspace(3, 0.1, dim)[None, :]
+    return (rng.normal(size=(n, dim)) @ mix.T + 5.0).astype(np.float32)
+
+
+def test_streaming_equals_one_shot():
+    x = _data()
+    batches = [x[i:i + 97].reshape(-1, 1, x.shape[1]) for i in range(0, len(x), 97)]  # [T, R=1, D]
+    pca = fit_pca(batches)
+    assert pca["mean"].dtype == pca["V"].dtype == pca["d"].dtype == np.float32
+    np.testing.assert_allclose(pca["mean"], x.astype(np.float64).mean(0), rtol=1e-6)
+    d_ref = np.linalg.eigvalsh(np.cov(x.astype(np.float64), rowvar=False))[::-1]
+    np.testing.assert_allclose(pca["d"], d_ref, rtol=1e-5)
+    assert np.all(np.diff(pca["d"]) <= 0)
+    # eigenvectors: orthonormal columns that diagonalise the covariance
+    V = pca["V"].astype(np.float64)
+    np.testing.assert_allclose(V.T @ V, np.eye(x.shape[1]), atol=1e-5)
+    cov = np.cov(x.astype(np.float64), rowvar=False)
+    np.testing.assert_allclose(V.T @ cov @ V, np.diag(pca["d"]), atol=1e-4 * pca["d"][0])
+
+
+def test_fitted_whitening_whitens():
+    x = _data(seed=1)
+    white = build_whitening(**fit_pca([x]), dims=8)
+    y = (x - white["mean"]) @ white["DVt"]
+    np.testing.assert_allclose(np.cov(y.astype(np.float64), rowvar=False), np.eye(8), atol=1e-3)
+    # the Flax layer applies the same projection, then L2-normalises
+    out = np.asarray(PCAWhitening(x.shape[1], 8).apply({"params": white}, x[:5]))
+    np.testing.assert_allclose(out, y[:5] / np.linalg.norm(y[:5], axis=1, keepdims=True), atol=1e-5)
+
+
+def test_npz_round_trip_and_errors(tmp_path):
+    pca = fit_pca([_data(n=200, dim=6)])
+    np.savez(tmp_path / "pca.npz", **pca)
+    loaded = load_pca(tmp_path / "pca.npz", dims=4)
+    np.testing.assert_array_equal(loaded["DVt"], build_whitening(**pca, dims=4)["DVt"])
+    with pytest.raises(FileNotFoundError, match="nope.npz"):
+        load_pca(tmp_path / "nope.npz")
+    with pytest.raises(ValueError, match="no PCA weights found"):
+        load_pca({"weight": np.zeros(3)})
+    with pytest.raises(ValueError, match="dims must be in 1..6"):
+        load_pca(pca, dims=7)
+    fitter = PCAFitter().update(np.zeros((1, 6)))
+    with pytest.raises(ValueError, match="at least 2 vectors"):
+        fitter.result()
+    with pytest.raises(ValueError, match="width 5 after width 6"):
+        fitter.update(np.zeros((3, 5)))
