@@ -24,7 +24,7 @@ import numpy as np
 from dns_jax import checkpoint
 from dns_jax.convert import ConversionError, state_dict_to_variables
 from dns_jax.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork, ViSiLHead
-from dns_jax.validation import FeatureError, check_video, repeat_to_min_frames
+from dns_jax.validation import FeatureError, check_batch, check_video, repeat_to_min_frames
 
 # Evaluation-path constants of the official code.
 MIN_FRAMES = 4          # shorter videos are concatenated with themselves
@@ -206,8 +206,7 @@ class FineGrainedNetwork(PretrainedNetwork):
         """[T, R, D] region features -> stored representation [T, R, D'] (videos under 4 frames are
         repeated first, as the official evaluation does). [N, T, R, D] with a mask: batched."""
         if np.ndim(x) == 4:
-            return self.apply("index_video", jnp.asarray(x, jnp.float32),
-                              None if mask is None else jnp.asarray(mask, jnp.float32))
+            return self.apply("index_video", *check_batch(x, mask, self.dims))
         return self.apply("index_video", self._features(x))
 
     def calculate_video_similarity(self, query, target, query_mask=None, target_mask=None):
@@ -233,8 +232,7 @@ class CoarseGrainedNetwork(PretrainedNetwork):
     def index_video(self, x, mask=None):
         """[T, R, D] -> [1, E]; [N, T, R, D] with mask [N, T] -> [N, E]."""
         if np.ndim(x) == 4:
-            return self.apply("index_video", jnp.asarray(x, jnp.float32),
-                              None if mask is None else jnp.asarray(mask, jnp.float32))
+            return self.apply("index_video", *check_batch(x, mask, self.dims))
         return self.apply("index_video", self._features(x))
 
     def calculate_video_similarity(self, query, target):
@@ -248,8 +246,7 @@ class SelectorNetworkWrapper(PretrainedNetwork):
 
     def index_video(self, x, mask=None):
         if np.ndim(x) == 4:
-            return self.apply("index_video", jnp.asarray(x, jnp.float32),
-                              None if mask is None else jnp.asarray(mask, jnp.float32))
+            return self.apply("index_video", *check_batch(x, mask, self.dims))
         return self.apply("index_video", self._features(x))
 
     def __call__(self, z):

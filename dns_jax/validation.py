@@ -55,3 +55,18 @@ def repeat_to_min_frames(x: np.ndarray, min_frames: int = 4) -> np.ndarray:
     while x.shape[0] < min_frames:
         x = np.concatenate([x, x], axis=0)
     return x
+
+
+def check_batch(x, mask=None, dims: Optional[int] = None, name: str = "batch"):
+    """Validate a padded batch [N, T, R, D] with an optional frame mask [N, T]; returns float32 arrays."""
+    arr = np.asarray(x, dtype=np.float32)
+    if arr.ndim != 4:
+        raise FeatureError(f"{name}: expected a padded batch [N, T, R, D], got shape {arr.shape}")
+    if dims is not None and arr.shape[-1] != dims:
+        raise FeatureError(f"{name}: expected {dims}-d region features, got {arr.shape[-1]}-d (shape {arr.shape})")
+    if mask is None:
+        return arr, None
+    m = np.asarray(mask, dtype=np.float32)
+    if m.shape != arr.shape[:2]:
+        raise FeatureError(f"{name}: mask must be [N, T] = {arr.shape[:2]}, got {m.shape}")
+    return arr, m
