@@ -4,7 +4,7 @@ from .extractor import Extractor, FeatureExtractor, load_extractor
 from .offline import OPENNSFW, convert_opennsfw_onnx, resnet50_1by2
 from .pca import PCAFitter, PCAWhitening, build_whitening, fit_pca, load_pca
 from .regions import caffe_bgr_normalize, imagenet_normalize, l2_normalize, l3_imac
-from .video import VideoError, load_video, resize_crop
+from .video import VideoError, iter_frames, load_video, resize_crop
 
 __all__ = [
     "ConversionReport", "ResNet", "convert_torchvision_resnet", "resnet50",
@@ -12,5 +12,5 @@ __all__ = [
     "OPENNSFW", "convert_opennsfw_onnx", "resnet50_1by2",
     "PCAFitter", "PCAWhitening", "build_whitening", "fit_pca", "load_pca",
     "caffe_bgr_normalize", "imagenet_normalize", "l2_normalize", "l3_imac",
-    "VideoError", "load_video", "resize_crop",
+    "VideoError", "iter_frames", "load_video", "resize_crop",
 ]

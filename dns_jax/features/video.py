@@ -108,6 +108,48 @@ def frame_step(video_fps: float, fps: float = 1) -> int:
     return max(1, round(video_fps / fps))
 
 
+def iter_frames(path, fps: float = 1, rs_size: int | None = 256, cc_size: int | None = 224,
+                all_frames: bool = False):
+    """Generator over the sampled frames of a video, uint8 RGB `[H, W, 3]` each (see `load_video`).
+
+    Errors opening the file are raised at the first `next()`; a decoding error after some frames
+    ends the generator with a RuntimeWarning (OpenCV's loop stops there too).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"video not found: {path}")
+    try:
+        import av
+    except ImportError as e:
+        raise ImportError("reading videos needs PyAV: pip install av") from e
+    try:
+        container = av.open(path)
+    except (av.FFmpegError, UnicodeDecodeError) as e:
+        raise VideoError(f"cannot open video {path}: {e}") from e
+    with container:
+        if not container.streams.video:
+            raise VideoError(f"no video stream in {path}")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        step = 1 if all_frames else frame_step(_stream_fps(stream), fps)
+        count = kept = 0
+        decoded = container.decode(stream)
+        while True:
+            try:
+                frame = next(decoded)
+            except StopIteration:
+                return
+            except av.FFmpegError as e:
+                if not kept:
+                    raise VideoError(f"cannot decode video {path}: {e}") from e
+                warnings.warn(f"{path}: decoding stopped after {count} frames: {e}", RuntimeWarning, stacklevel=2)
+                return
+            if count % step == 0:
+                kept += 1
+                yield resize_crop(frame.to_ndarray(format="rgb24"), rs_size, cc_size)
+            count += 1
+
+
 def load_video(path, fps: float = 1, rs_size: int | None = 256, cc_size: int | None = 224,
                all_frames: bool = False) -> np.ndarray:
     """Decode a video file into uint8 RGB frames `[T, H, W, 3]` the way DnS/ViSiL sample them.
@@ -124,37 +166,11 @@ def load_video(path, fps: float = 1, rs_size: int | None = 256, cc_size: int | N
       FileNotFoundError: no such file. VideoError: unreadable/corrupt file, no video stream, or no
       frame could be decoded. ImportError: PyAV is not installed (`pip install av`).
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"video not found: {path}")
-    try:
-        import av
-    except ImportError as e:
-        raise ImportError("load_video needs PyAV: pip install av") from e
-    try:
-        container = av.open(path)
-    except (av.FFmpegError, UnicodeDecodeError) as e:
-        raise VideoError(f"cannot open video {path}: {e}") from e
-    frames = []
-    with container:
-        if not container.streams.video:
-            raise VideoError(f"no video stream in {path}")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        step = 1 if all_frames else frame_step(_stream_fps(stream), fps)
-        count = 0
-        try:
-            for frame in container.decode(stream):
-                if count % step == 0:
-                    frames.append(resize_crop(frame.to_ndarray(format="rgb24"), rs_size, cc_size))
-                count += 1
-        except av.FFmpegError as e:
-            if not frames:
-                raise VideoError(f"cannot decode video {path}: {e}") from e
-            warnings.warn(f"{path}: decoding stopped after {count} frames: {e}", RuntimeWarning, stacklevel=2)
+    frames = list(iter_frames(path, fps, rs_size, cc_size, all_frames))
     if not frames:
-        raise VideoError(f"no frames could be decoded from {path}")
+        raise VideoError(f"no frames could be decoded from {os.fspath(path)}")
     try:
         return np.stack(frames)
     except ValueError as e:  # frame size changed mid-stream and no crop evens it out
-        raise VideoError(f"{path}: frames of different sizes ({e}); pass cc_size to crop them alike") from e
+        raise VideoError(f"{os.fspath(path)}: frames of different sizes ({e}); "
+                         "pass cc_size to crop them alike") from e

@@ -1,0 +1,222 @@
+"""Extract DnS frame features for a video collection into one HDF5 file.
+
+    python -m dns_jax.features.extract --videos DIR_OR_LIST --output feats.hdf5 \\
+        --backbone resnet50.pth --pca pca_resnet50_vcdb_1M.pth [--dims 512]
+
+* `--videos`: a directory (every video file below it; id = relative path without extension, so
+  `1/1_1_Y.flv` gets the CC_WEB_VIDEO-style id `1/1_1_Y`) or a text file with one video per line,
+  either `id<TAB>path` (the ViSiL query/database file format) or a bare path (id = file stem).
+* The output holds one float32 dataset `[T, R, D]` per video id at the file's root (the layout of
+  the official DnS feature files; ids containing `/` become nested groups, as in h5py).
+* Resumable: ids already in the file are skipped. Each video is written under a scratch group and
+  moved to its id only when complete (then flushed), so an interrupted run never leaves a partial
+  dataset; leftovers of the scratch group are deleted on the next run. The extraction settings are
+  stored in the file's attributes and a resumed run with other settings is refused.
+* Videos that cannot be read are skipped and listed at the end (exit status 1 if any).
+
+Without `--backbone`, the offline `resnet50_1by2_opennsfw` backbone is used: its 1920-d features
+work for models trained on them but are NOT the features the published DnS networks expect (those
+need torchvision's ResNet-50 ImageNet weights and the official PCA).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import json
+import os
+import pathlib
+import sys
+import time
+import uuid
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .video import VideoError, iter_frames
+
+SCRATCH = "__dns_jax_partial__"
+ATTR = "dns_jax.features"
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".flv", ".wmv", ".mpg", ".mpeg", ".m4v",
+                    ".3gp", ".ts", ".ogv", ".vob", ".mts", ".m2ts", ".asf", ".divx"}
+
+Summary = collections.namedtuple("Summary", "extracted skipped failed frames seconds")
+
+
+def list_videos(spec) -> list:
+    """`[(video_id, path)]` from a directory or a list file (see the module docstring)."""
+    spec = pathlib.Path(spec)
+    if spec.is_dir():
+        files = sorted(p for p in spec.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+        videos = [(p.relative_to(spec).with_suffix("").as_posix(), str(p)) for p in files]
+    elif spec.is_file():
+        videos = []
+        for n, line in enumerate(spec.read_text().splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if "\t" in line:
+                vid, path = (s.strip() for s in line.split("\t", 1))
+            else:
+                vid, path = pathlib.Path(line).stem, line
+            if not vid or not path:
+                raise ValueError(f"{spec}:{n}: expected 'id<TAB>path' or a path, got {line!r}")
+            videos.append((vid.strip("/"), path))
+    else:
+        raise FileNotFoundError(f"--videos {spec}: no such directory or list file")
+    seen = collections.Counter(v for v, _ in videos)
+    dups = sorted(v for v, c in seen.items() if c > 1)
+    if dups:
+        raise ValueError(f"{spec}: duplicate video ids {dups[:5]}{' ...' if len(dups) > 5 else ''}")
+    return videos
+
+
+def _write_atomic(h5, video_id: str, features: np.ndarray, compression):
+    """Write under the scratch group, then rename to the id: the id exists only when complete."""
+    tmp = f"{SCRATCH}/{uuid.uuid4().hex}"
+    h5.create_dataset(tmp, data=features, compression=compression)
+    h5.flush()
+    parent = video_id.rsplit("/", 1)[0] if "/" in video_id else None
+    if parent:
+        h5.require_group(parent)
+    h5.move(tmp, video_id)
+    h5.flush()
+
+
+def _has(h5, video_id: str) -> bool:
+    import h5py
+    return video_id in h5 and isinstance(h5[video_id], h5py.Dataset)
+
+
+def _features(extractor: Callable, path: str, chunk: int, load_kwargs: dict) -> np.ndarray:
+    """Features of one video, decoding and extracting `chunk` frames at a time (bounded memory)."""
+    out, buf = [], []
+    for frame in iter_frames(path, **load_kwargs):
+        buf.append(frame)
+        if len(buf) == chunk:
+            out.append(extractor(np.stack(buf)))
+            buf = []
+    if buf:
+        out.append(extractor(np.stack(buf)))
+    if not out:
+        raise VideoError(f"no frames could be decoded from {path}")
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def extract_to_hdf5(videos: Sequence, output, extractor: Callable, *, settings: dict | None = None,
+                    load_kwargs: dict | None = None, chunk_frames: int = 256, workers: int = 1,
+                    compression=None, progress: bool = True, log=print) -> Summary:
+    """Extract `videos` (`[(id, path)]`) with `extractor` (frames -> `[T, R, D]`) into `output`.
+
+    `settings` (JSON-able) is stored in the file's attributes; resuming with different settings
+    raises ValueError. `workers` threads read videos ahead while the extractor runs. Returns a
+    `Summary` (failed = `[(id, path, message)]`).
+    """
+    import h5py
+    from tqdm import tqdm
+
+    load_kwargs = dict(load_kwargs or {})
+    settings_json = json.dumps(settings or {}, sort_keys=True)
+    t0 = time.time()
+    failed, extracted, frames = [], 0, 0
+    with h5py.File(output, "a") as h5:
+        if ATTR in h5.attrs and h5.attrs[ATTR] != settings_json:
+            raise ValueError(f"{output} was written with other extraction settings:\n  file: {h5.attrs[ATTR]}\n"
+                             f"  now:  {settings_json}\nuse another --output or the same settings")
+        h5.attrs[ATTR] = settings_json
+        if SCRATCH in h5:  # an interrupted write of an earlier run
+            del h5[SCRATCH]
+        todo = [(v, p) for v, p in videos if not _has(h5, v)]
+        skipped = len(videos) - len(todo)
+        if skipped:
+            log(f"{skipped} of {len(videos)} videos already in {output}, skipping them")
+
+        def job(item):  # decode in a worker thread, extract there too (the extractor is thread-safe)
+            vid, path = item
+            return _features(extractor, path, chunk_frames, load_kwargs)
+
+        bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
+        pool = concurrent.futures.ThreadPoolExecutor(max(1, workers))
+        pending = collections.deque()
+        try:
+            items = iter(todo)
+            for item in items:  # keep workers + 1 videos in flight
+                pending.append((item, pool.submit(job, item)))
+                if len(pending) > workers:
+                    break
+            while pending:
+                (vid, path), fut = pending.popleft()
+                nxt = next(items, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(job, nxt)))
+                try:
+                    feats = fut.result()
+                except (VideoError, OSError, ValueError) as e:
+                    failed.append((vid, path, f"{type(e).__name__}: {e}"))
+                else:
+                    _write_atomic(h5, vid, feats, compression)
+                    extracted += 1
+                    frames += feats.shape[0]
+                bar.update(1)
+                bar.set_postfix(frames=frames, failed=len(failed),
+                                fps=f"{frames / max(time.time() - t0, 1e-9):.1f}")
+        finally:  # on an error or Ctrl-C, do not start the videos still queued
+            for _, fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=True)
+            if SCRATCH in h5:  # empty after the last rename
+                del h5[SCRATCH]
+        bar.close()
+    summary = Summary(extracted, skipped, failed, frames, time.time() - t0)
+    log(f"extracted {extracted} videos ({frames} frames) in {summary.seconds:.1f} s; "
+        f"skipped {skipped} already present; {len(failed)} failed")
+    for vid, path, msg in failed:
+        log(f"  FAILED {vid} ({path}): {msg}")
+    return summary
+
+
+def parse_args(argv: Iterable[str] | None = None):
+    ap = argparse.ArgumentParser(prog="python -m dns_jax.features.extract", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", required=True, help="directory of videos, or a list file (id<TAB>path or path per line)")
+    ap.add_argument("--output", required=True, help="HDF5 file to create or resume")
+    ap.add_argument("--backbone", default=None,
+                    help="torchvision ResNet-50 weights (.pth), an open_nsfw .onnx, or 'resnet50_1by2_opennsfw' (default)")
+    ap.add_argument("--pca", default=None, help="PCA weights: official {mean,V,d} .pth/.npz or a DnS extractor state dict")
+    ap.add_argument("--dims", type=int, default=512, help="PCA components (default 512)")
+    ap.add_argument("--fps", type=float, default=1.0, help="frames kept per second (default 1)")
+    ap.add_argument("--rs-size", type=int, default=256, help="shorter side after resizing (default 256)")
+    ap.add_argument("--cc-size", type=int, default=224, help="centre crop (default 224)")
+    ap.add_argument("--batch-size", type=int, default=32, help="frames per jitted call (default 32)")
+    ap.add_argument("--workers", type=int, default=2, help="videos decoded ahead in threads (default 2)")
+    ap.add_argument("--compression", choices=["none", "gzip", "lzf"], default="none")
+    ap.add_argument("--precision", choices=["default", "high", "highest"], default="default",
+                    help="conv precision (GPU: 'highest' disables TF32)")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    args = parse_args(argv)
+    from .extractor import load_extractor
+    from .offline import OPENNSFW
+
+    videos = list_videos(args.videos)
+    backbone = args.backbone or OPENNSFW
+    if args.backbone is None:
+        print(f"note: no --backbone given, using the offline {OPENNSFW!r} (1920-d regions); these are not "
+              "the features of the published DnS networks", file=sys.stderr)
+    precision = None if args.precision == "default" else args.precision
+    extractor = load_extractor(backbone, args.pca, dims=args.dims, batch_size=args.batch_size, precision=precision)
+    settings = {"backbone": os.path.basename(os.fspath(backbone)), "pca": os.path.basename(args.pca or ""),
+                "dims": extractor.dims, "fps": args.fps, "rs_size": args.rs_size, "cc_size": args.cc_size}
+    summary = extract_to_hdf5(
+        videos, args.output, extractor, settings=settings,
+        load_kwargs={"fps": args.fps, "rs_size": args.rs_size, "cc_size": args.cc_size},
+        chunk_frames=8 * args.batch_size, workers=args.workers,
+        compression=None if args.compression == "none" else args.compression, progress=not args.no_progress)
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
