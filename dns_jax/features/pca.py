@@ -171,3 +171,48 @@ def fit_pca(batches: Iterable) -> dict:
     for b in batches:
         fitter.update(b)
     return fitter.result()
+
+
+def fit_pca_hdf5(path, max_vectors: int | None = None, progress: bool = False) -> dict:
+    """Fit on every `[T, R, D]` dataset of a feature file (e.g. written by `extract` without PCA),
+    in file order, stopping after `max_vectors` region vectors."""
+    import h5py
+    from tqdm import tqdm
+
+    names = []
+    with h5py.File(path, "r") as h5:
+        h5.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        fitter = PCAFitter()
+        for name in tqdm(names, unit="video", disable=not progress):
+            x = h5[name][:]
+            x = x.reshape(-1, x.shape[-1])
+            if max_vectors is not None:
+                x = x[: max_vectors - fitter.count]
+            fitter.update(x)
+            if max_vectors is not None and fitter.count >= max_vectors:
+                break
+    return fitter.result()
+
+
+def main(argv=None) -> int:
+    """`python -m dns_jax.features.pca --features regions.hdf5 --output pca.npz`: fit PCA whitening
+    on a collection's region vectors, saved in the official `{mean, V, d}` layout (`load_pca` and
+    `extract --pca` read it)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m dns_jax.features.pca", description=main.__doc__)
+    ap.add_argument("--features", required=True, help="HDF5 of [T, R, D] region vectors (extract without --pca)")
+    ap.add_argument("--output", required=True, help=".npz to write {mean, V, d}")
+    ap.add_argument("--max-vectors", type=int, default=None, help="stop after this many region vectors")
+    args = ap.parse_args(argv)
+    pca = fit_pca_hdf5(args.features, args.max_vectors, progress=True)
+    np.savez(args.output, **pca)
+    total = float(pca["d"].sum())
+    kept = {k: float(pca["d"][:k].sum()) / total for k in (256, 512, 1024) if k < len(pca["d"])}
+    print(f"wrote {args.output}: D={len(pca['d'])}; variance kept by the top components: "
+          + ", ".join(f"{k}: {v:.1%}" for k, v in kept.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
