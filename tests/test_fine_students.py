@@ -125,16 +125,3 @@ def test_jit_equals_eager():
         eager = apply(net.variables, q, d)
     assert_close(jax.jit(apply)(net.variables, q, d), eager, 1e-6)
     assert_close(eager, ref.out["sim_unbatched"][0:1, 0:1], 1e-5)
-
-
-def test_float64_matches_reference_float64():
-    ref, _ = network("fg_att_student")
-    from dns_jax import pretrained
-    with jax.enable_x64(True):
-        net = pretrained.load("fg_att_student", {k: np.asarray(v, np.float64) for k, v in ref.state.items()})
-        net.variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), net.variables)
-        q = net.module.apply(net.variables, jnp.asarray(ref.inp["q0"], jnp.float64), method="index_video")
-        d = net.module.apply(net.variables, jnp.asarray(ref.inp["d0"], jnp.float64), method="index_video")
-        s = net.module.apply(net.variables, q, d, method="calculate_video_similarity")
-        assert s.dtype == jnp.float64
-        assert_close(s, ref.out64["sim_unbatched"][0:1, 0:1], 1e-6)
