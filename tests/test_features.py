@@ -1,4 +1,6 @@
 """Parity of the frame-feature extractor with the official DnS FeatureExtractor (backbone.npz)."""
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -132,3 +134,24 @@ def test_extractor_input_errors(extractor):
         extractor(np.zeros((1, 224, 224, 3), np.int32))
     with pytest.raises(FileNotFoundError, match="not a known backbone name"):
         load_extractor("resnet50_imagenet_please")
+
+
+def test_pth_paths_go_through_dns_jax_pth(ref, official_pca, tmp_path, monkeypatch):
+    """A .pth backbone/PCA path is read with dns_jax.pth.load_state_dict (torch-free)."""
+    import dns_jax.pth
+    from dns_jax.features.extractor import _backbone
+
+    files = {"resnet50.pth": {k: v for k, v in ref.state.items() if k.startswith("cnn.")},
+             "pca.pth": official_pca}
+    for name in files:
+        (tmp_path / name).write_bytes(b"stand-in")
+    monkeypatch.setattr(dns_jax.pth, "load_state_dict", lambda p: files[pathlib.Path(p).name])
+    model, normalizer, variables, name = _backbone(tmp_path / "resnet50.pth", None)
+    assert (normalizer, name, model.width) == ("imagenet", "resnet50.pth", 64)
+    np.testing.assert_array_equal(variables["params"]["conv1"]["kernel"],
+                                  ref.state["cnn.conv1.weight"].transpose(2, 3, 1, 0))
+    pca = load_pca(tmp_path / "pca.pth", dims=512)
+    np.testing.assert_array_equal(pca["DVt"], build_whitening(**official_pca, dims=512)["DVt"])
+    bad_norm = {**files["resnet50.pth"], "normalizer.mean": np.array([0.5, 0.5, 0.5], np.float32)}
+    with pytest.raises(ValueError, match="normalizer.mean"):
+        _backbone(bad_norm, None)
