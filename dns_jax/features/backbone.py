@@ -1,7 +1,7 @@
 """ResNet-50 backbones for frame features, and conversion of torchvision weights.
 
 The module works in NHWC and returns the outputs of the four residual stages (torchvision's
-`layer1..layer4`), which is all the L3-iMAC region pooling needs: the stem's classifier head
+`layer1..layer4`), which is all the L3-iMAC region pooling needs: the classifier head
 (`avgpool`, `fc`) is never built.
 
 Two weight sources share this one module:
@@ -10,8 +10,8 @@ Two weight sources share this one module:
   stride of a downsampling block on its 3x3 conv (ResNet "v1.5"), BatchNorm in inference mode with
   the stored running statistics, and a 3x3/2 stem max-pool padded by one on every side.
 * Caffe-style ResNet-50 exports such as Yahoo's ResNet-50-1by2 (see `offline.py`): the stride on
-  the first 1x1 conv of the block (ResNet "v1"), BatchNorm already folded into conv biases, and a
-  stem max-pool padded only at the bottom/right.
+  the first 1x1 conv of the block (ResNet "v1"), BatchNorm already folded into conv biases, a
+  stem max-pool padded only at the bottom/right, and (for 1by2) a stem wider than the stages.
 
 Variable tree (mirrors torchvision names so that a mismatch report is readable):
 ``params/conv1/kernel``, ``params/bn1/{scale,bias}``, ``batch_stats/bn1/{mean,var}``,
