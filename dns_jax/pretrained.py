@@ -179,6 +179,13 @@ class PretrainedNetwork:
             self._jitted[key] = jax.jit(fn)
         return self._jitted[key](self.variables, *args)
 
+    def index_video(self, x, mask=None):
+        """One video [T, R, D] (repeated to at least 4 frames, as the official evaluation does), or a
+        padded batch [N, T, R, D] with its frame mask [N, T]."""
+        if np.ndim(x) == 4:
+            return self.apply("index_video", *check_batch(x, mask, self.dims))
+        return self.apply("index_video", self._features(x))
+
     def _features(self, x, name="video", repeat=True):
         arr = check_video(x, self.dims, name)
         return repeat_to_min_frames(arr, MIN_FRAMES) if repeat else arr
@@ -202,12 +209,8 @@ def _chunked_mean(fn, query, target):
 class FineGrainedNetwork(PretrainedNetwork):
     """FG-Att / FG-Bin / FG (no indexing) student."""
 
-    def index_video(self, x, mask=None):
-        """[T, R, D] region features -> stored representation [T, R, D'] (videos under 4 frames are
-        repeated first, as the official evaluation does). [N, T, R, D] with a mask: batched."""
-        if np.ndim(x) == 4:
-            return self.apply("index_video", *check_batch(x, mask, self.dims))
-        return self.apply("index_video", self._features(x))
+    # index_video: region features -> stored representation [T, R, D'] (attention-weighted
+    # features or +-1 codes), see PretrainedNetwork.index_video
 
     def calculate_video_similarity(self, query, target, query_mask=None, target_mask=None):
         """Indexed query [Tq, R, D'] and target [Tt, R, D'] -> scalar similarity in [-1, 1]
@@ -229,11 +232,7 @@ class FineGrainedNetwork(PretrainedNetwork):
 class CoarseGrainedNetwork(PretrainedNetwork):
     """CG student: one L2-normalised vector per video."""
 
-    def index_video(self, x, mask=None):
-        """[T, R, D] -> [1, E]; [N, T, R, D] with mask [N, T] -> [N, E]."""
-        if np.ndim(x) == 4:
-            return self.apply("index_video", *check_batch(x, mask, self.dims))
-        return self.apply("index_video", self._features(x))
+    # index_video: [T, R, D] -> [1, E]; [N, T, R, D] with mask [N, T] -> [N, E]
 
     def calculate_video_similarity(self, query, target):
         """[A, E] x [B, E] -> [A, B] (a single [E] vector counts as [1, E])."""
@@ -243,11 +242,6 @@ class CoarseGrainedNetwork(PretrainedNetwork):
 
 class SelectorNetworkWrapper(PretrainedNetwork):
     """Selector: `index_video` -> self-similarity [1, 1]; `__call__([B, 3])` -> [B, 1] probability."""
-
-    def index_video(self, x, mask=None):
-        if np.ndim(x) == 4:
-            return self.apply("index_video", *check_batch(x, mask, self.dims))
-        return self.apply("index_video", self._features(x))
 
     def __call__(self, z):
         z = jnp.asarray(z, jnp.float32)
