@@ -1,0 +1,215 @@
+"""Jitted kernels: frame-to-frame similarity of a whole canvas, the comparator CNN over (tiles of)
+it with exact refills, and the per-(query, target) Chamfer reductions. See layout.py for the canvas.
+
+Memory: the region-pair tensor [Tq, R, R, Tt] is never held: the frame-to-frame matrix is built by
+blocks of `row_block` x `col_block` frames (one block's [rb*R, cb*R] product at a time, reduced over
+regions at once), so the working memory is the [H, W] matrix (4 bytes per frame pair) plus one
+block; the CNN runs on tiles with a halo, so its activations (32-128 channels per cell) are bounded
+by the tile size rather than by Tq * Tt.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from dns_jax.retrieval.layout import HALO, LEVELS
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+    """Static configuration of one compiled kernel (hashable: it is a jit static argument)."""
+
+    sim: str = "float"            # 'float' region features | 'packed' binary codes | 'given' f2f
+    bits: int = 0                 # >0: divide the region dot products by `bits` (FG-Bin)
+    symmetric: bool = False       # ViSiL symmetric Chamfer (region and video level)
+    comparator: bool = True       # run the comparator CNN (False: ViSiL-f)
+    padding: str = "zero"         # comparator padding: 'zero' (DnS) or 'replicate' (ViSiL)
+    reduce: str = "chamfer"       # 'chamfer' (video similarity) or 'mean' (selector self-similarity)
+    clip: bool = True             # hard tanh on the comparator output
+    precision: Any = None
+    row_block: int = 0            # f2f blocking (frames); 0 = whole axis
+    col_block: int = 0
+    tile_rows: int = 0            # CNN tile size (full-resolution frames, multiple of 4); 0 = untiled
+    tile_cols: int = 0
+    tile_batch: int = 8           # tiles processed together (vmapped) by the CNN
+
+
+# ------------------------------------------------------------------------------------------------
+# frame-to-frame similarity
+
+def _f2f_float_block(q: Array, t: Array, spec: KernelSpec) -> Array:
+    """q [h, R, D], t [w, R, D] -> [h, w]: max over target regions, mean over query regions."""
+    h, r, d = q.shape
+    w, rt, _ = t.shape
+    s = jnp.dot(q.reshape(h * r, d), t.reshape(w * rt, d).T, precision=spec.precision)
+    s = s.reshape(h, r, w, rt)
+    out = jnp.mean(jnp.max(s, axis=3), axis=1)
+    if spec.symmetric:
+        out = (out + jnp.mean(jnp.max(s, axis=1), axis=2)) / 2
+    if spec.bits:
+        out = out / spec.bits
+    return out
+
+
+def _f2f_packed_block(q: Array, t: Array, spec: KernelSpec) -> Array:
+    """Packed binary codes q [h, R, W] uint32, t [w, R, W] -> [h, w], identical to the float path
+    on the +-1 codes: dot = bits - 2 * hamming (exact integers), max over target regions = bits -
+    2 * min hamming, mean over query regions, / bits."""
+    h, r, nw = q.shape
+    w, rt, _ = t.shape
+    qf = q.reshape(h * r, nw)
+    tt = jnp.transpose(t, (1, 2, 0))                  # [Rt, W, w]: target frames contiguous
+    best = None
+    for p in range(rt):
+        acc = None
+        for k in range(nw):
+            c = lax.population_count(qf[:, k:k + 1] ^ tt[p, k][None, :])
+            acc = c if acc is None else acc + c
+        best = acc if best is None else jnp.minimum(best, acc)
+    dot = (spec.bits - 2 * best.astype(jnp.int32)).astype(jnp.float32).reshape(h, r, w)
+    return jnp.mean(dot, axis=1) / spec.bits
+
+
+def frame_to_frame_canvas(q: Array, t: Array, spec: KernelSpec) -> Array:
+    """[H, R, .] x [W, R, .] -> [H, W], computed by blocks of row_block x col_block frames."""
+    block = _f2f_packed_block if spec.sim == "packed" else _f2f_float_block
+    fn = functools.partial(block, spec=spec)
+    hh, ww = q.shape[0], t.shape[0]
+    rb = spec.row_block or hh
+    cb = spec.col_block or ww
+    if rb == hh and cb == ww:
+        return fn(q, t)
+    qb = q.reshape((hh // rb, rb) + q.shape[1:])
+    tb = t.reshape((ww // cb, cb) + t.shape[1:])
+    rows = lambda qi: lax.map(lambda tj: fn(qi, tj), tb)         # [ncb, rb, cb]
+    out = lax.map(rows, qb)                                         # [nrb, ncb, rb, cb]
+    return jnp.transpose(out, (0, 2, 1, 3)).reshape(hh, ww)
+
+
+# ------------------------------------------------------------------------------------------------
+# comparator CNN with exact refills, by tiles
+
+def _conv(x: Array, layer: Dict[str, Array], precision) -> Array:
+    y = lax.conv_general_dilated(x[None], layer["kernel"], (1, 1), "VALID",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)[0]
+    return y + layer["bias"]
+
+
+def _max_pool(x: Array) -> Array:
+    return lax.reduce_window(x, -jnp.inf, lax.max, (2, 2, 1), (2, 2, 1), "VALID")
+
+
+def _refill(x: Array, rv, cv, rs, cs, padding: str) -> Array:
+    """Cells outside the valid segments take their official padding value (see layout.py)."""
+    if padding == "zero":
+        return jnp.where((rv[:, None] & cv[None, :])[..., None], x, 0.0)
+    x = jnp.take(x, rs, axis=0, mode="clip")
+    return jnp.take(x, cs, axis=1, mode="clip")
+
+
+def comparator_canvas(params: Dict[str, Any], f2f: Array, rmaps: Dict[str, Array],
+                      cmaps: Dict[str, Array], spec: KernelSpec) -> Array:
+    """The official comparator applied to every segment pair of the canvas at once.
+
+    f2f [H, W] -> [H//4, W//4] raw CNN output (before the hard tanh); cells outside the segment
+    pairs hold garbage. Exact per pair (see layout.py); tiled with a halo of HALO frames when
+    spec.tile_rows/tile_cols are set.
+    """
+    hh, ww = f2f.shape
+    th, tw = spec.tile_rows or hh, spec.tile_cols or ww
+    hr, hc = (HALO if spec.tile_rows else 0), (HALO if spec.tile_cols else 0)
+    nr, nc = hh // th, ww // tw
+    wh, wwid = th + 2 * hr, tw + 2 * hc
+    x = jnp.pad(f2f, ((hr, hr), (hc, hc))) if (hr or hc) else f2f
+    pad_mode = "constant" if spec.padding == "zero" else "edge"
+    convs = [params["conv1"], params["conv2"], params["conv3"]]
+
+    def tile(idx):
+        i, j = idx // nc, idx % nc
+        r0, c0 = i * th, j * tw            # window start in padded coordinates
+        y = lax.dynamic_slice(x, (r0, c0), (wh, wwid))[..., None]
+        for level in range(LEVELS):
+            rl, cl = r0 >> level, c0 >> level
+            nh, nw = wh >> level, wwid >> level
+            rv = lax.dynamic_slice(rmaps[f"valid{level}"], (rl,), (nh,))
+            cv = lax.dynamic_slice(cmaps[f"valid{level}"], (cl,), (nw,))
+            rs = lax.dynamic_slice(rmaps[f"src{level}"], (rl,), (nh,)) - (rl - (hr >> level))
+            cs = lax.dynamic_slice(cmaps[f"src{level}"], (cl,), (nw,)) - (cl - (hc >> level))
+            y = _refill(y, rv, cv, rs, cs, spec.padding)
+            y = jnp.pad(y, ((1, 1), (1, 1), (0, 0)), mode=pad_mode)
+            y = jax.nn.relu(_conv(y, convs[level], spec.precision))
+            if level < LEVELS - 1:
+                y = _max_pool(y)
+        y = _conv(y, params["fconv"], spec.precision)[..., 0]
+        return y[hr >> 2:(hr >> 2) + th // 4, hc >> 2:(hc >> 2) + tw // 4]
+
+    if nr * nc == 1:
+        return tile(jnp.int32(0))
+    tiles = lax.map(tile, jnp.arange(nr * nc, dtype=jnp.int32), batch_size=min(spec.tile_batch, nr * nc))
+    tiles = tiles.reshape(nr, nc, th // 4, tw // 4)
+    return jnp.transpose(tiles, (0, 2, 1, 3)).reshape(hh // 4, ww // 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# per segment-pair reductions
+
+def _segment_max(x: Array, seg: Array, n: int) -> Array:
+    """Max over the leading axis of x grouped by seg (n groups); empty groups -> 0."""
+    m = jax.ops.segment_max(x, seg, num_segments=n, indices_are_sorted=True)
+    return jnp.where(jnp.isfinite(m), m, 0.0)
+
+
+def _segment_sum(x: Array, seg: Array, n: int) -> Array:
+    return jax.ops.segment_sum(x, seg, num_segments=n, indices_are_sorted=True)
+
+
+def reduce_pairs(out: Array, rmaps, cmaps, spec: KernelSpec) -> Array:
+    """[H', W'] similarity map -> [Sr+1, Sc+1] per (row segment, column segment); last row/column
+    collect the cells outside any segment."""
+    sr, sc = rmaps["count"].shape[0], cmaps["count"].shape[0]
+    rseg, cseg = rmaps["seg"], cmaps["seg"]
+    if spec.reduce == "mean":
+        s = _segment_sum(_segment_sum(out, rseg, sr).T, cseg, sc).T
+        return s / (rmaps["count"][:, None] * cmaps["count"][None, :])
+    # max over the target frames of each column segment, mean over the query frames of each row
+    colmax = _segment_max(out.T, cseg, sc).T                       # [H', Sc]
+    fwd = _segment_sum(colmax, rseg, sr) / rmaps["count"][:, None]
+    if not spec.symmetric:
+        return fwd
+    rowmax = _segment_max(out, rseg, sr)                            # [Sr, W']
+    bwd = _segment_sum(rowmax.T, cseg, sc).T / cmaps["count"][None, :]
+    return (fwd + bwd) / 2
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def canvas_similarity(params, q, t, rmaps, cmaps, spec: KernelSpec) -> Array:
+    """Video similarity of every (query segment, target segment) pair of a canvas.
+
+    params: the comparator's {'conv1', 'conv2', 'conv3', 'fconv'} (ignored without comparator);
+    q [H, R, .], t [W, R, .] (float features or packed codes); maps from layout.Axis.maps.
+    Returns [Sr+1, Sc+1] float32.
+    """
+    f2f = frame_to_frame_canvas(q, t, spec)
+    if spec.comparator:
+        out = comparator_canvas(params, f2f, rmaps, cmaps, spec)
+        if spec.clip:
+            out = jnp.clip(out, -1.0, 1.0)
+    else:
+        out = f2f
+    return reduce_pairs(out, rmaps, cmaps, spec)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def given_similarity(params, f2f, rmaps, cmaps, spec: KernelSpec) -> Array:
+    """As canvas_similarity for an already computed frame-to-frame matrix (selector self-sim)."""
+    out = comparator_canvas(params, f2f, rmaps, cmaps, spec)
+    if spec.clip:
+        out = jnp.clip(out, -1.0, 1.0)
+    return reduce_pairs(out, rmaps, cmaps, spec)
