@@ -45,6 +45,18 @@ def _pow2_divisor(n: int, limit: int) -> int:
     return b
 
 
+def tile_plan(rows: int, cols: int, o: "ScorerOptions") -> Tuple[int, int]:
+    """CNN tile sizes (full-resolution frames, 0 = untiled) for a rows x cols canvas."""
+    tr = tc = 0
+    if rows > o.untiled_rows:
+        tr = _pow2_divisor(rows, o.tile_rows)
+    if rows * cols > o.untiled_cells:
+        tc = _pow2_divisor(cols, o.tile_cols)
+    tr = tr if tr >= 16 else 0
+    tc = tc if tc >= 16 else 0
+    return tr, tc
+
+
 @dataclasses.dataclass
 class ScorerOptions:
     """Tuning knobs; the defaults bound the kernel's working memory to a few hundred MB."""
@@ -187,15 +199,7 @@ class FineScorer:
         else:
             cb = _pow2_divisor(cols, 16)
             rb = _pow2_divisor(rows, max(o.block_bytes // (cb * per_cell), 1))
-        tr = tc = 0
-        if self.comparator:
-            if rows > o.untiled_rows:
-                tr = _pow2_divisor(rows, o.tile_rows)
-            if rows * cols > o.untiled_cells:
-                for c in (o.tile_cols, 128, 64, 32, 16):
-                    if c <= o.tile_cols and cols % c == 0:
-                        tc = c
-                        break
+        tr, tc = tile_plan(rows, cols, o) if self.comparator else (0, 0)
         return KernelSpec(sim="packed" if self.packed else "float", bits=self.bits,
                           symmetric=self.symmetric, comparator=self.comparator, padding=self.padding,
                           reduce="chamfer", clip=True, precision=self.precision,

@@ -206,10 +206,20 @@ def canvas_similarity(params, q, t, rmaps, cmaps, spec: KernelSpec) -> Array:
     return reduce_pairs(out, rmaps, cmaps, spec)
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
-def given_similarity(params, f2f, rmaps, cmaps, spec: KernelSpec) -> Array:
-    """As canvas_similarity for an already computed frame-to-frame matrix (selector self-sim)."""
+def _given(params, f2f, rmaps, cmaps, spec: KernelSpec) -> Array:
     out = comparator_canvas(params, f2f, rmaps, cmaps, spec)
     if spec.clip:
         out = jnp.clip(out, -1.0, 1.0)
     return reduce_pairs(out, rmaps, cmaps, spec)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def given_similarity(params, f2f, rmaps, cmaps, spec: KernelSpec) -> Array:
+    """As canvas_similarity for an already computed frame-to-frame matrix."""
+    return _given(params, f2f, rmaps, cmaps, spec)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def given_similarity_batch(params, f2f, rmaps, cmaps, spec: KernelSpec) -> Array:
+    """given_similarity vmapped over a leading batch axis of f2f and of every map."""
+    return jax.vmap(lambda f, r, c: _given(params, f, r, c, spec))(f2f, rmaps, cmaps)

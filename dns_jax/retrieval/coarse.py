@@ -1,0 +1,180 @@
+"""Coarse-grained (CG student) stage: cosine similarities of L2-normalised video vectors.
+
+`CoarseDatabase(vectors)` keeps the database on the devices, optionally as float16 (half the bytes
+to stream; products accumulate in float32) and sharded along the video axis over all local devices
+(a 1-d `jax.sharding.Mesh`) when there are several. Queries are scored in batches against fixed-size
+chunks of the database, so memory stays bounded (queries x chunk) and the chunk kernel compiles once.
+
+- `similarities(queries)` -> (Q, N) float32: every score (what DnS needs for its selector);
+- `topk(queries, k)` -> (scores, indices) (Q, k): per shard and chunk a running top-k, merged.
+
+With `faiss` installed (`pip install faiss-cpu`), `FaissCoarseIndex` gives the same top-k from an
+exact inner-product index (IndexFlatIP) for very large collections kept on the host.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from dns_jax.validation import FeatureError
+
+
+def _check_vectors(x, name: str, dims: Optional[int] = None) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim == 1:
+        a = a[None]
+    if a.ndim != 2:
+        raise FeatureError(f"{name}: expected coarse vectors [N, E], got shape {a.shape}")
+    if a.shape[0] == 0:
+        raise FeatureError(f"{name}: empty (no vectors)")
+    if dims is not None and a.shape[1] != dims:
+        raise FeatureError(f"{name}: expected {dims}-d coarse vectors, got {a.shape[1]}-d")
+    return a
+
+
+def _chunk_scores(q, chunk, precision):
+    return jnp.dot(q.astype(chunk.dtype), chunk.T, preferred_element_type=jnp.float32, precision=precision)
+
+
+def _scan_topk(q, db, n_valid, k: int, chunk: int, offset, precision):
+    """Running top-k of q [Q, E] against db [M, E] (M a multiple of chunk; rows >= n_valid ignored).
+    Returns (scores [Q, k], global indices [Q, k])."""
+    nq = q.shape[0]
+    chunks = db.reshape(db.shape[0] // chunk, chunk, db.shape[1])
+
+    def step(carry, xs):
+        best_s, best_i = carry
+        c, start = xs
+        s = _chunk_scores(q, c, precision)
+        idx = start + jnp.arange(chunk, dtype=jnp.int32)
+        s = jnp.where(idx[None, :] < n_valid, s, -jnp.inf)
+        kk = min(k, chunk)
+        cs, ci = jax.lax.top_k(s, kk)
+        all_s = jnp.concatenate([best_s, cs], axis=1)
+        all_i = jnp.concatenate([best_i, jnp.take(idx, ci)], axis=1)
+        # ties: keep the lower database index first (stable, like a stable descending sort)
+        order = jnp.lexsort((all_i, -all_s), axis=1)[:, :k]
+        return (jnp.take_along_axis(all_s, order, 1), jnp.take_along_axis(all_i, order, 1)), None
+
+    init = (jnp.full((nq, k), -jnp.inf, jnp.float32), jnp.full((nq, k), -1, jnp.int32))
+    starts = jnp.arange(chunks.shape[0], dtype=jnp.int32) * chunk
+    (s, i), _ = jax.lax.scan(step, init, (chunks, starts))
+    return s, jnp.where(i >= 0, i + offset, -1)
+
+
+class CoarseDatabase:
+    """Database of CG vectors [N, E] on the local devices (sharded when there are several)."""
+
+    def __init__(self, vectors, dtype=jnp.float32, chunk: int = 16384, devices: Optional[Sequence] = None,
+                 precision=None):
+        v = _check_vectors(vectors, "coarse database")
+        self.n, self.dims = v.shape
+        self.dtype = jnp.dtype(dtype)
+        self.precision = precision
+        devices = list(devices) if devices is not None else jax.local_devices()
+        self.n_shards = len(devices)
+        per_shard = -(-self.n // self.n_shards)
+        self.chunk = int(min(chunk, max(8, -(-per_shard // 8) * 8)))
+        per_shard = -(-per_shard // self.chunk) * self.chunk
+        self.per_shard = per_shard
+        padded = np.zeros((per_shard * self.n_shards, self.dims), np.float32)
+        padded[:self.n] = v
+        self.mesh = Mesh(np.array(devices), ("db",))
+        self.vectors = jax.device_put(jnp.asarray(padded, self.dtype), NamedSharding(self.mesh, P("db", None)))
+        self._topk_fns = {}
+        self._sim_fn = None
+
+    # -- all scores -------------------------------------------------------------------------
+    def _similarity_fn(self):
+        if self._sim_fn is None:
+            precision = self.precision
+
+            def local(q, db):
+                return _chunk_scores(q, db, precision)
+
+            fn = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P("db", None)), out_specs=P(None, "db"))
+            self._sim_fn = jax.jit(fn)
+        return self._sim_fn
+
+    def similarities(self, queries, batch: int = 256) -> np.ndarray:
+        """(Q, E) query vectors -> (Q, N) float32 cosine similarities."""
+        q = _check_vectors(queries, "coarse queries", self.dims).astype(np.float32)
+        fn = self._similarity_fn()
+        out = []
+        for s in range(0, q.shape[0], batch):
+            qb = q[s:s + batch]
+            nb = qb.shape[0]
+            pad = np.zeros((batch if q.shape[0] > batch else nb, self.dims), np.float32)
+            pad[:nb] = qb
+            out.append(np.asarray(fn(jnp.asarray(pad), self.vectors))[:nb, :self.n])
+        return np.concatenate(out, 0)
+
+    # -- top-k ------------------------------------------------------------------------------
+    def _topk_fn(self, k: int):
+        if k not in self._topk_fns:
+            chunk, per_shard, n, precision = self.chunk, self.per_shard, self.n, self.precision
+
+            def local(q, db):
+                shard = jax.lax.axis_index("db")
+                offset = shard * per_shard
+                n_valid = jnp.clip(n - offset, 0, per_shard)
+                s, i = _scan_topk(q, db, n_valid, k, chunk, offset, precision)
+                s = jax.lax.all_gather(s, "db", axis=1, tiled=True)
+                i = jax.lax.all_gather(i, "db", axis=1, tiled=True)
+                order = jnp.lexsort((jnp.where(i < 0, jnp.iinfo(jnp.int32).max, i), -s), axis=1)[:, :k]
+                return jnp.take_along_axis(s, order, 1), jnp.take_along_axis(i, order, 1)
+
+            fn = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P("db", None)), out_specs=(P(), P()),
+                               check_vma=False)
+            self._topk_fns[k] = jax.jit(fn)
+        return self._topk_fns[k]
+
+    def topk(self, queries, k: int, batch: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+        """(Q, E) -> (scores (Q, k) float32, indices (Q, k) int64), best first; ties by index."""
+        q = _check_vectors(queries, "coarse queries", self.dims).astype(np.float32)
+        k = int(min(k, self.n))
+        if k <= 0:
+            raise ValueError("k must be positive")
+        fn = self._topk_fn(k)
+        scores, idx = [], []
+        for s in range(0, q.shape[0], batch):
+            qb = q[s:s + batch]
+            nb = qb.shape[0]
+            pad = np.zeros((batch if q.shape[0] > batch else nb, self.dims), np.float32)
+            pad[:nb] = qb
+            sc, ix = fn(jnp.asarray(pad), self.vectors)
+            scores.append(np.asarray(sc)[:nb])
+            idx.append(np.asarray(ix)[:nb].astype(np.int64))
+        return np.concatenate(scores, 0), np.concatenate(idx, 0)
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+class FaissCoarseIndex:
+    """Exact inner-product top-k with faiss (optional dependency: `pip install faiss-cpu`)."""
+
+    def __init__(self, vectors):
+        try:
+            import faiss
+        except ImportError as e:
+            raise ImportError("FaissCoarseIndex needs faiss: pip install faiss-cpu (or dns-jax[faiss])") from e
+        v = np.ascontiguousarray(_check_vectors(vectors, "coarse database"), np.float32)
+        self.n, self.dims = v.shape
+        self.index = faiss.IndexFlatIP(self.dims)
+        self.index.add(v)
+
+    def topk(self, queries, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(_check_vectors(queries, "coarse queries", self.dims), np.float32)
+        s, i = self.index.search(q, int(min(k, self.n)))
+        return s.astype(np.float32), i.astype(np.int64)

@@ -1,0 +1,251 @@
+"""`score`, `rerank` and the DnS retrieval pipeline (coarse for all, selector, fine for a budget).
+
+Score conventions (official `evaluation_dns.py`, dns_spec section 10):
+- coarse similarities are raw cosines of the CG vectors;
+- fine similarities are computed in [-1, 1] and mapped to s/2 + 0.5 before mixing;
+- per query, the database videos are ranked by selector score (descending, stable) and the first
+  int(budget * N) take the mapped fine similarity, the others keep the coarse one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, List, Optional, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from dns_jax.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork, ViSiLHead
+from dns_jax.retrieval import selector as selector_lib
+from dns_jax.retrieval.coarse import CoarseDatabase
+from dns_jax.retrieval.fine import MIN_FRAMES, FineScorer, repeat_min_frames, scorer_for
+from dns_jax.retrieval.layout import ladder_size
+from dns_jax.validation import FeatureError, check_video
+
+COARSE_BATCH_FRAMES = 8192
+
+
+def _as_video_list(database, name="database") -> List:
+    if isinstance(database, np.ndarray) and database.ndim == 4:
+        database = list(database)
+    if database is None or isinstance(database, (str, bytes)) or not hasattr(database, "__len__"):
+        raise FeatureError(f"{name} must be a list of [T, R, D] videos")
+    if len(database) == 0:
+        raise FeatureError(f"empty {name}: nothing to score")
+    return list(database)
+
+
+def coarse_index(model, videos: Sequence) -> np.ndarray:
+    """Raw region features of N videos -> (N, E) CG vectors. Videos are padded into length
+    buckets and indexed in masked batches (the CG student's masks make this equal to indexing each
+    video alone, up to float rounding); videos under 4 frames are repeated first, as officially."""
+    if not isinstance(model.module, CoarseGrainedStudent):
+        raise TypeError(f"expected a coarse-grained student, got {model.name!r}")
+    arrs = [repeat_min_frames(check_video(v, model.module.dims, f"video {i}"), MIN_FRAMES)
+            for i, v in enumerate(videos)]
+    out = None
+    groups = {}
+    for i, a in enumerate(arrs):
+        groups.setdefault((ladder_size(a.shape[0]), a.shape[1]), []).append(i)
+    for (size, r), idx in sorted(groups.items()):
+        per_call = max(1, COARSE_BATCH_FRAMES // size)
+        per_call = min(per_call, ladder_size(len(idx)))
+        for s in range(0, len(idx), per_call):
+            batch = idx[s:s + per_call]
+            x = np.zeros((per_call, size, r, model.module.dims), np.float32)
+            m = np.zeros((per_call, size), np.float32)
+            m[:, :4] = 1  # dummy rows stay finite
+            for k, i in enumerate(batch):
+                t = arrs[i].shape[0]
+                x[k, :t] = arrs[i]
+                m[k] = 0
+                m[k, :t] = 1
+            v = np.asarray(model.apply("index_video", jnp.asarray(x), jnp.asarray(m)))
+            if out is None:
+                out = np.zeros((len(arrs), v.shape[1]), np.float32)
+            out[batch] = v[:len(batch)]
+    return out
+
+
+def score(model, query, database, *, indexed: bool = False, binary: str = "packed") -> np.ndarray:
+    """Similarity of one query video to every database video -> float32 (N,).
+
+    `model`: a network from `dns_jax.pretrained.load` (FG-Att / FG-Bin / FG student, ViSiL teacher,
+    or the CG student). `query`: one video, `database`: a list of N videos of any lengths.
+
+    By default (`indexed=False`) videos are raw region features [T, R, D] (as stored in the
+    official HDF5 files) and are indexed here; the result equals
+    `[model.calculate_video_similarity(model.index_video(query), model.index_video(t)) for t in
+    database]` on the official evaluation path (short videos repeated to 4 frames, targets over 2048
+    frames scored by chunks and averaged), computed by the batched canvas kernel.
+    With `indexed=True` they are already indexed representations (`model.index_video` outputs;
+    for FG-Bin also packed uint8 codes from `dns_jax.retrieval.binary.pack_codes` or an index).
+    For the CG student the result is the cosine of the CG vectors (indexed: [E] or [1, E] vectors).
+    FG-Bin is scored on packed codes (XOR + popcount) unless `binary='float'`; both are identical.
+    """
+    database = _as_video_list(database)
+    module = model.module
+    if isinstance(module, SelectorNetwork):
+        raise TypeError("the selector does not score video pairs; use dns_jax.retrieval.selector")
+    if isinstance(module, CoarseGrainedStudent):
+        if indexed:
+            q = np.asarray(query, np.float32).reshape(1, -1)
+            db = np.stack([np.asarray(t, np.float32).reshape(-1) for t in database])
+        else:
+            if np.ndim(query) == 4:
+                raise FeatureError("query must be one video [T, R, D], got a batch")
+            q = coarse_index(model, [query])
+            db = coarse_index(model, database)
+        return (db @ q[0]).astype(np.float32)
+    if not isinstance(module, (FineGrainedStudent, ViSiLHead)):
+        raise TypeError(f"cannot score with {model.name!r}")
+    if np.ndim(query) != 3:
+        raise FeatureError(f"query must be one video [T, R, D], got shape {np.shape(query)}")
+    scorer = scorer_for(model, binary)
+    if indexed:
+        return scorer.similarities([query], database)[0]
+    reps = scorer.index([query] + database)
+    return scorer.similarities(reps[:1], reps[1:])[0]
+
+
+def rerank(coarse, fine, selector_scores, budget: float, *, fine_mapped: bool = False,
+           mask=None) -> np.ndarray:
+    """Mix coarse and fine similarities as the official DnS evaluation does -> (Q, N).
+
+    coarse, fine, selector_scores: (Q, N) (or (N,) for one query). For each query, the available
+    database videos (`mask`, default all) are ordered by descending selector score (stable sort) and
+    the first int(budget * N_available) take the fine similarity, the rest keep the coarse one.
+    `fine` holds raw fine similarities in [-1, 1] (what `score` returns) and is mapped to s/2 + 0.5
+    here, the official convention; pass `fine_mapped=True` if it is already mapped (as in the
+    official script's `fine_similarities`). Entries of `fine` that are not selected are never read
+    (they may be NaN). The dtype follows the inputs (float64 stays float64).
+    """
+    c = np.asarray(coarse)
+    f = np.asarray(fine)
+    s = np.asarray(selector_scores)
+    one = c.ndim == 1
+    c, f, s = np.atleast_2d(c), np.atleast_2d(f), np.atleast_2d(s)
+    if not (c.shape == f.shape == s.shape) or c.ndim != 2:
+        raise ValueError(f"coarse, fine and selector_scores must have one shape (Q, N); got {c.shape}, "
+                         f"{f.shape}, {s.shape}")
+    if not 0.0 <= float(budget) <= 1.0:
+        raise ValueError(f"budget must be a fraction in [0, 1], got {budget}")
+    avail = np.ones(c.shape[1], bool) if mask is None else np.asarray(mask, bool).reshape(-1)
+    if avail.shape[0] != c.shape[1]:
+        raise ValueError(f"mask must have N = {c.shape[1]} entries, got {avail.shape[0]}")
+    n_fine = int(budget * np.sum(avail))
+    out = np.array(c, dtype=np.result_type(c.dtype, f.dtype), copy=True)
+    if n_fine:
+        cols = np.flatnonzero(avail)
+        for q in range(c.shape[0]):
+            order = np.argsort(-s[q, cols], kind="stable")[:n_fine]
+            idx = cols[order]
+            vals = f[q, idx]
+            out[q, idx] = vals if fine_mapped else vals / 2.0 + 0.5
+    return out[0] if one else out
+
+
+def selection(selector_scores, budget: float) -> np.ndarray:
+    """Indices (Q, int(budget * N)) of the videos re-ranked by the fine student, per query."""
+    s = np.atleast_2d(np.asarray(selector_scores))
+    n_fine = int(budget * s.shape[1])
+    return np.argsort(-s, axis=1, kind="stable")[:, :n_fine]
+
+
+# ------------------------------------------------------------------------------------------------
+# the pipeline
+
+@dataclasses.dataclass
+class Representations:
+    """Indexed videos of one set: fine representations (list), CG vectors (N, E), selector
+    self-similarities (N,), ids. `fine_rep(i)` gives the fine representation of video i."""
+
+    ids: List[str]
+    fine: List
+    coarse: np.ndarray
+    selfsim: np.ndarray
+
+    def __len__(self):
+        return len(self.ids)
+
+    def fine_rep(self, i: int):
+        return self.fine[i]
+
+    def fine_reps(self, idx) -> List:
+        return [self.fine_rep(int(i)) for i in idx]
+
+
+@dataclasses.dataclass
+class SearchResults:
+    """Per query: the database order by mixed score (top-k), the mixed scores, which were re-ranked."""
+
+    query_ids: List[str]
+    ranking: np.ndarray          # (Q, k) database indices, best first
+    scores: np.ndarray           # (Q, k) mixed scores
+    reranked: np.ndarray         # (Q, k) bool: took the fine similarity
+    timings: dict
+
+
+class DnS:
+    """Distill-and-Select retrieval with three loaded networks (`dns_jax.pretrained.load`)."""
+
+    def __init__(self, fine_model, coarse_model, selector_model, binary: str = "packed"):
+        if not isinstance(fine_model.module, (FineGrainedStudent, ViSiLHead)):
+            raise TypeError(f"fine_model must be a fine-grained student, got {fine_model.name!r}")
+        if not isinstance(coarse_model.module, CoarseGrainedStudent):
+            raise TypeError(f"coarse_model must be the coarse-grained student, got {coarse_model.name!r}")
+        if not isinstance(selector_model.module, SelectorNetwork):
+            raise TypeError(f"selector_model must be the selector network, got {selector_model.name!r}")
+        self.fine_model, self.coarse_model, self.selector_model = fine_model, coarse_model, selector_model
+        self.scorer: FineScorer = scorer_for(fine_model, binary)
+        self._coarse_db = None
+        self._coarse_db_key = None
+
+    def index(self, videos: Sequence, ids: Optional[Sequence[str]] = None) -> Representations:
+        """Raw region features -> Representations (what an on-disk index stores)."""
+        videos = _as_video_list(videos, "videos")
+        ids = [str(i) for i in range(len(videos))] if ids is None else [str(i) for i in ids]
+        return Representations(ids=ids, fine=self.scorer.index(videos),
+                               coarse=coarse_index(self.coarse_model, videos),
+                               selfsim=selector_lib.self_similarities(self.selector_model, videos))
+
+    def coarse_database(self, database, dtype="float32") -> CoarseDatabase:
+        key = (id(database), len(database), str(dtype))
+        if self._coarse_db_key != key:
+            self._coarse_db = CoarseDatabase(database.coarse, dtype=dtype)
+            self._coarse_db_key = key
+        return self._coarse_db
+
+    def search(self, queries: Representations, database, budget: float = 0.1, topk: Optional[int] = 100,
+               coarse_dtype="float32", progress: Optional[Callable] = None) -> SearchResults:
+        """Coarse similarities to every database video, selector scores, the top `budget` fraction
+        (per query, by selector score) re-scored by the fine student; ranked by the mixed score."""
+        n = len(database)
+        if n == 0:
+            raise FeatureError("empty database")
+        t0 = time.perf_counter()
+        coarse = self.coarse_database(database, coarse_dtype).similarities(queries.coarse)
+        t1 = time.perf_counter()
+        sel = selector_lib.selector_scores(self.selector_model, queries.selfsim, database.selfsim, coarse)
+        t2 = time.perf_counter()
+        chosen = selection(sel, budget)
+        fine = np.full(coarse.shape, np.nan, np.float32)
+        for qi in range(len(queries)):
+            idx = chosen[qi]
+            if len(idx):
+                fine[qi, idx] = self.scorer.similarities([queries.fine_rep(qi)], database.fine_reps(idx))[0]
+            if progress is not None:
+                progress(1)
+        t3 = time.perf_counter()
+        mixed = rerank(coarse, fine, sel, budget)
+        k = n if topk is None else int(min(topk, n))
+        ranking = np.argsort(-mixed, axis=1, kind="stable")[:, :k]
+        reranked = np.zeros(coarse.shape, bool)
+        np.put_along_axis(reranked, chosen, True, axis=1)
+        nq = max(len(queries), 1)
+        return SearchResults(
+            query_ids=list(queries.ids), ranking=ranking,
+            scores=np.take_along_axis(mixed, ranking, 1),
+            reranked=np.take_along_axis(reranked, ranking, 1),
+            timings={"coarse_s_per_query": (t1 - t0) / nq, "selector_s_per_query": (t2 - t1) / nq,
+                     "fine_s_per_query": (t3 - t2) / nq, "fine_pairs_per_query": chosen.shape[1]})
