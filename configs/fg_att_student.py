@@ -1,0 +1,9 @@
+"""Training config of the fg att student (official DnS defaults; see dns_jax/training/config.py).
+
+    python train.py --config configs/fg_att_student.py --workdir DIR [--config.num_train_steps=N ...]
+"""
+from dns_jax.training.config import default_config
+
+
+def get_config():
+    return default_config("fg_att_student")

@@ -1,0 +1,157 @@
+"""Read-only collections of per-video region features `[T, R, D]` keyed by video id.
+
+`open_features(path)` picks the reader: HDF5 (the official feature files: one dataset per video),
+`.npz` (one array per video) or a folder of `<id>.npy` files. `MemoryFeatures` wraps a dict (the
+synthetic collection). Every store gives `length(id)` without reading the frames, which the input
+pipeline uses to plan padded batches before loading anything.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Dict, Iterable, List, Mapping
+
+import numpy as np
+
+from dns_jax.validation import FeatureError
+
+
+def _as_video(arr: np.ndarray, video_id: str, source: str) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim == 2:  # one region per frame, as the official loader accepts
+        arr = arr[:, None, :]
+    if arr.ndim != 3 or arr.shape[0] == 0:
+        raise FeatureError(f"{source}: video {video_id!r} has shape {arr.shape}; expected [T, R, D] with T > 0")
+    return arr.astype(np.float32, copy=False)
+
+
+class FeatureStore:
+    """Interface: `ids()`, `id in store`, `length(id)`, `store[id] -> float32 [T, R, D]`."""
+
+    source = "features"
+
+    def ids(self) -> List[str]:
+        raise NotImplementedError
+
+    def __contains__(self, video_id) -> bool:
+        raise NotImplementedError
+
+    def length(self, video_id: str) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, video_id: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.ids())
+
+    def shape(self) -> tuple:
+        """(R, D) of the collection (read from its first video)."""
+        first = self[self.ids()[0]]
+        return first.shape[1:]
+
+
+class MemoryFeatures(FeatureStore):
+    def __init__(self, videos: Mapping[str, np.ndarray], source: str = "in-memory features"):
+        self.source = source
+        self._videos = {str(k): _as_video(v, k, source) for k, v in videos.items()}
+
+    def ids(self):
+        return list(self._videos)
+
+    def __contains__(self, video_id):
+        return video_id in self._videos
+
+    def length(self, video_id):
+        return self._videos[video_id].shape[0]
+
+    def __getitem__(self, video_id):
+        return self._videos[video_id]
+
+
+class HDF5Features(FeatureStore):
+    """An HDF5 file with one dataset `[T, R, D]` (or `[T, D]`) per video id (official layout)."""
+
+    def __init__(self, path: str):
+        import h5py
+        self.source = os.fspath(path)
+        try:
+            self._file = h5py.File(self.source, "r")
+        except OSError as e:
+            raise FeatureError(f"cannot open feature file {self.source!r}: {e}") from e
+        self._lock = threading.Lock()  # h5py serialises anyway; the lock keeps reads well-formed
+        self._ids = list(self._file.keys())
+        self._idset = set(self._ids)
+
+    def ids(self):
+        return self._ids
+
+    def __contains__(self, video_id):
+        return video_id in self._idset
+
+    def length(self, video_id):
+        return int(self._file[video_id].shape[0])
+
+    def __getitem__(self, video_id):
+        with self._lock:
+            arr = self._file[video_id][()]
+        return _as_video(arr, video_id, self.source)
+
+
+class NpyFolderFeatures(FeatureStore):
+    """A folder of `<video_id>.npy` files (memory-mapped for `length`)."""
+
+    def __init__(self, path: str):
+        self.source = os.fspath(path)
+        self._ids = sorted(f[:-4] for f in os.listdir(self.source) if f.endswith(".npy"))
+        self._idset = set(self._ids)
+
+    def _path(self, video_id):
+        return os.path.join(self.source, video_id + ".npy")
+
+    def ids(self):
+        return self._ids
+
+    def __contains__(self, video_id):
+        return video_id in self._idset
+
+    def length(self, video_id):
+        return int(np.load(self._path(video_id), mmap_mode="r").shape[0])
+
+    def __getitem__(self, video_id):
+        return _as_video(np.load(self._path(video_id)), video_id, self.source)
+
+
+def open_features(path: str) -> FeatureStore:
+    """A FeatureStore for an HDF5 file, an .npz file or a folder of .npy files."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FeatureError(f"no such feature file or folder: {path!r}")
+    if os.path.isdir(path):
+        return NpyFolderFeatures(path)
+    if path.lower().endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            return MemoryFeatures({k: z[k] for k in z.files}, source=path)
+    return HDF5Features(path)
+
+
+def write_hdf5(videos: Mapping[str, np.ndarray], path: str) -> str:
+    """Write `{id: [T, R, D]}` as an official-layout HDF5 feature file."""
+    import h5py
+    with h5py.File(path, "w") as f:
+        for k, v in videos.items():
+            f.create_dataset(str(k), data=np.asarray(v, np.float32))
+    return path
+
+
+def global_descriptors(store: FeatureStore, ids: Iterable[str]) -> np.ndarray:
+    """[N, D] L2-normalised mean of every video's region features (a cheap pre-ranking key)."""
+    out = []
+    for v in ids:
+        x = store[v].mean(axis=(0, 1))
+        out.append(x / max(float(np.linalg.norm(x)), 1e-12))
+    return np.stack(out).astype(np.float32)
+
+
+def read_all(store: FeatureStore, ids: Iterable[str]) -> Dict[str, np.ndarray]:
+    return {v: store[v] for v in ids}
