@@ -1,0 +1,150 @@
+"""Build or extend an index from HDF5 feature files (one dataset per video id, [T, 9, 512] or
+[T, 512]), as published for FIVR-200K, CC_WEB_VIDEO, EVVE, SVD and DnS-100K, or written by
+dns_jax.features. Ids are dataset paths, so CC_WEB_VIDEO ids with '/' (nested groups) and SVD ids
+ending in '.mp4' work as they are.
+
+Videos are committed in shards (atomic, see store.py); a killed run leaves a usable index and the
+next run resumes by skipping committed ids. A bad video (unreadable, wrong shape, empty, NaN/inf)
+is reported, recorded in the manifest's `skipped` with the reason, and the rest are indexed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import h5py
+import numpy as np
+
+from dns_jax.index.store import Index
+from dns_jax.retrieval import coarse_index, scorer_for, self_similarities
+from dns_jax.validation import FeatureError, check_video
+
+
+def list_video_ids(path: str) -> List[str]:
+    """Every dataset of an HDF5 file, by its path (nested groups give ids with '/')."""
+    ids: List[str] = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: ids.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return ids
+
+
+def read_video(f: h5py.File, video_id: str, dims: int) -> np.ndarray:
+    """Features of one video, checked (FeatureError with the reason if unusable)."""
+    try:
+        obj = f[video_id]
+    except KeyError:
+        raise FeatureError(f"{video_id}: not in {f.filename}") from None
+    if not isinstance(obj, h5py.Dataset):
+        raise FeatureError(f"{video_id}: is a group, not a dataset")
+    try:
+        arr = obj[()]
+    except Exception as e:  # corrupt chunk, unsupported dtype, ...
+        raise FeatureError(f"{video_id}: unreadable ({type(e).__name__}: {e})") from None
+    return check_video(arr, dims, video_id)
+
+
+@dataclasses.dataclass
+class BuildReport:
+    added: int = 0
+    already: int = 0
+    skipped: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __str__(self):
+        return f"{self.added} videos added, {self.already} already indexed, {len(self.skipped)} skipped"
+
+
+def iter_videos(feature_files: Sequence[str], ids: Optional[Sequence[str]] = None
+                ) -> Iterator[Tuple[str, str, Optional[str]]]:
+    """(file, id, None) for every video to read, or (None, id, reason) for a requested id found in
+    no file. With `ids`, only those (in that order); otherwise every dataset of every file."""
+    per_file = [(p, list_video_ids(p)) for p in feature_files]
+    if ids is None:
+        seen = set()
+        for p, vids in per_file:
+            for v in vids:
+                if v not in seen:
+                    seen.add(v)
+                    yield p, v, None
+        return
+    where = {}
+    for p, vids in per_file:
+        for v in vids:
+            where.setdefault(v, p)
+    for v in ids:
+        v = str(v)
+        yield (where[v], v, None) if v in where else (None, v, "not found in the feature files")
+
+
+def build_index(directory: str, feature_files: Sequence[str], fine_model, coarse_model, selector_model, *,
+                ids: Optional[Sequence[str]] = None, shard_size: int = 512, binary: str = "packed",
+                progress: bool = True, log: Callable[[str], None] = print) -> BuildReport:
+    """Create or extend the index in `directory` with the videos of `feature_files`."""
+    scorer = scorer_for(fine_model, binary)
+    kind = "packed" if scorer.packed else "float32"
+    if Index.exists(directory):
+        index = Index.open(directory, writable=True)
+        index.check_networks(fine_model, coarse_model, selector_model)
+        if index.fine_kind != kind:
+            raise ValueError(f"the index at {directory!r} stores {index.fine_kind!r} fine representations, "
+                             f"not {kind!r}")
+    else:
+        index = Index.create(directory, fine_model, coarse_model, selector_model, kind,
+                             scorer.bits // 8 if scorer.packed else (scorer.bits or scorer.dims))
+    dims = fine_model.module.dims
+    report = BuildReport()
+    todo = list(iter_videos(feature_files, ids))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(todo), desc="indexing", unit="video")
+    handles: Dict[str, h5py.File] = {}
+    batch_ids: List[str] = []
+    batch: List[np.ndarray] = []
+    pending_skips: Dict[str, str] = {}
+
+    def commit():
+        nonlocal batch_ids, batch, pending_skips
+        if not batch_ids and not pending_skips:
+            return
+        if batch_ids:
+            before = scorer.zero_codes_seen
+            fine = scorer.index(batch)
+            coarse = coarse_index(coarse_model, batch)
+            selfsim = self_similarities(selector_model, batch)
+            index.add(batch_ids, fine, coarse, selfsim, skipped=pending_skips,
+                      zero_codes=scorer.zero_codes_seen - before)
+        else:
+            index.add([], [], np.zeros((0, 1), np.float32), np.zeros(0, np.float32), skipped=pending_skips)
+        report.added += len(batch_ids)
+        batch_ids, batch, pending_skips = [], [], {}
+
+    try:
+        for path, vid, reason in todo:
+            if bar is not None:
+                bar.update(1)
+            if vid in index or vid in batch_ids:
+                report.already += 1
+                continue
+            if reason is None:
+                if path not in handles:
+                    handles[path] = h5py.File(path, "r")
+                try:
+                    batch.append(read_video(handles[path], vid, dims))
+                    batch_ids.append(vid)
+                except FeatureError as e:
+                    reason = str(e)
+            if reason is not None:
+                report.skipped[vid] = reason
+                pending_skips[vid] = reason
+                log(f"skipped {vid}: {reason}")
+            if len(batch_ids) >= shard_size:
+                commit()
+        commit()
+    finally:
+        for h in handles.values():
+            h.close()
+        if bar is not None:
+            bar.close()
+    if index.manifest.get("zero_codes"):
+        log(f"note: {index.manifest['zero_codes']} binary code values were exactly 0 and are stored as -1")
+    return report

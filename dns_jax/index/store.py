@@ -1,0 +1,319 @@
+"""On-disk DnS index: one directory per collection.
+
+Layout (format version FORMAT_VERSION):
+
+    <dir>/index.json            manifest: format, version, networks (name, config, fingerprint),
+                                representation kinds, list of committed shards, skipped videos
+    <dir>/shards/000000/        one immutable shard per commit:
+        ids.json                video ids, in order
+        coarse.npy   (n, E)     CG vectors, float32
+        selfsim.npy  (n,)       selector self-similarities, float32
+        lengths.npy  (n,)       frames of each fine representation
+        offsets.npy  (n + 1,)   start of each video in fine.npy
+        fine.npy     (sum T, R, C)  FG-Att / FG / ViSiL: float32 features (C = dims);
+                                    FG-Bin: packed codes, uint8, C = bits / 8 (64 bytes per region)
+
+Atomicity: a shard is written into a temporary directory, flushed, then renamed into place; the
+manifest is then replaced atomically (write + fsync + os.replace). A shard is part of the index only
+once the manifest lists it, so a process killed at any point leaves the previous, complete index;
+leftovers (temporary or unlisted shard directories) are removed when the index is next opened for
+writing, and a rebuild resumes by skipping the ids already committed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+import dns_jax
+
+FORMAT = "dns-jax-index"
+FORMAT_VERSION = 1
+MANIFEST = "index.json"
+SHARDS = "shards"
+
+
+class IndexFormatError(ValueError):
+    """Not an index, an index written by another format version, or an inconsistent one."""
+
+
+class NetworkMismatchError(ValueError):
+    """The networks given do not match those the index was built with."""
+
+
+def network_fingerprint(model) -> str:
+    """sha1 over the network name, config and every weight (order-independent of dict layout)."""
+    import jax
+    h = hashlib.sha1()
+    h.update(model.name.encode())
+    h.update(json.dumps(model.config, sort_keys=True, default=str).encode())
+    leaves = jax.tree_util.tree_flatten_with_path(model.variables)[0]
+    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def describe_network(model) -> dict:
+    return {"name": model.name, "config": json.loads(json.dumps(model.config, default=str)),
+            "fingerprint": network_fingerprint(model)}
+
+
+def _fsync_dir(path: str):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: str, obj):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _save_npy(path: str, arr: np.ndarray):
+    with open(path, "wb") as f:
+        np.save(f, arr)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class Shard:
+    """One committed shard (read-only; fine features memory-mapped)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        with open(os.path.join(path, "ids.json")) as f:
+            self.ids: List[str] = json.load(f)
+        self.coarse = np.load(os.path.join(path, "coarse.npy"))
+        self.selfsim = np.load(os.path.join(path, "selfsim.npy"))
+        self.lengths = np.load(os.path.join(path, "lengths.npy"))
+        self.offsets = np.load(os.path.join(path, "offsets.npy"))
+        self.fine = np.load(os.path.join(path, "fine.npy"), mmap_mode="r")
+        n = len(self.ids)
+        if not (self.coarse.shape[0] == self.selfsim.shape[0] == self.lengths.shape[0] == n
+                and self.offsets.shape[0] == n + 1 and self.offsets[-1] == self.fine.shape[0]):
+            raise IndexFormatError(f"shard {path!r} is inconsistent (array sizes do not match its {n} ids)")
+
+    def fine_rep(self, i: int) -> np.ndarray:
+        return self.fine[self.offsets[i]:self.offsets[i + 1]]
+
+
+class Index:
+    """A DnS index directory. `Index.open(dir)` to read, `Index.create(dir, ...)` or
+    `Index.open(dir, writable=True)` to append with `add(...)`.
+
+    Reading: `ids`, `coarse` (N, E), `selfsim` (N,), `fine_rep(i)`, `position(id)`, `len()`;
+    it implements the database protocol of `dns_jax.retrieval.DnS.search`.
+    """
+
+    def __init__(self, directory: str, manifest: dict, writable: bool):
+        self.directory = directory
+        self.manifest = manifest
+        self.writable = writable
+        self._load()
+
+    # -- opening ----------------------------------------------------------------------------
+    @staticmethod
+    def exists(directory: str) -> bool:
+        return os.path.exists(os.path.join(directory, MANIFEST))
+
+    @classmethod
+    def create(cls, directory: str, fine_model, coarse_model, selector_model, fine_kind: str,
+               fine_dims: int) -> "Index":
+        """A new empty index (the directory may exist but must not hold an index)."""
+        if cls.exists(directory):
+            raise FileExistsError(f"{directory!r} already holds an index; open it to append")
+        os.makedirs(os.path.join(directory, SHARDS), exist_ok=True)
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "dns_jax_version": dns_jax.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "networks": {"fine": describe_network(fine_model), "coarse": describe_network(coarse_model),
+                         "selector": describe_network(selector_model)},
+            "fine": {"kind": fine_kind, "dims": int(fine_dims)},
+            "shards": [], "count": 0, "skipped": {}, "zero_codes": 0,
+        }
+        _write_json_atomic(os.path.join(directory, MANIFEST), manifest)
+        return cls(directory, manifest, writable=True)
+
+    @classmethod
+    def open(cls, directory: str, writable: bool = False) -> "Index":
+        path = os.path.join(directory, MANIFEST)
+        if not os.path.exists(path):
+            raise IndexFormatError(f"{directory!r} is not a DnS index (no {MANIFEST}); build one with index.py")
+        try:
+            with open(path) as f:
+                manifest = json.load(f)
+        except (OSError, ValueError) as e:
+            raise IndexFormatError(f"cannot read the index manifest {path!r}: {e}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise IndexFormatError(f"{path!r} is not a dns-jax index manifest")
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise IndexFormatError(
+                f"the index at {directory!r} was written in index format version {version} (by dns_jax "
+                f"{manifest.get('dns_jax_version', '?')}); this dns_jax ({dns_jax.__version__}) reads "
+                f"version {FORMAT_VERSION} only. Rebuild the index with this version's index.py.")
+        index = cls(directory, manifest, writable)
+        if writable:
+            index._clean_leftovers()
+        return index
+
+    def _load(self):
+        self.shards = [Shard(os.path.join(self.directory, SHARDS, s["name"])) for s in self.manifest["shards"]]
+        self.ids: List[str] = [i for s in self.shards for i in s.ids]
+        self._pos: Dict[str, int] = {v: i for i, v in enumerate(self.ids)}
+        self._starts = np.cumsum([0] + [len(s.ids) for s in self.shards])
+        dims = None
+        for s in self.shards:
+            if s.coarse.shape[0]:
+                dims = s.coarse.shape[1]
+        self.coarse = (np.concatenate([s.coarse for s in self.shards if s.coarse.shape[0]], 0)
+                       if any(s.coarse.shape[0] for s in self.shards) else np.zeros((0, dims or 0), np.float32))
+        self.selfsim = (np.concatenate([s.selfsim for s in self.shards], 0) if self.shards
+                        else np.zeros(0, np.float32))
+        self.lengths = (np.concatenate([s.lengths for s in self.shards], 0) if self.shards
+                        else np.zeros(0, np.int64))
+
+    def _clean_leftovers(self):
+        root = os.path.join(self.directory, SHARDS)
+        listed = {s["name"] for s in self.manifest["shards"]}
+        for name in os.listdir(root):
+            if name not in listed:
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        for name in os.listdir(self.directory):
+            if name.startswith(MANIFEST + ".tmp-"):
+                try:
+                    os.remove(os.path.join(self.directory, name))
+                except OSError:
+                    pass
+
+    # -- reading ----------------------------------------------------------------------------
+    def __len__(self):
+        return len(self.ids)
+
+    @property
+    def fine_kind(self) -> str:
+        return self.manifest["fine"]["kind"]
+
+    @property
+    def skipped(self) -> Dict[str, str]:
+        return dict(self.manifest.get("skipped", {}))
+
+    def __contains__(self, video_id) -> bool:
+        return str(video_id) in self._pos
+
+    def position(self, video_id: str) -> int:
+        try:
+            return self._pos[str(video_id)]
+        except KeyError:
+            raise KeyError(f"unknown video id {video_id!r}: not in the index at {self.directory!r} "
+                           f"({len(self.ids)} videos)") from None
+
+    def fine_rep(self, i: int) -> np.ndarray:
+        s = int(np.searchsorted(self._starts, i, side="right") - 1)
+        return self.shards[s].fine_rep(int(i - self._starts[s]))
+
+    def fine_reps(self, idx) -> List[np.ndarray]:
+        return [self.fine_rep(int(i)) for i in idx]
+
+    def representations(self, video_ids: Sequence[str]):
+        """The stored representations of some indexed videos, as a retrieval.Representations."""
+        from dns_jax.retrieval import Representations
+        pos = [self.position(v) for v in video_ids]
+        return Representations(ids=[str(v) for v in video_ids], fine=[np.asarray(self.fine_rep(p)) for p in pos],
+                               coarse=self.coarse[pos], selfsim=self.selfsim[pos])
+
+    def check_networks(self, fine_model=None, coarse_model=None, selector_model=None):
+        """Raise NetworkMismatchError if a given network is not the one the index was built with."""
+        for role, model in (("fine", fine_model), ("coarse", coarse_model), ("selector", selector_model)):
+            if model is None:
+                continue
+            want = self.manifest["networks"][role]
+            got = describe_network(model)
+            if got["name"] != want["name"] or got["fingerprint"] != want["fingerprint"]:
+                raise NetworkMismatchError(
+                    f"the {role} network {got['name']!r} (fingerprint {got['fingerprint'][:12]}) is not the one "
+                    f"the index at {self.directory!r} was built with ({want['name']!r}, fingerprint "
+                    f"{want['fingerprint'][:12]}); its stored representations would not be comparable")
+
+    # -- writing ----------------------------------------------------------------------------
+    def add(self, ids: Sequence[str], fine: Sequence[np.ndarray], coarse: np.ndarray, selfsim: np.ndarray,
+            skipped: Optional[Dict[str, str]] = None, zero_codes: int = 0):
+        """Commit one shard of videos (atomically) and record skipped ones."""
+        if not self.writable:
+            raise PermissionError("index opened read-only; use Index.open(dir, writable=True)")
+        ids = [str(i) for i in ids]
+        dup = [i for i in ids if i in self._pos]
+        if dup or len(set(ids)) != len(ids):
+            raise ValueError(f"video ids already in the index or repeated: {sorted(set(dup))[:5]}")
+        n = len(ids)
+        if not (len(fine) == n and np.shape(coarse)[0] == n and np.shape(selfsim)[0] == n):
+            raise ValueError("ids, fine, coarse and selfsim must have one entry per video")
+        manifest = json.loads(json.dumps(self.manifest))
+        if skipped:
+            manifest["skipped"].update({str(k): str(v) for k, v in skipped.items()})
+        if n:
+            kind = self.fine_kind
+            want_dtype = np.uint8 if kind == "packed" else np.float32
+            fine = [np.asarray(f) for f in fine]
+            for f in fine:
+                if f.dtype != want_dtype or f.ndim != 3:
+                    raise ValueError(f"fine representations of a {kind!r} index must be {np.dtype(want_dtype)} "
+                                     f"[T, R, C]; got {f.dtype} {f.shape}")
+            name = f"{len(manifest['shards']):06d}"
+            while os.path.exists(os.path.join(self.directory, SHARDS, name)):
+                name = f"{int(name) + 1:06d}"
+            tmp = os.path.join(self.directory, SHARDS, f".tmp-{name}-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+            lengths = np.array([f.shape[0] for f in fine], np.int64)
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            with open(os.path.join(tmp, "ids.json"), "w") as f:
+                json.dump(ids, f)
+                f.flush()
+                os.fsync(f.fileno())
+            _save_npy(os.path.join(tmp, "coarse.npy"), np.asarray(coarse, np.float32))
+            _save_npy(os.path.join(tmp, "selfsim.npy"), np.asarray(selfsim, np.float32).reshape(-1))
+            _save_npy(os.path.join(tmp, "lengths.npy"), lengths)
+            _save_npy(os.path.join(tmp, "offsets.npy"), offsets)
+            _save_npy(os.path.join(tmp, "fine.npy"), np.concatenate(fine, 0))
+            _fsync_dir(tmp)
+            final = os.path.join(self.directory, SHARDS, name)
+            os.rename(tmp, final)
+            _fsync_dir(os.path.join(self.directory, SHARDS))
+            manifest["shards"].append({"name": name, "count": n, "frames": int(offsets[-1])})
+            manifest["count"] = int(manifest["count"]) + n
+            manifest["zero_codes"] = int(manifest.get("zero_codes", 0)) + int(zero_codes)
+            for i in ids:
+                manifest["skipped"].pop(i, None)
+        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        _write_json_atomic(os.path.join(self.directory, MANIFEST), manifest)
+        self.manifest = manifest
+        if n:
+            self._load()
+
+    # -- accounting -------------------------------------------------------------------------
+    def bytes_per_video(self) -> Dict[str, float]:
+        """Average stored bytes per video for each representation (array payload only)."""
+        n = max(len(self), 1)
+        fine = sum(s.fine.nbytes for s in self.shards)
+        return {"fine": fine / n, "coarse": self.coarse.nbytes / n, "selector": self.selfsim.nbytes / n}
