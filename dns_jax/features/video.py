@@ -7,7 +7,9 @@ Relation to the official loader (ViSiL / DnS `load_video`, OpenCV):
   `i % round(video_fps / fps) == 0`, where `video_fps` is the stream's average frame rate (OpenCV's
   CAP_PROP_FPS), replaced by 25 when missing, zero or above 144. Decoding stops at the first
   error, as OpenCV's grab/retrieve loop does; a video that yields no frame is an error here
-  (OpenCV would silently return an empty array).
+  (OpenCV would silently return an empty array), and one that stops early (a decoding error, or
+  far fewer frames than its header declares) warns, or raises with `strict=True`. Frame 0 is
+  always kept, so a video shorter than one second gives one frame.
 * RGB conversion: PyAV's `rgb24` conversion (libswscale). OpenCV converts to BGR24 through
   libswscale too, so the two agree as long as both link a similar FFmpeg.
 * Resizing reimplements OpenCV's `INTER_CUBIC` for uint8 (Keys cubic with a = -0.75, half-pixel
@@ -108,16 +110,64 @@ def frame_step(video_fps: float, fps: float = 1) -> int:
     return max(1, round(video_fps / fps))
 
 
+def _open_error(path: str) -> Exception | None:
+    """A clear error for paths FFmpeg would only answer "Invalid data" to, or None."""
+    if not os.path.exists(path):
+        return FileNotFoundError(f"video not found: {path}")
+    if os.path.isdir(path):
+        return VideoError(f"not a video file but a directory: {path}")
+    try:
+        with open(path, "rb") as fh:
+            empty = not fh.read(1)
+    except OSError as e:  # permission denied, I/O error, ...
+        return VideoError(f"cannot read video {path}: {e.strerror or e}")
+    if empty:
+        return VideoError(f"empty video file (0 bytes): {path}")
+    return None
+
+
+def declared_frames(container, stream) -> tuple:
+    """`(frames, source)`: how many frames the file says its video stream has, or `(0, None)`.
+
+    From the stream's frame count (MP4/MOV sample tables), else its duration times its average
+    rate, else the container's duration when the video is its only stream (e.g. Matroska).
+    """
+    if stream.frames:
+        return int(stream.frames), "frame count"
+    rate = _stream_fps(stream)
+    if not rate:
+        return 0, None
+    if stream.duration and stream.time_base:
+        return int(round(float(stream.duration * stream.time_base) * rate)), "stream duration"
+    if container.duration and len(container.streams) == 1:
+        return int(round(container.duration / 1_000_000 * rate)), "container duration"
+    return 0, None
+
+
+def truncation_tolerance(declared: int, rate: float) -> int:
+    """Frames that may be missing from a declared length before a video counts as truncated:
+    one second of video or 5 %, whichever is more (edit lists, rounded durations and frames a
+    decoder drops at the start must not flag a whole file)."""
+    return max(int(round(rate or DEFAULT_FPS)), int(0.05 * declared))
+
+
 def iter_frames(path, fps: float = 1, rs_size: int | None = 256, cc_size: int | None = 224,
-                all_frames: bool = False):
+                all_frames: bool = False, strict: bool = False):
     """Generator over the sampled frames of a video, uint8 RGB `[H, W, 3]` each (see `load_video`).
 
-    Errors opening the file are raised at the first `next()`; a decoding error after some frames
-    ends the generator with a RuntimeWarning (OpenCV's loop stops there too).
+    Frames are decoded, converted and resized one at a time, so the generator holds one decoded
+    frame (plus FFmpeg's own reference buffers) whatever the length of the video.
+
+    Errors opening the file are raised at the first `next()`. A video that stops decoding after
+    some frames (a decoding error, or the stream ending well before the length its header
+    declares, see `truncation_tolerance`) is truncated or corrupt: with `strict` that raises
+    VideoError; otherwise the generator ends there with a RuntimeWarning naming the file, having
+    yielded what decoded (the official OpenCV loop stops there silently).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"video not found: {path}")
+    err = _open_error(path)
+    if err is not None:
+        raise err
     try:
         import av
     except ImportError as e:
@@ -126,23 +176,35 @@ def iter_frames(path, fps: float = 1, rs_size: int | None = 256, cc_size: int | 
         container = av.open(path)
     except (av.FFmpegError, UnicodeDecodeError) as e:
         raise VideoError(f"cannot open video {path}: {e}") from e
+
+    def truncated(message):
+        if strict:
+            raise VideoError(f"{message} (truncated or corrupt file)")
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
     with container:
         if not container.streams.video:
-            raise VideoError(f"no video stream in {path}")
+            kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+            raise VideoError(f"no video stream in {path} (it has: {', '.join(kinds)})")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        step = 1 if all_frames else frame_step(_stream_fps(stream), fps)
+        rate = _stream_fps(stream)
+        step = 1 if all_frames else frame_step(rate, fps)
+        declared, source = declared_frames(container, stream)
         count = kept = 0
         decoded = container.decode(stream)
         while True:
             try:
                 frame = next(decoded)
             except StopIteration:
+                if kept and declared - count > truncation_tolerance(declared, rate):
+                    truncated(f"{path}: the video stream ended after {count} frames, its {source} "
+                              f"says {declared}")
                 return
             except av.FFmpegError as e:
                 if not kept:
                     raise VideoError(f"cannot decode video {path}: {e}") from e
-                warnings.warn(f"{path}: decoding stopped after {count} frames: {e}", RuntimeWarning, stacklevel=2)
+                truncated(f"{path}: decoding stopped after {count} frames: {e}")
                 return
             if count % step == 0:
                 kept += 1
@@ -151,7 +213,7 @@ def iter_frames(path, fps: float = 1, rs_size: int | None = 256, cc_size: int | 
 
 
 def load_video(path, fps: float = 1, rs_size: int | None = 256, cc_size: int | None = 224,
-               all_frames: bool = False) -> np.ndarray:
+               all_frames: bool = False, strict: bool = False) -> np.ndarray:
     """Decode a video file into uint8 RGB frames `[T, H, W, 3]` the way DnS/ViSiL sample them.
 
     Args:
@@ -161,12 +223,17 @@ def load_video(path, fps: float = 1, rs_size: int | None = 256, cc_size: int | N
       rs_size: the shorter side is resized to this (bicubic, as OpenCV); None keeps the size.
       cc_size: centre crop size; None keeps the whole resized frame.
       all_frames: keep every decoded frame (the official `all_frames` flag).
+      strict: a truncated or corrupt video that decodes only in part raises VideoError instead of
+        returning the frames decoded (with a RuntimeWarning), as the official loader would.
+
+    The whole video is held in memory; `iter_frames` (and `Extractor.extract_video`) stream it.
 
     Raises:
-      FileNotFoundError: no such file. VideoError: unreadable/corrupt file, no video stream, or no
-      frame could be decoded. ImportError: PyAV is not installed (`pip install av`).
+      FileNotFoundError: no such file. VideoError: a directory, an empty, unreadable or corrupt
+      file, no video stream, or no frame could be decoded (with `strict`: any decoding error).
+      ImportError: PyAV is not installed (`pip install av`).
     """
-    frames = list(iter_frames(path, fps, rs_size, cc_size, all_frames))
+    frames = list(iter_frames(path, fps, rs_size, cc_size, all_frames, strict))
     if not frames:
         raise VideoError(f"no frames could be decoded from {os.fspath(path)}")
     try:
