@@ -100,12 +100,85 @@ def test_cli_offline_backbone(tmp_path, collection, capsys):
     pytest.importorskip("onnx")
     out = tmp_path / "cli.hdf5"
     lst = tmp_path / "list.txt"
-    lst.write_text(f"a\t{collection / 'a.mp4'}\nbroken\t{collection / 'broken.mp4'}\n")
+    lst.write_text(f"a\t{collection / 'a.mp4'}\nbroken\t{collection / 'broken.mp4'}\n"
+                   f"gone\t{collection / 'gone.mp4'}\nc\t{collection / 'c.mkv'}\n")
     rc = main(["--videos", str(lst), "--output", str(out), "--batch-size", "2", "--no-progress",
                "--workers", "1"])
-    assert rc == 1  # one bad video
-    assert "FAILED broken" in capsys.readouterr().out
+    assert rc == 1  # bad videos
+    printed = capsys.readouterr().out
+    assert "extracted 2 videos (3 frames)" in printed and "; 2 failed" in printed
+    assert f"FAILED broken ({collection / 'broken.mp4'})" in printed
+    assert f"FAILED gone ({collection / 'gone.mp4'}): FileNotFoundError: video not found" in printed
     with h5py.File(out, "r") as h5:
-        assert list(h5.keys()) == ["a"] and h5["a"].shape == (2, 9, 1920)
+        assert sorted(h5.keys()) == ["a", "c"] and h5["a"].shape == (2, 9, 1920)
+        assert h5["c"].shape == (1, 9, 1920)  # half a second of video: one frame
         np.testing.assert_allclose(np.linalg.norm(h5["a"][:], axis=-1), 1.0, rtol=1e-5)
         assert json.loads(h5.attrs[ATTR])["backbone"] == "resnet50_1by2_opennsfw"
+
+
+def _write_audio(path, codec="aac", rate=44100, frames=20):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=rate)
+        fmt, size = s.codec_context.codec.audio_formats[0].name, s.codec_context.frame_size or 1024
+        for i in range(frames):
+            frame = av.AudioFrame(format=fmt, layout="mono", samples=size)
+            for plane in frame.planes:
+                plane.update(bytes(plane.buffer_size))
+            frame.sample_rate, frame.pts = rate, i * size
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+@pytest.fixture
+def bad_collection(tmp_path):
+    """Good videos (one shorter than a second) among every kind of bad input of the issue."""
+    d = tmp_path / "bad"
+    d.mkdir()
+    _write_video(d / "good.mp4", n=20, level=10)                       # 2 frames
+    _write_video(d / "short.mp4", n=10, rate=25, level=40)             # 0.4 s -> 1 frame
+    (d / "zero.mp4").touch()
+    full = _write_video(tmp_path / "full.mkv", n=100, level=0).read_bytes()
+    (d / "cut_mkv.mkv").write_bytes(full[: len(full) // 3])            # decodes in part
+    cut = _write_video(tmp_path / "full.mp4", n=100).read_bytes()
+    (d / "cut_mp4.mp4").write_bytes(cut[: len(cut) // 2])              # no index left: unreadable
+    (d / "corrupt.avi").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    _write_audio(d / "audio_only.m4a")
+    (d / "folder.mp4").mkdir()
+    videos = [(p.stem, str(p)) for p in sorted(d.iterdir())] + [("missing", str(d / "missing.mp4"))]
+    return videos
+
+
+def test_bad_inputs_are_recorded_and_the_run_goes_on(tmp_path, bad_collection):
+    out = tmp_path / "feats.hdf5"
+    logs = []
+    s = extract_to_hdf5(bad_collection, out, mean_colour, progress=False, workers=2, log=logs.append)
+    assert (s.extracted, s.frames) == (2, 3)
+    reasons = {vid: msg for vid, _, msg in s.failed}
+    assert sorted(reasons) == ["audio_only", "corrupt", "cut_mkv", "cut_mp4", "folder", "missing", "zero"]
+    for vid, path, msg in s.failed:
+        assert path in msg, (vid, msg)  # every error names its file
+    assert "no video stream" in reasons["audio_only"] and "empty video file" in reasons["zero"]
+    assert "directory" in reasons["folder"] and "not found" in reasons["missing"]
+    assert "cannot open video" in reasons["corrupt"] and "cannot open video" in reasons["cut_mp4"]
+    assert "truncated or corrupt file" in reasons["cut_mkv"]
+    summary = [line for line in logs if line.startswith("extracted")]
+    assert summary == [f"extracted 2 videos (3 frames) in {s.seconds:.1f} s; skipped 0 already present; "
+                       f"{len(s.failed)} failed"]
+    assert sum(line.startswith("  FAILED") for line in logs) == len(s.failed)
+    with h5py.File(out, "r") as h5:
+        assert sorted(h5.keys()) == ["good", "short"]
+        assert h5["good"].shape == (2, 1, 3) and h5["short"].shape == (1, 1, 3)
+        assert SCRATCH not in h5
+
+
+def test_keep_partial_extracts_what_decodes(tmp_path, bad_collection):
+    videos = [v for v in bad_collection if v[0] in ("good", "cut_mkv")]
+    with pytest.warns(RuntimeWarning, match="cut_mkv.mkv: the video stream ended after"):
+        s = extract_to_hdf5(videos, tmp_path / "f.hdf5", mean_colour, progress=False, workers=1,
+                            load_kwargs={"strict": False}, log=lambda *_: None)
+    assert s.extracted == 2 and s.failed == []
+    with h5py.File(tmp_path / "f.hdf5", "r") as h5:
+        assert 1 <= h5["cut_mkv"].shape[0] < 10

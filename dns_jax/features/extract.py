@@ -12,7 +12,13 @@
   moved to its id only when complete (then flushed), so an interrupted run never leaves a partial
   dataset; leftovers of the scratch group are deleted on the next run. The extraction settings are
   stored in the file's attributes and a resumed run with other settings is refused.
-* Videos that cannot be read are skipped and listed at the end (exit status 1 if any).
+* Videos that cannot be read (missing, empty, corrupt, truncated, without a video stream) are
+  recorded as failed with the reason, the run goes on with the rest and ends with a summary that
+  lists them (exit status 1 if any). A video that decodes only in part counts as failed unless
+  `--keep-partial` is given (then the frames that decode are kept, as the official OpenCV loader
+  does, with a warning).
+* Frames are decoded and sent through the network batch by batch, so memory does not grow with the
+  length of a video.
 
 Without `--backbone`, the offline `resnet50_1by2_opennsfw` backbone is used: its 1920-d features
 work for models trained on them but are NOT the features the published DnS networks expect (those
@@ -33,7 +39,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .video import VideoError, iter_frames
+from .extractor import extract_video
+from .video import VideoError
 
 SCRATCH = "__dns_jax_partial__"
 ATTR = "dns_jax.features"
@@ -89,18 +96,9 @@ def _has(h5, video_id: str) -> bool:
 
 
 def _features(extractor: Callable, path: str, chunk: int, load_kwargs: dict) -> np.ndarray:
-    """Features of one video, decoding and extracting `chunk` frames at a time (bounded memory)."""
-    out, buf = [], []
-    for frame in iter_frames(path, **load_kwargs):
-        buf.append(frame)
-        if len(buf) == chunk:
-            out.append(extractor(np.stack(buf)))
-            buf = []
-    if buf:
-        out.append(extractor(np.stack(buf)))
-    if not out:
-        raise VideoError(f"no frames could be decoded from {path}")
-    return np.concatenate(out).astype(np.float32, copy=False)
+    """Features of one video, streamed: an `Extractor` takes decoded frames batch by batch, any
+    other callable `chunk` frames at a time, so memory does not grow with the video's length."""
+    return extract_video(extractor, path, batch_frames=chunk, **load_kwargs)
 
 
 def extract_to_hdf5(videos: Sequence, output, extractor: Callable, *, settings: dict | None = None,
@@ -109,13 +107,17 @@ def extract_to_hdf5(videos: Sequence, output, extractor: Callable, *, settings: 
     """Extract `videos` (`[(id, path)]`) with `extractor` (frames -> `[T, R, D]`) into `output`.
 
     `settings` (JSON-able) is stored in the file's attributes; resuming with different settings
-    raises ValueError. `workers` threads read videos ahead while the extractor runs. Returns a
-    `Summary` (failed = `[(id, path, message)]`).
+    raises ValueError. `load_kwargs` go to `iter_frames` (`strict` defaults to True here: a video
+    that decodes only in part is a failure). An `Extractor` receives the frames of a video batch by
+    batch as they are decoded; another callable gets `chunk_frames` frames per call. `workers`
+    threads read videos ahead while the extractor runs. Returns a `Summary` (failed =
+    `[(id, path, message)]`).
     """
     import h5py
     from tqdm import tqdm
 
     load_kwargs = dict(load_kwargs or {})
+    load_kwargs.setdefault("strict", True)
     settings_json = json.dumps(settings or {}, sort_keys=True)
     t0 = time.time()
     failed, extracted, frames = [], 0, 0
@@ -190,6 +192,8 @@ def parse_args(argv: Iterable[str] | None = None):
     ap.add_argument("--batch-size", type=int, default=32, help="frames per jitted call (default 32)")
     ap.add_argument("--workers", type=int, default=2, help="videos decoded ahead in threads (default 2)")
     ap.add_argument("--compression", choices=["none", "gzip", "lzf"], default="none")
+    ap.add_argument("--keep-partial", action="store_true",
+                    help="keep the decodable part of truncated/corrupt videos instead of failing them")
     ap.add_argument("--precision", choices=["default", "high", "highest"], default="default",
                     help="conv precision (GPU: 'highest' disables TF32)")
     ap.add_argument("--no-progress", action="store_true")
@@ -212,7 +216,8 @@ def main(argv: Iterable[str] | None = None) -> int:
                 "dims": extractor.dims, "fps": args.fps, "rs_size": args.rs_size, "cc_size": args.cc_size}
     summary = extract_to_hdf5(
         videos, args.output, extractor, settings=settings,
-        load_kwargs={"fps": args.fps, "rs_size": args.rs_size, "cc_size": args.cc_size},
+        load_kwargs={"fps": args.fps, "rs_size": args.rs_size, "cc_size": args.cc_size,
+                     "strict": not args.keep_partial},
         chunk_frames=8 * args.batch_size, workers=args.workers,
         compression=None if args.compression == "none" else args.compression, progress=not args.no_progress)
     return 1 if summary.failed else 0

@@ -5,8 +5,9 @@
 """
 from __future__ import annotations
 
+import collections
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import flax.linen as nn
 import jax
@@ -16,6 +17,7 @@ import numpy as np
 from .backbone import ResNet, convert_torchvision_resnet, detect_prefix, resnet50
 from .pca import PCAWhitening, load_pca
 from .regions import IMAGENET_MEAN, IMAGENET_STD, NORMALIZERS, l3_imac
+from .video import VideoError, iter_frames
 
 
 class FeatureExtractor(nn.Module):
@@ -47,7 +49,8 @@ class Extractor:
 
     Frames run in batches of exactly `batch_size` (the last one zero-padded and cut off again), so
     each frame size compiles once. Batches are dispatched before any result is read back, so
-    host-device copies overlap with compute on accelerators.
+    host-device copies overlap with compute on accelerators. `stream` and `extract_video` take
+    frames lazily from an iterator / a video file, holding a few batches at a time.
     """
 
     def __init__(self, model: FeatureExtractor, variables: Mapping, batch_size: int = 16, name: str = ""):
@@ -69,28 +72,127 @@ class Extractor:
         out = jax.eval_shape(self.model.apply, self.variables, spec)
         return (num_frames,) + tuple(out.shape[1:])
 
-    def __call__(self, frames) -> np.ndarray:
-        frames = np.asarray(frames)
+    def _check(self, frames: np.ndarray):
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be [T, H, W, 3] RGB, got shape {frames.shape}")
         if not (frames.dtype == np.uint8 or np.issubdtype(frames.dtype, np.floating)):
             raise TypeError(f"frames must be uint8 (or float on the 0-255 scale), got {frames.dtype}")
+
+    def _dispatch(self, chunk: np.ndarray):
+        """Start the network on `chunk` (at most `batch_size` frames, zero-padded to it); returns
+        the pending device array without waiting for it."""
+        b = self.batch_size
+        if chunk.shape[0] < b:
+            pad = np.zeros((b - chunk.shape[0],) + chunk.shape[1:], chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        return self._apply(self.variables, chunk)
+
+    def __call__(self, frames) -> np.ndarray:
+        frames = np.asarray(frames)
+        self._check(frames)
         t = frames.shape[0]
         if t == 0:
             return np.zeros(self.output_shape(0, *frames.shape[1:3]), np.float32)
         b = self.batch_size
-        pending = []
-        for start in range(0, t, b):
-            chunk = frames[start:start + b]
-            if chunk.shape[0] < b:
-                pad = np.zeros((b - chunk.shape[0],) + chunk.shape[1:], chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
-            pending.append(self._apply(self.variables, chunk))
+        pending = [self._dispatch(frames[start:start + b]) for start in range(0, t, b)]
         return np.concatenate([np.asarray(p) for p in pending])[:t]
+
+    def stream(self, frames: Iterable, max_pending: int = 2) -> Iterator[np.ndarray]:
+        """Features of a stream of frames, one `[n, R, D]` array per batch of `batch_size` frames.
+
+        `frames` is any iterable of uint8 `[H, W, 3]` frames of one size (e.g. `iter_frames`). It is
+        read lazily: at most `(max_pending + 1) * batch_size` frames are held at once, so memory
+        does not grow with the length of the video. Up to `max_pending` batches run on the device
+        while the next one is being read (decoding overlaps the network on an accelerator).
+        Concatenating the outputs gives exactly `self(np.stack(list(frames)))`.
+        """
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        pending = collections.deque()
+        buf, shape, seen = [], None, 0
+        for frame in frames:
+            frame = np.asarray(frame)
+            if shape is None:
+                shape = frame.shape
+                self._check(frame[None])
+            elif frame.shape != shape:
+                raise ValueError(f"frame {seen} has shape {frame.shape}, the frames before it {shape}; "
+                                 "crop the frames to one size (cc_size)")
+            buf.append(frame)
+            seen += 1
+            if len(buf) == self.batch_size:
+                pending.append((self._dispatch(np.stack(buf)), len(buf)))
+                buf = []
+                if len(pending) > max_pending:
+                    out, n = pending.popleft()
+                    yield np.asarray(out)[:n]
+        if buf:
+            pending.append((self._dispatch(np.stack(buf)), len(buf)))
+        while pending:
+            out, n = pending.popleft()
+            yield np.asarray(out)[:n]
+
+    def extract_video(self, path, fps: float = 1, rs_size: int | None = 256, cc_size: int | None = 224,
+                      all_frames: bool = False, strict: bool = False) -> np.ndarray:
+        """`[T, R, D]` features of a video file, decoded and extracted batch by batch (`stream`):
+        the same numbers as `self(load_video(path, ...))` without holding every frame in memory.
+        Raises what `load_video` raises (VideoError naming the file for bad videos)."""
+        return extract_video(self, path, fps=fps, rs_size=rs_size, cc_size=cc_size, all_frames=all_frames,
+                             strict=strict)
 
     def __repr__(self):
         return (f"Extractor({self.name or 'resnet'}, dims={self.dims}, batch_size={self.batch_size}, "
                 f"normalizer={self.model.normalizer!r})")
+
+
+def extract_video(extractor: Callable, path, *, batch_frames: int = 32, fps: float = 1,
+                  rs_size: int | None = 256, cc_size: int | None = 224, all_frames: bool = False,
+                  strict: bool = False) -> np.ndarray:
+    """Features `[T, R, D]` (float32) of the video at `path`, streaming its frames.
+
+    `extractor` is an `Extractor` (its `stream` is used: batches of its `batch_size`, the network
+    overlapping decoding) or any callable `frames [n, H, W, 3] -> [n, ...]`, which is then called
+    on chunks of `batch_frames` frames. Either way the decoded frames held at once are bounded
+    by the batch size, not by the video's length. Frame sampling as `load_video`.
+
+    Raises FileNotFoundError / VideoError (naming the file) like `load_video`.
+    """
+    path = os.fspath(path)
+    frames = _one_size(iter_frames(path, fps=fps, rs_size=rs_size, cc_size=cc_size, all_frames=all_frames,
+                                   strict=strict), path)
+    if isinstance(extractor, Extractor):
+        batches = extractor.stream(frames)
+    else:
+        batches = (extractor(np.stack(chunk)) for chunk in _chunks(frames, batch_frames))
+    out = [np.asarray(b) for b in batches]
+    if not out:
+        raise VideoError(f"no frames could be decoded from {path}")
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def _one_size(frames: Iterable, path: str) -> Iterator[np.ndarray]:
+    """Pass frames through, raising VideoError if their size changes mid-stream."""
+    shape = None
+    for i, frame in enumerate(frames):
+        if shape is None:
+            shape = frame.shape
+        elif frame.shape != shape:
+            raise VideoError(f"{path}: frame {i} is {frame.shape[:2]}, the frames before it {shape[:2]} "
+                             "(the size changes mid-stream); pass cc_size to crop them alike")
+        yield frame
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    if size < 1:
+        raise ValueError(f"batch_frames must be >= 1, got {size}")
+    buf = []
+    for item in items:
+        buf.append(item)
+        if len(buf) == size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
 
 
 def _check_normalizer(state: Mapping, prefix: str):
