@@ -56,6 +56,6 @@ def hamming_similarity(q_words, t_words, bits: int) -> np.ndarray:
     """Reference (numpy) frame-to-frame similarity of packed codes: [Tq, R, W] x [Tt, R, W] ->
     [Tq, Tt], mean over query regions of the max over target regions of 1 - 2 * hamming / bits."""
     x = np.bitwise_xor(np.asarray(q_words)[:, :, None, None, :], np.asarray(t_words)[None, None])
-    ham = np.unpackbits(x.view(np.uint8), axis=-1).sum(-1)          # [Tq, R, Tt, R]
+    ham = np.unpackbits(x.view(np.uint8), axis=-1).sum(-1, dtype=np.int64)   # [Tq, R, Tt, R]
     dot = bits - 2 * ham.min(axis=3)
     return dot.mean(axis=1) / bits

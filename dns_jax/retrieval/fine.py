@@ -102,7 +102,7 @@ class FineScorer:
             codes.check_bits(self.bits)
         self.precision = module.precision
         self.dims = module.dims
-        self._index_fn = None
+        self.zero_codes_seen = 0     # exactly-0 FG-Bin codes met by index() (packed as -1)
 
     # -- representations --------------------------------------------------------------------
     @property
@@ -143,7 +143,10 @@ class FineScorer:
                     t = arrs[i].shape[0]
                     rep = y[pos:pos + t]
                     pos += t
-                    out[i] = codes.pack_codes(rep) if self.packed else rep
+                    if self.packed:
+                        self.zero_codes_seen += codes.count_zero_codes(rep)
+                        rep = codes.pack_codes(rep)
+                    out[i] = rep
         return out
 
     def _kernel_input(self, rep, name: str) -> np.ndarray:

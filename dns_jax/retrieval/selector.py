@@ -46,6 +46,7 @@ def self_similarities(model, videos: Sequence, options: Optional[ScorerOptions] 
                           precision=model.module.precision, tile_rows=tr, tile_cols=tc,
                           tile_batch=o.tile_batch)
         per_call = max(1, SELECTOR_BATCH_CELLS // (size * size))
+        per_call = min(per_call, ladder_size(len(idx)))
         for s in range(0, len(idx), per_call):
             batch = idx[s:s + per_call]
             n = len(batch)
