@@ -81,13 +81,19 @@ def resize_crop(frame: np.ndarray, rs_size: int | None = 256, cc_size: int | Non
         return frame[top:bottom, left:right]
     rows, wy = _cubic_taps(h, out_h, ratio, top, bottom)
     cols, wx = _cubic_taps(w, out_w, ratio, left, right)
-    src = frame[np.unique(rows)].astype(np.int64)
-    rows = np.searchsorted(np.unique(rows), rows)
-    # horizontal pass: [h', out_w', C] integer sums with 11-bit weights
-    tmp = np.einsum("hwkc,wk->hwc", src[:, cols], wx)
+    # only the block of source pixels that the taps of the crop read (a view, no copy)
+    r0, c0 = rows.min(), cols.min()
+    src = frame[r0:rows.max() + 1, c0:cols.max() + 1]
+    rows, cols = rows - r0, cols - c0
+    # horizontal pass: [h', w, C] integer sums with 11-bit weights. Each product and partial sum is
+    # an integer below 2^24 (255 * 4 * 2^11 at most), so float32 computes them exactly.
+    taps, wx = src[:, cols].astype(np.float32), wx.astype(np.float32)      # [h', w, 4, C]
+    tmp = taps[:, :, 0] * wx[:, 0, None]
+    for k in (1, 2, 3):
+        tmp += taps[:, :, k] * wx[:, k, None]
     # vertical pass in float32 with OpenCV's SIMD operation order (mul then add, S3 first), rounded
     # half to even: the path OpenCV's generic INTER_CUBIC takes for every pixel of the crop
-    taps = tmp[rows].astype(np.float32)                                     # [h, 4, w, C]
+    taps = tmp[rows]                                                        # [h, 4, w, C]
     wy = wy.astype(np.float32) * np.float32(1.0 / (1 << 22))
     acc = taps[:, 3] * wy[:, 3, None, None]
     for k in (2, 1, 0):
