@@ -38,7 +38,8 @@ class KernelSpec:
     col_block: int = 0
     tile_rows: int = 0            # CNN tile size (full-resolution frames, multiple of 4); 0 = untiled
     tile_cols: int = 0
-    tile_batch: int = 8           # tiles processed together (vmapped) by the CNN
+    tile_batch: int = 1           # tiles processed together (vmapped) by the CNN
+    fuse_conv1: bool = True       # conv1 + ReLU + max-pool as one elementwise loop (see below)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -61,18 +62,20 @@ def _f2f_float_block(q: Array, t: Array, spec: KernelSpec) -> Array:
 def _f2f_packed_block(q: Array, t: Array, spec: KernelSpec) -> Array:
     """Packed binary codes q [h, R, W] uint32, t [w, R, W] -> [h, w], identical to the float path
     on the +-1 codes: dot = bits - 2 * hamming (exact integers), max over target regions = bits -
-    2 * min hamming, mean over query regions, / bits."""
+    2 * min hamming, mean over query regions, / bits.
+
+    Hamming distances of every (query region, target frame x region) pair are accumulated word by
+    word (XOR + popcount), the target frames x regions along the vector lanes, then reduced with a
+    min over target regions."""
     h, r, nw = q.shape
     w, rt, _ = t.shape
     qf = q.reshape(h * r, nw)
-    tt = jnp.transpose(t, (1, 2, 0))                  # [Rt, W, w]: target frames contiguous
-    best = None
-    for p in range(rt):
-        acc = None
-        for k in range(nw):
-            c = lax.population_count(qf[:, k:k + 1] ^ tt[p, k][None, :])
-            acc = c if acc is None else acc + c
-        best = acc if best is None else jnp.minimum(best, acc)
+    t2 = jnp.transpose(t, (2, 0, 1)).reshape(nw, w * rt)               # [word, target frame x region]
+    acc = None
+    for k in range(nw):
+        c = lax.population_count(qf[:, k:k + 1] ^ t2[k][None, :])
+        acc = c if acc is None else acc + c
+    best = jnp.min(acc.reshape(h * r, w, rt), axis=2)
     dot = (spec.bits - 2 * best.astype(jnp.int32)).astype(jnp.float32).reshape(h, r, w)
     return jnp.mean(dot, axis=1) / spec.bits
 
@@ -100,6 +103,28 @@ def _conv(x: Array, layer: Dict[str, Array], precision) -> Array:
     y = lax.conv_general_dilated(x[None], layer["kernel"], (1, 1), "VALID",
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)[0]
     return y + layer["bias"]
+
+
+def _conv1_relu_pool(xp: Array, layer: Dict[str, Array]) -> Array:
+    """First conv (1 input channel, 3x3) + ReLU + 2x2 max-pool, fused into one elementwise loop.
+
+    xp [h + 2, w + 2] (already padded), h and w even -> [h/2, w/2, C]. Equal to conv -> relu ->
+    max-pool up to float rounding, without materialising the [h, w, C] conv output (a 1-channel
+    convolution is memory-bound in XLA's convolution; this is ~4x faster on CPU)."""
+    h, w = xp.shape[0] - 2, xp.shape[1] - 2
+    h2, w2 = h // 2, w // 2
+    k = layer["kernel"][:, :, 0, :]                                   # [3, 3, C]
+    sl = {(u, v): lax.slice(xp, (u, v), (u + 2 * h2 - 1, v + 2 * w2 - 1), (2, 2))[..., None]
+          for u in range(4) for v in range(4)}
+    out = None
+    for di in range(2):
+        for dj in range(2):
+            acc = layer["bias"]
+            for a in range(3):
+                for b in range(3):
+                    acc = acc + sl[(di + a, dj + b)] * k[a, b]
+            out = acc if out is None else jnp.maximum(out, acc)
+    return jax.nn.relu(out)
 
 
 def _max_pool(x: Array) -> Array:
@@ -144,6 +169,9 @@ def comparator_canvas(params: Dict[str, Any], f2f: Array, rmaps: Dict[str, Array
             cs = lax.dynamic_slice(cmaps[f"src{level}"], (cl,), (nw,)) - (cl - (hc >> level))
             y = _refill(y, rv, cv, rs, cs, spec.padding)
             y = jnp.pad(y, ((1, 1), (1, 1), (0, 0)), mode=pad_mode)
+            if level == 0 and spec.fuse_conv1:
+                y = _conv1_relu_pool(y[..., 0], convs[0])
+                continue
             y = jax.nn.relu(_conv(y, convs[level], spec.precision))
             if level < LEVELS - 1:
                 y = _max_pool(y)
