@@ -174,6 +174,9 @@ def _check_values(c) -> None:
             raise ConfigError(msg)
     need(c.dataset in ("synthetic", "features"), f"dataset must be 'synthetic' or 'features', got {c.dataset!r}")
     need(c.dataset != "features" or c.features, "dataset='features' needs config.features (a feature file)")
+    need(c.dataset != "synthetic" or c.synthetic.dims == c.model.dims,
+         f"the synthetic collection is {c.synthetic.dims}-d but model.dims is {c.model.dims}; "
+         "set both --config.synthetic.dims and --config.model.dims")
     need(c.batch_size > 0, f"batch_size must be positive, got {c.batch_size}")
     need(c.learning_rate > 0, f"learning_rate must be positive, got {c.learning_rate}")
     need(0 < c.trainset_percentage <= 100, f"trainset_percentage must be in (0, 100], got {c.trainset_percentage}")

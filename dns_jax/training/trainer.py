@@ -40,6 +40,7 @@ class TrainResult:
     preempted: bool = False
     validation: Dict[str, float] = field(default_factory=dict)    # last validation
     best: Optional[Dict[str, Any]] = None                          # {'metric', 'value', 'step'}
+    history: List[Dict[str, float]] = field(default_factory=list)  # every validation, with 'step'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,6 +292,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         log.info("step %d validation (%.1fs): %s", int(state.step), time.time() - t0,
                  json.dumps({k: round(v, 4) for k, v in values.items()}))
         result.validation = values
+        result.history.append({"step": int(state.step), **values})
         if metric not in values:
             raise ConfigError(f"validation.metric {metric!r} is not one of {sorted(values)}")
         value = values[metric]

@@ -1,0 +1,184 @@
+"""Training end to end on small synthetic collections: a fine-grained student distilled from the
+project's ViSiL_f learns the teacher, a selector learns a separable label, the workdir loads with
+dns_jax.pretrained, and bad inputs give clear errors."""
+import logging
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from dns_jax import checkpoint, pretrained
+from dns_jax.training import (ConfigError, PairFileError, PairSet, TrainingError, default_config,
+                              override, train_and_evaluate, write_pairs)
+from dns_jax.training import synthetic
+from dns_jax.training.evaluators import SyntheticEvaluator
+from dns_jax.training.features import MemoryFeatures
+from dns_jax.training.metrics import read_jsonl
+from dns_jax.training.step import init_state, make_optimizer
+from dns_jax.training.teacher import TeacherError, load_teacher, select_pairs, teacher_scorer
+
+DIMS, REGIONS = 32, 4
+SYNTHETIC = {"synthetic.dims": DIMS, "synthetic.regions": REGIONS, "synthetic.num_families": 16,
+             "synthetic.family_size": 4, "synthetic.num_distractors": 24, "synthetic.min_frames": 6,
+             "synthetic.max_frames": 16, "synthetic.holdout_families": 4, "model.dims": DIMS}
+FAST = {"length_buckets": (16,), "max_augmented_frames": 16, "progress_bar": False,
+        "checkpoint_every_steps": 100, "log_every_steps": 50, "batch_size": 8, "learning_rate": 1e-3}
+GHOSTS = ["ghost_a", "ghost_b"]
+
+
+def _collection():
+    c = default_config("fg_att_student").synthetic
+    return synthetic.make_collection(**{k.split(".")[1]: v for k, v in SYNTHETIC.items()
+                                        if k.startswith("synthetic.")}, seed=c.seed)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def fg_run(tmp_path_factory):
+    """FG-Att student, 300 steps on the synthetic collection, with a pair file that also names two
+    videos the collection lacks."""
+    root = tmp_path_factory.mktemp("fg")
+    col = _collection()
+    store = MemoryFeatures(col.videos)
+    pairs = select_pairs(store, teacher_scorer("visil_f", dims=DIMS), col.train_ids, num_candidates=24,
+                         num_positives=4, num_negatives=8, log=lambda *a: None)
+    n = len(pairs.index)
+    index = pairs.index + GHOSTS
+    pairs.pairs[0]["negatives"][n] = 0.05        # pairs that name missing videos
+    pairs.pairs[n + 1] = {"positives": {1: 0.5}, "negatives": {2: 0.1}}
+    pair_file = write_pairs(PairSet(index, pairs.pairs, pairs.meta), str(root / "pairs.json"))
+    config = override(default_config("fg_att_student"), **SYNTHETIC, **FAST, pairs=pair_file,
+                      num_train_steps=300, **{"validation.dataset": "synthetic",
+                                              "validation.every_steps": 150})
+    records = _Records()
+    logging.getLogger("dns_jax.training").addHandler(records)
+    try:
+        result = train_and_evaluate(config, str(root / "work"))
+    finally:
+        logging.getLogger("dns_jax.training").removeHandler(records)
+    return dict(result=result, workdir=str(root / "work"), config=config, col=col, store=store,
+                warnings=records.messages)
+
+
+def test_student_learns_the_teacher(fg_run):
+    result, config, col = fg_run["result"], fg_run["config"], fg_run["col"]
+    module = pretrained.build_module("fg_att_student", {"dims": DIMS, "indexing": "att"})
+    evaluator = SyntheticEvaluator("fg_att_student", module, fg_run["store"], col.holdout_ids, col.family,
+                                   teacher_scorer("visil_f", dims=DIMS))
+    init = init_state(module, make_optimizer(1e-3), jax.random.fold_in(jax.random.PRNGKey(config.seed), 0))
+    before = evaluator.run(init.variables())
+    after = result.validation
+    assert result.step == 300
+    assert after["l1_to_teacher"] < 0.35 * before["l1_to_teacher"], (before, after)
+    assert after["spearman"] > before["spearman"] + 0.1 and after["spearman"] > 0.75, (before, after)
+    losses = [m["distillation_loss"] for m in read_jsonl(fg_run["workdir"]) if "distillation_loss" in m]
+    assert losses[-1] < 0.5 * losses[0]
+    assert [h["step"] for h in result.history] == [150, 300]
+
+
+def test_missing_videos_are_reported_and_skipped(fg_run):
+    msg = " ".join(fg_run["warnings"])
+    assert "2 of" in msg and "ghost_a" in msg and "skipping 3 pairs and 1 queries" in msg
+    with open(os.path.join(fg_run["workdir"], "missing_videos.txt")) as f:
+        assert f.read().split() == GHOSTS
+
+
+def test_workdir_loads_with_pretrained(fg_run):
+    result, workdir = fg_run["result"], fg_run["workdir"]
+    net = pretrained.load("fg_att_student", workdir)
+    assert net.config["dims"] == DIMS
+    for a, b in zip(jax.tree.leaves(net.variables["params"]), jax.tree.leaves(result.state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    video = fg_run["store"][fg_run["col"].holdout_ids[0]]
+    x = net.index_video(video)
+    assert float(net.calculate_video_similarity(x, x)) > 0.5
+    best = pretrained.load("fg_att_student", os.path.join(workdir, "best"))
+    assert checkpoint.read_meta(os.path.join(workdir, "best"))[1]["validation"]["metric"] == "spearman"
+    assert best.config == net.config
+    assert sorted(int(d) for d in os.listdir(workdir) if d.isdigit()) == [100, 200, 300][-3:]
+
+
+def test_trained_student_is_the_next_teacher(fg_run):
+    """Iterative distillation: a training workdir is a teacher; its padded batched scores equal
+    the official one-pair evaluation."""
+    name, net = load_teacher(fg_run["workdir"])
+    assert name == "fg_att_student"
+    scorer = teacher_scorer(fg_run["workdir"], batch_size=4)
+    store, ids = fg_run["store"], fg_run["col"].train_ids
+    pairs = [(ids[0], ids[1]), (ids[1], ids[0]), (ids[2], ids[-1]), (ids[-1], ids[-1])]
+    got = scorer.score(store, pairs)
+    want = [float(net.calculate_video_similarity(net.index_video(store[q]), net.index_video(store[t])))
+            for q, t in pairs]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_checkpoint_of_another_network(fg_run, tmp_path):
+    config = override(default_config("cg_student"), **SYNTHETIC, **FAST, num_train_steps=2)
+    with pytest.raises(TrainingError, match="'fg_att_student' network.*trains 'cg_student'"):
+        train_and_evaluate(config, fg_run["workdir"])
+    with pytest.raises(checkpoint.CheckpointError, match="fg_att_student"):
+        pretrained.load("cg_student", fg_run["workdir"])
+    other = override(fg_run["config"], **{"model.dims": 16, "synthetic.dims": 16})
+    with pytest.raises(TrainingError, match="other options.*dims"):
+        train_and_evaluate(other, fg_run["workdir"])
+
+
+def test_empty_pair_file_and_dimension_mismatch(tmp_path):
+    empty = tmp_path / "empty.pk"
+    empty.write_bytes(b"")
+    config = override(default_config("fg_att_student"), **SYNTHETIC, **FAST, pairs=str(empty))
+    with pytest.raises(PairFileError, match="empty"):
+        train_and_evaluate(config, str(tmp_path / "w1"))
+    with pytest.raises(ConfigError, match="synthetic collection is 32-d but model.dims is 512"):
+        train_and_evaluate(override(config, **{"model.dims": 512}), str(tmp_path / "w2"))
+
+
+@pytest.fixture(scope="module")
+def selector_run(tmp_path_factory):
+    """Selector on pair files whose label is 'coarse similarity > 0.5' (separable)."""
+    root = tmp_path_factory.mktemp("sel")
+    col = _collection()
+    rng = np.random.default_rng(0)
+    ids = col.train_ids
+    fine, coarse = {}, {}
+    for q in range(len(ids)):
+        for t in rng.choice(len(ids), 12, replace=False):
+            if t == q:
+                continue
+            c = float(rng.uniform(0.0, 1.0))
+            f_unit = c - 0.4 if c > 0.5 else c + float(rng.uniform(-0.1, 0.1))
+            kind = "positives" if c > 0.5 else "negatives"
+            fine.setdefault(q, {"positives": {}, "negatives": {}})[kind][int(t)] = 2 * f_unit - 1
+            coarse.setdefault(q, {"positives": {}, "negatives": {}})[kind][int(t)] = c
+    fine_file = write_pairs(PairSet(list(ids), fine), str(root / "fine.json"))
+    coarse_file = write_pairs(PairSet(list(ids), coarse), str(root / "coarse.npz"))
+    config = override(default_config("selector"), **{
+        **SYNTHETIC, **FAST, "num_train_steps": 150, "batch_size": 16, "selector.fine_pairs": fine_file,
+        "selector.coarse_pairs": coarse_file, "selector.val_size": 0.2, "validation.every_steps": 1000})
+    return dict(result=train_and_evaluate(config, str(root / "work")), workdir=str(root / "work"))
+
+
+def test_selector_learns_a_separable_label(selector_run):
+    result = selector_run["result"]
+    assert result.validation["accuracy"] > 0.9, result.validation
+    assert result.validation["f1"] > 0.85, result.validation
+    net = pretrained.load("selector", selector_run["workdir"])
+    assert set(net.variables) == {"params", "batch_stats"}
+    col = _collection()
+    s = float(np.asarray(net.index_video(col.videos[col.train_ids[0]]))[0, 0])
+    probs = np.asarray(net(np.array([[s, s, 0.95], [s, s, 0.05]], np.float32)))[:, 0]
+    assert probs[0] > 0.5 > probs[1]
+
+
+def test_selector_is_no_teacher(selector_run):
+    with pytest.raises(TeacherError, match="'selector' network"):
+        load_teacher(selector_run["workdir"])
