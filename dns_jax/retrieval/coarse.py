@@ -82,10 +82,11 @@ class CoarseDatabase:
         self.chunk = int(min(chunk, max(8, -(-per_shard // 8) * 8)))
         per_shard = -(-per_shard // self.chunk) * self.chunk
         self.per_shard = per_shard
-        padded = np.zeros((per_shard * self.n_shards, self.dims), np.float32)
+        padded = np.zeros((per_shard * self.n_shards, self.dims), self.dtype)   # storage dtype: no f32 copy
         padded[:self.n] = v
         self.mesh = Mesh(np.array(devices), ("db",))
-        self.vectors = jax.device_put(jnp.asarray(padded, self.dtype), NamedSharding(self.mesh, P("db", None)))
+        self.vectors = jax.device_put(padded, NamedSharding(self.mesh, P("db", None)))
+        del padded
         self._topk_fns = {}
         self._sim_fn = None
 

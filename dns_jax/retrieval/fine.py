@@ -29,6 +29,7 @@ from dns_jax.validation import FeatureError, check_video
 MIN_FRAMES = 4
 TARGET_CHUNK = 2048
 INDEX_CHUNK = 4096          # frames indexed per call when indexing many videos
+PIPELINE = 2                # kernel calls in flight while the host lays out the next canvas
 
 
 def repeat_min_frames(x: np.ndarray, min_frames: int = MIN_FRAMES) -> np.ndarray:
@@ -106,6 +107,7 @@ class FineScorer:
         self.precision = module.precision
         self.dims = module.dims
         self.zero_codes_seen = 0     # exactly-0 FG-Bin codes met by index() (packed as -1)
+        self._buffers: Dict[tuple, List[np.ndarray]] = {}
 
     # -- representations --------------------------------------------------------------------
     @property
@@ -261,7 +263,7 @@ class FineScorer:
                         out = self._run(spec, rows, cols, [qs[i] for i in rids],
                                         [(ts[segs[k][0]], segs[k][1], segs[k][2]) for k in ids])
                         pending.append((out, rids, [segs[k][0] for k in ids]))
-                        if len(pending) > 2:
+                        if len(pending) >= PIPELINE:
                             self._collect(pending.pop(0), sums)
                         if progress is not None:
                             progress(len(ids))
@@ -277,15 +279,28 @@ class FineScorer:
         for j, n in enumerate(tids):
             sums[rids, n] += sub[:, j]
 
+    def _buffer(self, shape, dtype, role) -> np.ndarray:
+        """A reused host canvas (fresh large arrays cost page faults on every call). Cells outside
+        the segments keep old values: they only need to be finite, the kernel refills them. A ring
+        of PIPELINE + 1 buffers per shape: at most PIPELINE calls are in flight when one is reused."""
+        key = (shape, np.dtype(dtype).str, role)
+        ring = self._buffers.setdefault(key, [])
+        if len(ring) < PIPELINE + 1:
+            ring.append(np.zeros(shape, dtype))
+            return ring[-1]
+        buf = ring.pop(0)
+        ring.append(buf)
+        return buf
+
     def _run(self, spec: KernelSpec, rows: int, cols: int, queries: List[np.ndarray],
              pieces: List[Tuple[np.ndarray, int, int]]):
         rax, rstarts = self._axis([q.shape[0] for q in queries], rows, bool(spec.tile_rows))
         cax, cstarts = self._axis([p[2] for p in pieces], cols, bool(spec.tile_cols))
         q0, t0 = queries[0], pieces[0][0]
-        qc = np.zeros((rows,) + q0.shape[1:], q0.dtype)
+        qc = self._buffer((rows,) + q0.shape[1:], q0.dtype, "q")
         for q, s in zip(queries, rstarts):
             qc[s:s + q.shape[0]] = q
-        tc = np.zeros((cols,) + t0.shape[1:], t0.dtype)
+        tc = self._buffer((cols,) + t0.shape[1:], t0.dtype, "t")
         for (t, a, n), s in zip(pieces, cstarts):
             tc[s:s + n] = t[a:a + n]
         rmaps = {k: jnp.asarray(v) for k, v in rax.maps(self.padding, self.comparator).items()}

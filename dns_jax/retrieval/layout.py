@@ -124,6 +124,14 @@ SIZE_LADDER = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 204
                6144, 8192)
 
 
+def pow2_size(n: int, floor: int = 16) -> int:
+    """Next power of two >= max(n, floor): the coarser buckets used when indexing (fewer compiles)."""
+    b = floor
+    while b < n:
+        b *= 2
+    return b
+
+
 def ladder_size(n: int, step: int = 1) -> int:
     """Smallest ladder size >= n (beyond the ladder: a multiple of 2048); a multiple of `step`."""
     for s in SIZE_LADDER:

@@ -16,7 +16,7 @@ import numpy as np
 from dns_jax.models import SelectorNetwork
 from dns_jax.retrieval.fine import MIN_FRAMES, ScorerOptions, repeat_min_frames, tile_plan
 from dns_jax.retrieval.kernels import KernelSpec, given_similarity_batch
-from dns_jax.retrieval.layout import Axis, HALO, ladder_size
+from dns_jax.retrieval.layout import Axis, HALO, ladder_size, pow2_size
 from dns_jax.validation import FeatureError, check_video
 
 SELECTOR_BATCH_CELLS = 1 << 19     # f2f cells per selector self-similarity call
@@ -38,7 +38,7 @@ def self_similarities(model, videos: Sequence, options: Optional[ScorerOptions] 
     out = np.zeros(len(arrs), np.float32)
     groups: Dict[tuple, List[int]] = {}
     for i, a in enumerate(arrs):
-        groups.setdefault((ladder_size(a.shape[0]), a.shape[1]), []).append(i)
+        groups.setdefault((pow2_size(a.shape[0]), a.shape[1]), []).append(i)
     params = model.variables["params"]["visil_head"]
     for (size, _), idx in sorted(groups.items()):
         tr, tc = tile_plan(size, size, o)
@@ -46,7 +46,7 @@ def self_similarities(model, videos: Sequence, options: Optional[ScorerOptions] 
                           precision=model.module.precision, tile_rows=tr, tile_cols=tc,
                           tile_batch=o.tile_batch)
         per_call = max(1, SELECTOR_BATCH_CELLS // (size * size))
-        per_call = min(per_call, ladder_size(len(idx)))
+        per_call = min(per_call, pow2_size(len(idx), 1))
         for s in range(0, len(idx), per_call):
             batch = idx[s:s + per_call]
             n = len(batch)
