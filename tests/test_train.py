@@ -105,6 +105,13 @@ def test_workdir_loads_with_pretrained(fg_run):
     assert checkpoint.read_meta(os.path.join(workdir, "best"))[1]["validation"]["metric"] == "spearman"
     assert best.config == net.config
     assert sorted(int(d) for d in os.listdir(workdir) if d.isdigit()) == [100, 200, 300][-3:]
+    logged = read_jsonl(workdir)
+    assert {"loss", "learning_rate", "examples_per_second", "val/spearman"} <= set().union(*logged)
+    try:
+        import tensorboardX  # noqa: F401  (optional: events are written only when it is installed)
+    except ImportError:
+        return
+    assert any(f.startswith("events.") for f in os.listdir(os.path.join(workdir, "tensorboard")))
 
 
 def test_trained_student_is_the_next_teacher(fg_run):
@@ -182,3 +189,55 @@ def test_selector_learns_a_separable_label(selector_run):
 def test_selector_is_no_teacher(selector_run):
     with pytest.raises(TeacherError, match="'selector' network"):
         load_teacher(selector_run["workdir"])
+
+
+@pytest.mark.filterwarnings("ignore::dns_jax.evaluation.EvaluationWarning")  # 48 of 50 queries absent
+def test_fivr_validation_on_a_tiny_feature_file(tmp_path):
+    """FIVR-5K validation with the user's features: two queries, each with a near copy among ten
+    database videos; an identity-like student ranks the copies first (DSVR > 0)."""
+    from dns_jax.evaluation import FIVR
+    from dns_jax.training.evaluators import FIVREvaluator
+    from dns_jax.training.features import write_hdf5
+
+    fivr = FIVR("5k")
+    db = set(fivr.get_database())
+    queries = fivr.get_queries()[:2]
+    rng = np.random.default_rng(0)
+    videos, database = {}, []
+    for q in queries:
+        videos[q] = rng.standard_normal((12, 2, 8)).astype(np.float32)
+        copy = sorted(v for v in fivr.annotation[q]["ND"] if v in db)[0]
+        videos[copy] = videos[q] + 0.05 * rng.standard_normal((12, 2, 8)).astype(np.float32)
+        database.append(copy)
+    for v in sorted(db - set(database))[:8]:
+        videos[v] = rng.standard_normal((10, 2, 8)).astype(np.float32)
+    path = write_hdf5(videos, str(tmp_path / "fivr5k.hdf5"))
+    module = pretrained.build_module("fg_student", {"dims": 8, "indexing": "none"})
+    variables = module.init(jax.random.PRNGKey(0), method="init_all")
+    result = FIVREvaluator("fg_student", module, path, batch_size=8).run(variables)
+    assert set(result) == {"DSVR", "CSVR", "ISVR"}
+    assert 0.0 < result["DSVR"] <= 1.0
+
+
+def test_teacher_job_command_line(tmp_path):
+    """python -m dns_jax.training.teacher writes a pair file the trainer reads."""
+    import subprocess
+    import sys
+    from dns_jax.training import read_pairs
+    from dns_jax.training.features import write_hdf5
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((6, 9, 2, 16)).astype(np.float32)
+    videos = {f"v{i}": base[i // 2] + 0.1 * rng.standard_normal((9, 2, 16)).astype(np.float32) for i in range(12)}
+    features = write_hdf5(videos, str(tmp_path / "f.hdf5"))
+    out = str(tmp_path / "pairs.npz")
+    proc = subprocess.run([sys.executable, "-m", "dns_jax.training.teacher", f"--features={features}",
+                           f"--out={out}", "--num_candidates=3", "--num_positives=1", "--num_negatives=2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ps = read_pairs(out)
+    assert ps.meta["teacher"] == "visil_f" and len(ps.pairs) == 12
+    for q, pools in ps.pairs.items():        # each video's copy is its positive
+        (t,) = pools["positives"]
+        assert int(ps.index[t][1:]) // 2 == int(ps.index[q][1:]) // 2
+        assert len(pools["negatives"]) == 4

@@ -1,9 +1,11 @@
 """Preemption: `train.py` killed with SIGKILL midway, stopped with SIGTERM, then rerun with the same
 command, ends with exactly the parameters of an uninterrupted run with the same seed.
 
+The runs train on an official-layout HDF5 feature file with an official-layout pickled pair file.
 All runs are subprocesses sharing a persistent compilation cache, so only the first one compiles.
 """
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -14,8 +16,8 @@ import numpy as np
 import pytest
 
 from dns_jax import pretrained
-from dns_jax.training import PairSet, synthetic, write_pairs
-from dns_jax.training.features import MemoryFeatures
+from dns_jax.training import synthetic
+from dns_jax.training.features import MemoryFeatures, write_hdf5
 from dns_jax.training.teacher import select_pairs, teacher_scorer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,14 +32,15 @@ def _steps(workdir):
     return sorted(int(d) for d in os.listdir(workdir) if d.isdigit())
 
 
-def _command(workdir, pairs):
-    args = [sys.executable, os.path.join(REPO, "train.py"),
+def _command(workdir, data):
+    features, pairs = data
+    return [sys.executable, os.path.join(REPO, "train.py"),
             "--config", os.path.join(REPO, "configs", "fg_att_student.py"), "--workdir", workdir,
-            f"--config.pairs={pairs}", f"--config.num_train_steps={STEPS}", "--config.model.dims=32",
+            "--config.dataset=features", f"--config.features={features}", f"--config.pairs={pairs}",
+            f"--config.num_train_steps={STEPS}", "--config.model.dims=32",
             "--config.checkpoint_every_steps=10", "--config.keep_checkpoints=2", "--config.batch_size=8",
             "--config.length_buckets=(16,)", "--config.max_augmented_frames=16", "--config.progress_bar=False",
             "--config.learning_rate=0.001", "--config.log_every_steps=40", "--config.seed=7"]
-    return args + [f"--config.synthetic.{k}={v}" for k, v in SYNTH.items()]
 
 
 def _start(workdir, pairs, env):
@@ -58,37 +61,43 @@ def _interrupt_when(proc, workdir, min_step, sig, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def pair_file(tmp_path_factory):
+def data(tmp_path_factory):
+    """(HDF5 features, official pickled pair file: {'index': [...], 'pairs': {q: {'positives':
+    {t: sim}, 'negatives': {t: sim}}}})."""
+    root = tmp_path_factory.mktemp("data")
     col = synthetic.make_collection(**SYNTH, seed=0)
     store = MemoryFeatures(col.videos)
     ps = select_pairs(store, teacher_scorer("visil_f", dims=32), col.train_ids, num_candidates=12,
                       num_positives=3, num_negatives=6, log=lambda *a: None)
-    return write_pairs(PairSet(ps.index, ps.pairs, ps.meta), str(tmp_path_factory.mktemp("pairs") / "p.json"))
+    with open(root / "trainset_similarities_teacher.pk", "wb") as f:
+        pickle.dump({"index": ps.index, "pairs": ps.pairs}, f)
+    features = write_hdf5(col.videos, str(root / "features.hdf5"))
+    return features, str(root / "trainset_similarities_teacher.pk")
 
 
-def test_killed_and_stopped_runs_resume_to_the_uninterrupted_result(tmp_path, pair_file):
+def test_killed_and_stopped_runs_resume_to_the_uninterrupted_result(tmp_path, data):
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),
                XLA_FLAGS="--xla_backend_optimization_level=0",   # compiles twice as fast
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     reference = str(tmp_path / "reference")
-    done = subprocess.run(_command(reference, pair_file), env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(_command(reference, data), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _steps(reference)[-1] == STEPS
 
     work = str(tmp_path / "work")
-    rc, err = _interrupt_when(_start(work, pair_file, env), work, 20, signal.SIGKILL)
+    rc, err = _interrupt_when(_start(work, data, env), work, 10, signal.SIGKILL)
     assert rc == -signal.SIGKILL, err[-2000:]
     killed_at = _steps(work)
     assert killed_at and killed_at[-1] < STEPS, "the run finished before it could be killed"
 
-    rc, err = _interrupt_when(_start(work, pair_file, env), work, killed_at[-1] + 20, signal.SIGTERM)
+    rc, err = _interrupt_when(_start(work, data, env), work, killed_at[-1] + 20, signal.SIGTERM)
     assert rc == 0, err[-3000:]
     assert f"resumed {work} from step {killed_at[-1]}" in err
     stopped_at = _steps(work)[-1]
     assert stopped_at < STEPS, "the run finished before SIGTERM arrived"
     assert "stop requested" in err
 
-    done = subprocess.run(_command(work, pair_file), env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(_command(work, data), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"from step {stopped_at}" in done.stderr
     assert _steps(work)[-1] == STEPS
