@@ -106,7 +106,7 @@ def test_workdir_loads_with_pretrained(fg_run):
     assert best.config == net.config
     assert sorted(int(d) for d in os.listdir(workdir) if d.isdigit()) == [100, 200, 300][-3:]
     logged = read_jsonl(workdir)
-    assert {"loss", "learning_rate", "examples_per_second", "val/spearman"} <= set().union(*logged)
+    assert {"loss", "learning_rate", "triplets_per_second", "val/spearman"} <= set().union(*logged)
     try:
         import tensorboardX  # noqa: F401  (optional: events are written only when it is installed)
     except ImportError:

@@ -228,10 +228,13 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     module = pretrained.build_module(network, model_kwargs)
     meta = checkpointing.network_meta(network, model_kwargs)
     ckpt = checkpointing.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints)
-    ckpt.check_network(network, model_kwargs)   # before any expensive data preparation
-
-    data = (_selector_data if network == "selector" else _student_data)(cfg, workdir, is_main, module)
-    _check_dims(cfg, data.store)
+    try:
+        ckpt.check_network(network, model_kwargs)   # before any expensive data preparation
+        data = (_selector_data if network == "selector" else _student_data)(cfg, workdir, is_main, module)
+        _check_dims(cfg, data.store)
+    except BaseException:
+        ckpt.close()
+        raise
 
     tx = make_optimizer(cfg.learning_rate, cfg.weight_decay)
     base = jax.random.PRNGKey(cfg.seed)
@@ -302,6 +305,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
             ckpt.save_best(state, {**meta, "validation": best})
             result.best = best
 
+    rate_name = "pairs_per_second" if data.kind == "selector" else "triplets_per_second"
     step = int(state.step)
     pbar = None
     if cfg.progress_bar and is_main:
@@ -326,7 +330,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
                     host = jax.device_get(pending)
                     scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
                     elapsed = max(time.time() - t_log, 1e-9)
-                    scalars["examples_per_second"] = rows / elapsed
+                    scalars[rate_name] = rows / elapsed
                     scalars["epoch"] = batch.epoch + (batch.index + 1) / steps_per_epoch
                     writer.write_scalars(step, scalars)
                     if pbar is not None:
