@@ -185,6 +185,8 @@ def _check_values(c) -> None:
          f"length_buckets must be increasing lengths >= 4, got {buckets}")
     need(c.validation.dataset in ("", "synthetic", "fivr5k", "selector"),
          f"validation.dataset must be '', 'synthetic', 'fivr5k' or 'selector', got {c.validation.dataset!r}")
+    need(c.validation.dataset != "synthetic" or c.dataset == "synthetic",
+         "validation.dataset='synthetic' validates on held-out synthetic families: it needs dataset='synthetic'")
     need(c.validation.dataset != "fivr5k" or c.validation.features,
          "validation.dataset='fivr5k' needs validation.features (the FIVR-5K feature file)")
     if c.network == "selector":
