@@ -263,3 +263,13 @@ def test_cli_rejects_unknown_config_key(tmp_path):
     assert proc.returncode != 0
     assert "learning_rat" in proc.stderr
     assert not os.listdir(tmp_path)
+
+
+def test_partial_config_gets_the_defaults():
+    import ml_collections
+    c = ml_collections.ConfigDict({"network": "cg_student", "model": {"dims": 32},
+                                   "synthetic": {"dims": 32}, "batch_size": 4})
+    v = train_config.validate_config(c)
+    assert (v.batch_size, v.model.dims, v.model.netvlad_clusters, v.learning_rate) == (4, 32, 64, 1e-5)
+    with pytest.raises(train_config.ConfigError, match="learning_rate"):
+        train_config.validate_config(ml_collections.ConfigDict({"network": "selector", "learning_rate": "fast"}))

@@ -159,13 +159,26 @@ def validate_config(config) -> ml_collections.ConfigDict:
             hints.append(f"{p!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ConfigError(f"unknown config key(s) for {network}: {', '.join(hints)}")
     model_keys = set(base.model.keys())
-    bad_model = [k for k in config["model"].keys() if k not in model_keys]
+    bad_model = [k for k in (config["model"] if "model" in config else {}).keys() if k not in model_keys]
     if bad_model:
         raise ConfigError(f"unknown model option(s) for {network}: {bad_model}; "
                           f"known: {sorted(model_keys)}")
-    cfg = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    given_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    cfg = base  # fields the config leaves out keep their defaults
+    try:
+        _merge(cfg, given_dict)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad config value: {e}") from e
     _check_values(cfg)
     return cfg
+
+
+def _merge(base: ml_collections.ConfigDict, given: dict) -> None:
+    for k, v in given.items():
+        if isinstance(v, dict) and isinstance(base.get(k), ml_collections.ConfigDict):
+            _merge(base[k], v)
+        else:
+            base[k] = tuple(v) if isinstance(v, list) and isinstance(base.get(k), tuple) else v
 
 
 def _check_values(c) -> None:
