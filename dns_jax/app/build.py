@@ -1,0 +1,309 @@
+"""`dns-jax build`: a folder of videos -> a searchable DnS index, offline, no pretrained DnS weights.
+
+Stages (each resumable; a finished stage is recorded in WORK/state.json and skipped on a rerun):
+
+1. features  frame features of every video (real ResNet-50 if given, else the offline backbone)
+2. pca       PCA whitening fitted on the collection (skipped when an official PCA file is given)
+3. whiten    whitened, L2-normalised `dims`-d features, the input of every DnS network
+4. teacher   training pairs scored by a teacher that needs no weights (ViSiL_f: frame-level Chamfer
+             of region Chamfer similarities, no comparator) or by a given teacher
+5. fine      FG-Att student distilled from the teacher
+6. coarse    CG student distilled from the teacher (targets mapped to [0, 1])
+7. selector  selector trained on where the coarse student disagrees with the fine one
+8. index     the DnS index of the collection
+
+Networks the user supplies (`--fine`, `--coarse`, `--selector`: .pth or checkpoint) replace the
+corresponding training stage.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from dns_jax.app.workdir import Workdir, WorkdirError
+
+OFFLINE_BACKBONE = "resnet50_1by2_opennsfw"
+STAGES = ("features", "pca", "whiten", "teacher", "fine", "coarse", "selector", "index")
+
+
+@dataclasses.dataclass
+class BuildOptions:
+    videos: str
+    workdir: str
+    backbone: Optional[str] = None      # torchvision ResNet-50 .pth; None: the offline backbone
+    pca: Optional[str] = None           # official PCA file; None: fitted on the collection
+    dims: int = 512
+    teacher: str = "visil_f"
+    fine: Optional[str] = None          # given networks skip their training stage
+    coarse: Optional[str] = None
+    selector: Optional[str] = None
+    fine_steps: int = 300
+    coarse_steps: int = 300
+    selector_steps: int = 300
+    batch_size: int = 16
+    # CG student size: the official one (64 clusters, 1024-d) suits large collections; a small one
+    # trains much faster on a few hundred videos, e.g. {'netvlad_clusters': 16, 'netvlad_outdims': 256}
+    coarse_model: Optional[Dict] = None
+    seed: int = 0
+    progress: bool = True
+
+    def settings(self) -> Dict:
+        """What decides the content of the work directory (a resume must not change it)."""
+        return {"videos": os.path.abspath(self.videos), "backbone": self.backbone or OFFLINE_BACKBONE,
+                "pca": self.pca, "dims": self.dims, "teacher": self.teacher, "seed": self.seed,
+                "coarse_model": dict(self.coarse_model or {})}
+
+
+class BuildError(ValueError):
+    """A collection that cannot be built (no videos, too few to train on, ...)."""
+
+
+def _log_fn(progress: bool) -> Callable[[str], None]:
+    return print if progress else (lambda *_: None)
+
+
+# ---------------------------------------------------------------------------------------------
+# stages
+
+def stage_features(opts: BuildOptions, wd: Workdir, log) -> Dict:
+    from dns_jax.features import load_extractor
+    from dns_jax.features.extract import extract_to_hdf5, list_videos
+
+    if not os.path.isdir(opts.videos):
+        raise BuildError(f"--videos {opts.videos!r} is not a directory")
+    videos = list_videos(opts.videos)
+    if not videos:
+        raise BuildError(f"no video files found under {opts.videos!r}")
+    os.makedirs(os.path.dirname(wd.raw_features), exist_ok=True)
+    backbone = opts.backbone or OFFLINE_BACKBONE
+    if opts.backbone is None:
+        log(f"features: offline backbone {OFFLINE_BACKBONE} (1920-d regions; not the features of the "
+            "published DnS networks, which need torchvision's ResNet-50 and the official PCA)")
+    extractor = load_extractor(backbone, None)
+    summary = extract_to_hdf5(videos, wd.raw_features, extractor, settings={"backbone": backbone},
+                              progress=opts.progress, log=log)
+    return {"videos": len(videos), "extracted": summary.extracted + summary.skipped,
+            "failed": [[v, p, m] for v, p, m in summary.failed]}
+
+
+def _dataset_names(path: str) -> List[str]:
+    import h5py
+    names: List[str] = []
+    with h5py.File(path, "r") as h5:
+        h5.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    return sorted(names)
+
+
+def stage_pca(opts: BuildOptions, wd: Workdir, log) -> Dict:
+    from dns_jax.features.pca import fit_pca_hdf5
+
+    if opts.pca:
+        return {"pca": os.path.abspath(opts.pca), "fitted": False}
+    pca = fit_pca_hdf5(wd.raw_features, progress=False)
+    n = int(pca.get("count", 0)) if isinstance(pca, dict) else 0
+    tmp = wd.pca + ".tmp.npz"
+    np.savez(tmp, **{k: np.asarray(v) for k, v in pca.items()})
+    os.replace(tmp, wd.pca)
+    log(f"pca: whitening fitted on the collection's region vectors{f' ({n})' if n else ''}")
+    return {"pca": wd.pca, "fitted": True}
+
+
+def whitening(pca_source, dims: int):
+    """(mean [D], DVt [D, dims]) of a PCA file/mapping in the official layout."""
+    from dns_jax.features.pca import load_pca
+    p = load_pca(pca_source, dims)
+    return np.asarray(p["mean"], np.float32), np.asarray(p["DVt"], np.float32)
+
+
+def apply_whitening(x: np.ndarray, mean: np.ndarray, dvt: np.ndarray) -> np.ndarray:
+    """[..., D] -> [..., dims]: subtract the mean, project, L2-normalise (official order)."""
+    y = (x - mean) @ dvt
+    return (y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def stage_whiten(opts: BuildOptions, wd: Workdir, log) -> Dict:
+    import h5py
+
+    pca_source = opts.pca or wd.pca
+    mean, dvt = whitening(pca_source, opts.dims)
+    names = _dataset_names(wd.raw_features)
+    tmp = wd.features + ".tmp"
+    with h5py.File(wd.raw_features, "r") as src, h5py.File(tmp, "w") as dst:
+        for name in names:
+            dst.create_dataset(name, data=apply_whitening(src[name][:], mean, dvt))
+    os.replace(tmp, wd.features)
+    log(f"whiten: {len(names)} videos -> {dvt.shape[1]}-d features in {wd.features}")
+    return {"videos": len(names), "dims": int(dvt.shape[1])}
+
+
+def _store(wd: Workdir):
+    from dns_jax.training.features import open_features
+    return open_features(wd.features)
+
+
+def stage_teacher(opts: BuildOptions, wd: Workdir, log) -> Dict:
+    from dns_jax.training.pairs import write_pairs
+    from dns_jax.training.teacher import select_pairs, teacher_scorer
+
+    store = _store(wd)
+    n = len(store.ids())
+    if n < 4:
+        raise BuildError(f"only {n} usable videos: at least 4 are needed to train the students "
+                         "(or give trained networks with --fine/--coarse/--selector)")
+    scorer = teacher_scorer(opts.teacher, dims=opts.dims, batch_size=64)
+    pairs = select_pairs(store, scorer, None, num_candidates=min(32, n - 1), num_positives=4,
+                         num_negatives=min(8, max(n - 5, 0)), seed=opts.seed, log=log)
+    os.makedirs(os.path.dirname(wd.pairs("teacher")), exist_ok=True)
+    write_pairs(pairs, wd.pairs("teacher"))
+    return {"pairs": pairs.num_pairs(), "teacher": opts.teacher}
+
+
+def _train(network: str, wd: Workdir, opts: BuildOptions, steps: int, extra: Dict) -> str:
+    from dns_jax.training import default_config, train_and_evaluate
+
+    cfg = default_config(network)
+    cfg.dataset = "features"
+    cfg.features = wd.features
+    cfg.num_train_steps = steps
+    cfg.batch_size = opts.batch_size
+    cfg.seed = opts.seed
+    cfg.checkpoint_every_steps = max(50, steps // 3)
+    cfg.log_every_steps = max(10, steps // 5)
+    cfg.progress_bar = opts.progress
+    cfg.model.dims = opts.dims
+    for key, value in extra.items():
+        target = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    train_and_evaluate(cfg, wd.model(network))
+    return wd.model(network)
+
+
+def stage_fine(opts: BuildOptions, wd: Workdir, log) -> Dict:
+    if opts.fine:
+        return {"network": _given("fine", opts.fine), "path": os.path.abspath(opts.fine), "trained": False}
+    log(f"fine: distilling the FG-Att student ({opts.fine_steps} steps)")
+    path = _train("fg_att_student", wd, opts, opts.fine_steps, {"pairs": wd.pairs("teacher")})
+    return {"network": "fg_att_student", "path": path, "trained": True}
+
+
+def stage_coarse(opts: BuildOptions, wd: Workdir, log) -> Dict:
+    if opts.coarse:
+        return {"network": "cg_student", "path": os.path.abspath(opts.coarse), "trained": False}
+    log(f"coarse: distilling the CG student ({opts.coarse_steps} steps)")
+    # the official 1e-5 is tuned for 300 epochs of DnS-100K; a small collection needs a larger step
+    extra = {"pairs": wd.pairs("teacher"), "learning_rate": 1e-4}
+    extra.update({f"model.{k}": v for k, v in (opts.coarse_model or {}).items()})
+    path = _train("cg_student", wd, opts, opts.coarse_steps, extra)
+    return {"network": "cg_student", "path": path, "trained": True}
+
+
+def _given(kind: str, path: str) -> str:
+    from dns_jax import checkpoint, pretrained
+    if os.path.isdir(path):
+        return checkpoint.read_meta(path)[1]["network"]
+    name = pretrained.guess_network_name(path)
+    if name is None:
+        raise BuildError(f"--{kind} {path!r}: cannot tell the network from the file name")
+    return name
+
+
+def load_networks(wd: Workdir):
+    """(fine, coarse, selector) wrappers of a built work directory."""
+    from dns_jax import pretrained
+    nets = []
+    for stage in ("fine", "coarse", "selector"):
+        info = wd.require(stage)
+        nets.append(pretrained.load(info["network"], info["path"]))
+    return tuple(nets)
+
+
+def _student_pairs(wd: Workdir, model, name: str) -> str:
+    """The teacher's training pairs re-scored by a trained student (the selector's inputs)."""
+    from dns_jax.training.pairs import PairSet, read_pairs, write_pairs
+    from dns_jax.training.scoring import PairScorer
+
+    teacher = read_pairs(wd.pairs("teacher"))
+    all_pairs = teacher.all_pairs()
+    scorer = PairScorer(model.name, model.module, model.variables, batch_size=64)
+    sims = scorer.score(_store(wd), [(teacher.index[q], teacher.index[t]) for q, t, _, _ in all_pairs])
+    pairs: Dict[int, Dict] = {}
+    for (q, t, _, positive), s in zip(all_pairs, sims.tolist()):
+        pairs.setdefault(q, {"positives": {}, "negatives": {}})["positives" if positive else "negatives"][t] = s
+    write_pairs(PairSet(list(teacher.index), pairs, {"scored_by": model.name}), wd.pairs(name))
+    return wd.pairs(name)
+
+
+def stage_selector(opts: BuildOptions, wd: Workdir, log) -> Dict:
+    if opts.selector:
+        return {"network": "selector", "path": os.path.abspath(opts.selector), "trained": False}
+    from dns_jax import pretrained
+    fine_info, coarse_info = wd.require("fine"), wd.require("coarse")
+    fine = pretrained.load(fine_info["network"], fine_info["path"])
+    coarse = pretrained.load(coarse_info["network"], coarse_info["path"])
+    log("selector: scoring the training pairs with both students")
+    fine_pairs, coarse_pairs = _student_pairs(wd, fine, "fine"), _student_pairs(wd, coarse, "coarse")
+    log(f"selector: training ({opts.selector_steps} steps)")
+    path = _train("selector", wd, opts, opts.selector_steps,
+                  {"selector.fine_pairs": fine_pairs, "selector.coarse_pairs": coarse_pairs,
+                   "selector.pairs_per_class": 5000})
+    return {"network": "selector", "path": path, "trained": True}
+
+
+def stage_index(opts: BuildOptions, wd: Workdir, log) -> Dict:
+    from dns_jax.index import build_index
+
+    fine, coarse, selector = load_networks(wd)
+    report = build_index(wd.index, [wd.features], fine, coarse, selector, progress=opts.progress, log=log)
+    from dns_jax.index import Index
+    return {"videos": len(Index.open(wd.index)), "report": str(report)}
+
+
+_STAGE_FNS = {"features": stage_features, "pca": stage_pca, "whiten": stage_whiten,
+              "teacher": stage_teacher, "fine": stage_fine, "coarse": stage_coarse,
+              "selector": stage_selector, "index": stage_index}
+
+
+def run_build(opts: BuildOptions, stages=STAGES) -> Dict:
+    """Run (or resume) every stage; returns {stage: info} and prints a summary."""
+    log = _log_fn(opts.progress)
+    wd = Workdir(opts.workdir)
+    wd.check_settings(opts.settings())
+    timings = {}
+    for stage in stages:
+        if wd.done(stage):
+            log(f"[{stage}] already done, skipping")
+            continue
+        if stage == "teacher" and opts.fine and opts.coarse and opts.selector:
+            wd.mark_done(stage, {"skipped": "all networks given"})
+            continue
+        t0 = time.time()
+        log(f"[{stage}] ...")
+        info = _STAGE_FNS[stage](opts, wd, log)
+        timings[stage] = time.time() - t0
+        info = dict(info, seconds=round(timings[stage], 1))
+        wd.mark_done(stage, info)
+    state = wd.read_state()["done"]
+    _print_summary(state, log)
+    return state
+
+
+def _print_summary(done: Dict, log) -> None:
+    log("\nbuild summary")
+    for stage in STAGES:
+        info = done.get(stage)
+        if info is None:
+            log(f"  {stage:9s} not done")
+            continue
+        parts = {k: v for k, v in info.items() if k not in ("report", "failed")} if isinstance(info, dict) else {}
+        log(f"  {stage:9s} " + ", ".join(f"{k}={v}" for k, v in parts.items()))
+        if isinstance(info, dict) and info.get("failed"):
+            log(f"            skipped {len(info['failed'])} unreadable video(s):")
+            for vid, path, msg in info["failed"]:
+                log(f"              {vid}: {msg}")

@@ -1,0 +1,128 @@
+"""`dns-jax demo`: the whole system on a collection generated from real clips, as one command.
+
+1. generate near-duplicate copies of real clips (crop, flip, speed, borders, picture-in-picture,
+   colour, re-encoding) plus distractors (dns_jax.data.video_collection);
+2. `dns-jax build` on it: features with the offline backbone, PCA, ViSiL_f teacher, FG-Att and CG
+   students, selector, index;
+3. every source clip queries the collection; prints mAP, time per query and storage per video of
+   the teacher, the coarse student, the fine student and DnS at a few budgets.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+BUDGETS = (0.1, 0.25, 0.5)
+# a CG student sized for a few dozen videos (the official one has 64 clusters and 1024 dims)
+DEMO_COARSE = {"netvlad_clusters": 16, "netvlad_outdims": 256, "transformer_feedforward_dims": 1024}
+
+
+def average_precision(ranked_ids: Sequence[str], relevant: Sequence[str]) -> float:
+    """AP of a ranking (the query itself already removed): mean precision at each relevant hit."""
+    relevant = set(relevant)
+    if not relevant:
+        return float("nan")
+    hits, total = 0, 0.0
+    for k, vid in enumerate(ranked_ids, 1):
+        if vid in relevant:
+            hits += 1
+            total += hits / k
+    return total / len(relevant)
+
+
+def _map(scores: Dict[str, Dict[str, float]], ground_truth: Dict[str, List[str]]) -> float:
+    aps = []
+    for q, rel in ground_truth.items():
+        ranked = [v for v, _ in sorted(scores[q].items(), key=lambda kv: -kv[1]) if v != q]
+        aps.append(average_precision(ranked, rel))
+    return float(np.mean(aps))
+
+
+def evaluate(workdir: str, ground_truth: Dict[str, List[str]], budgets=BUDGETS) -> List[Dict]:
+    """Rows (method, mAP, ms per query, bytes per video) for every stage of a built workdir."""
+    from dns_jax.app.query import Searcher
+    from dns_jax.training.teacher import load_teacher
+
+    s = Searcher(workdir)
+    ids = s.index.ids
+    queries = [q for q in ground_truth if q in s.index]
+    gt = {q: ground_truth[q] for q in queries}
+    feats = {q: s.features(q)[1] for q in queries}
+    reps = s.dns.index([feats[q] for q in queries], queries)
+    bytes_per = s.index.bytes_per_video()
+    rows = []
+
+    def add(method, scores, seconds, storage):
+        rows.append({"method": method, "mAP": _map(scores, gt), "ms_per_query": 1000 * seconds / len(queries),
+                     "bytes_per_video": storage})
+
+    # teacher (ViSiL_f on the same features, no weights): the reference the students learn from
+    from dns_jax.training.features import open_features
+    from dns_jax.training.scoring import PairScorer
+    name, teacher = load_teacher(s.settings.get("teacher", "visil_f"), dims=s.settings.get("dims", 512))
+    store = open_features(s.wd.features)
+    t0 = time.perf_counter()
+    sims = PairScorer(name, teacher.module, teacher.variables, batch_size=64).score(
+        store, [(q, v) for q in queries for v in ids]).reshape(len(queries), len(ids))
+    add(f"teacher ({name}, no weights)", {q: dict(zip(ids, sims[i].tolist())) for i, q in enumerate(queries)},
+        time.perf_counter() - t0, float(np.mean([store.length(v) for v in ids])) * 9 * 512 * 4)
+
+    t0 = time.perf_counter()
+    coarse = reps.coarse @ s.index.coarse.T
+    add("coarse student (CG)", {q: dict(zip(ids, coarse[i].tolist())) for i, q in enumerate(queries)},
+        time.perf_counter() - t0, bytes_per.get("coarse"))
+
+    t0 = time.perf_counter()
+    fine = s.dns.scorer.similarities([reps.fine_rep(i) for i in range(len(queries))],
+                                     s.index.fine_reps(range(len(ids))))
+    add(f"fine student ({s.fine.name})", {q: dict(zip(ids, fine[i].tolist())) for i, q in enumerate(queries)},
+        time.perf_counter() - t0, bytes_per.get("fine"))
+
+    for b in budgets:
+        t0 = time.perf_counter()
+        res = s.dns.search(reps, s.index, budget=b, topk=None)
+        scores = {}
+        for i, q in enumerate(queries):
+            scores[q] = {ids[j]: float(v) for j, v in zip(res.ranking[i], res.scores[i])}
+        storage = sum(v for v in bytes_per.values() if v) if bytes_per else None
+        add(f"DnS, budget {b:g}", scores, time.perf_counter() - t0, storage)
+    return rows
+
+
+def format_table(rows: List[Dict]) -> str:
+    lines = ["| method | mAP | ms / query | bytes / video |", "|---|---|---|---|"]
+    for r in rows:
+        b = r["bytes_per_video"]
+        lines.append(f"| {r['method']} | {r['mAP']:.3f} | {r['ms_per_query']:.1f} | "
+                     f"{'' if b is None else f'{b:,.0f}'} |")
+    return "\n".join(lines)
+
+
+def run_demo(workdir: str, steps: int = 200, seed: int = 0, progress: bool = True) -> List[Dict]:
+    from dns_jax.app.build import BuildOptions, run_build
+    from dns_jax.data.video_collection import make_collection
+
+    log = print if progress else (lambda *_: None)
+    t0 = time.time()
+    collection = os.path.join(workdir, "collection")
+    log(f"[demo] generating the video collection in {collection}")
+    make_collection(collection, seed=seed)
+    with open(os.path.join(collection, "ground_truth.json")) as f:
+        ground_truth = json.load(f)
+    build = os.path.join(workdir, "build")
+    run_build(BuildOptions(videos=os.path.join(collection, "videos"), workdir=build, fine_steps=steps,
+                           coarse_steps=steps, selector_steps=steps, seed=seed, progress=progress,
+                           coarse_model=DEMO_COARSE))
+    rows = evaluate(build, ground_truth)
+    n_videos = len(os.listdir(os.path.join(collection, "videos")))
+    print(f"\nDnS on a generated collection: {len(ground_truth)} query clips, "
+          f"{sum(len(v) for v in ground_truth.values())} near-duplicate copies, {n_videos} videos in all "
+          f"({time.time() - t0:.0f} s end to end)")
+    print(format_table(rows))
+    with open(os.path.join(workdir, "demo_results.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    return rows
