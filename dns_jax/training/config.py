@@ -76,7 +76,7 @@ def default_config(network: str) -> ml_collections.ConfigDict:
     c.prefetch = 2             # batches prepared ahead of the train step
 
     c.synthetic = ml_collections.ConfigDict(dict(
-        num_families=48, family_size=4, num_distractors=64, min_frames=8, max_frames=40,
+        num_families=48, family_size=4, num_distractors=64, min_frames=8, max_frames=24,
         regions=9, dims=512, noise=0.35, seed=0, holdout_families=8))
 
     c.teacher_job = ml_collections.ConfigDict(dict(

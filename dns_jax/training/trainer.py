@@ -156,8 +156,9 @@ def _selector_items(fine: PairSet, coarse: Dict[Tuple[str, str], float], thresho
 def _selector_data(cfg, workdir, is_main, module) -> Data:
     sc = cfg.selector
     if cfg.dataset == "synthetic":
-        # fine similarities: the teacher; coarse ones: cosine of mean-pooled descriptors (a
-        # stand-in coarse network), so the label marks pairs the cheap similarity gets wrong
+        # fine similarities: the teacher; coarse ones: cosine of mean-pooled descriptors mapped
+        # to [0, 1] like the targets of a coarse student (a stand-in coarse network), so the label
+        # marks pairs the cheap similarity gets wrong
         col = synthetic.from_config(cfg.synthetic)
         store = MemoryFeatures(col.videos, source="synthetic collection")
         fine = (read_pairs(sc.fine_pairs) if sc.fine_pairs else
@@ -170,7 +171,7 @@ def _selector_data(cfg, workdir, is_main, module) -> Data:
         else:
             ids = fine.video_ids()
             desc = dict(zip(ids, global_descriptors(store, ids)))
-            coarse = {(fine.index[q], fine.index[t]): float(desc[fine.index[q]] @ desc[fine.index[t]])
+            coarse = {(fine.index[q], fine.index[t]): float(desc[fine.index[q]] @ desc[fine.index[t]]) / 2 + 0.5
                       for q, t, _, _ in fine.all_pairs()}
     else:
         store = open_features(cfg.features)
