@@ -21,7 +21,7 @@ from dns_jax.training.features import MemoryFeatures, write_hdf5
 from dns_jax.training.teacher import select_pairs, teacher_scorer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 120
+STEPS = 100
 SYNTH = dict(dims=32, regions=4, num_families=10, family_size=3, num_distractors=10, min_frames=6,
              max_frames=16, holdout_families=2)
 
@@ -38,7 +38,7 @@ def _command(workdir, data):
             "--config", os.path.join(REPO, "configs", "fg_att_student.py"), "--workdir", workdir,
             "--config.dataset=features", f"--config.features={features}", f"--config.pairs={pairs}",
             f"--config.num_train_steps={STEPS}", "--config.model.dims=32",
-            "--config.checkpoint_every_steps=10", "--config.keep_checkpoints=2", "--config.batch_size=8",
+            "--config.checkpoint_every_steps=10", "--config.keep_checkpoints=2", "--config.batch_size=4",
             "--config.length_buckets=(16,)", "--config.max_augmented_frames=16", "--config.progress_bar=False",
             "--config.learning_rate=0.001", "--config.log_every_steps=40", "--config.seed=7"]
 
@@ -90,7 +90,7 @@ def test_killed_and_stopped_runs_resume_to_the_uninterrupted_result(tmp_path, da
     killed_at = _steps(work)
     assert killed_at and killed_at[-1] < STEPS, "the run finished before it could be killed"
 
-    rc, err = _interrupt_when(_start(work, data, env), work, killed_at[-1] + 20, signal.SIGTERM)
+    rc, err = _interrupt_when(_start(work, data, env), work, killed_at[-1] + 10, signal.SIGTERM)
     assert rc == 0, err[-3000:]
     assert f"resumed {work} from step {killed_at[-1]}" in err
     stopped_at = _steps(work)[-1]

@@ -7,7 +7,7 @@ override them with a value of the same type.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable, List
+from typing import List
 
 import ml_collections
 
@@ -220,6 +220,3 @@ def override(config: ml_collections.ConfigDict, **values) -> ml_collections.Conf
         node[leaf] = value
     return c
 
-
-def describe(config, keys: Iterable[str] = ("network", "dataset", "batch_size", "learning_rate")) -> str:
-    return ", ".join(f"{k}={config[k]}" for k in keys)

@@ -15,16 +15,14 @@ the negatives. The file records the teacher and these settings in its `meta`.
 from __future__ import annotations
 
 import os
-import sys
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
-import jax
 import numpy as np
 
 from dns_jax import checkpoint, pretrained
 from dns_jax.training.features import FeatureStore, global_descriptors, open_features
 from dns_jax.training.pairs import PairSet, write_pairs
-from dns_jax.training.scoring import SIMILARITY_NETWORKS, PairScorer, ScoringError
+from dns_jax.training.scoring import SIMILARITY_NETWORKS, PairScorer
 
 
 class TeacherError(ValueError):
