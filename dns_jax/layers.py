@@ -22,9 +22,9 @@ DEFAULT_PRECISION = "highest"
 
 
 def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
-    """x / max(||x||, eps), as torch.nn.functional.normalize."""
-    norm = jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True))
-    return x / jnp.maximum(norm, eps)
+    """x / max(||x||, eps), as torch.nn.functional.normalize (written so the gradient of a zero
+    vector, e.g. a padded frame, is finite)."""
+    return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
 def _unit_normal_context_init(key, shape, dtype=jnp.float32):

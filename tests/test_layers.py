@@ -92,3 +92,8 @@ def test_visil_attention_weights_are_in_unit_interval_for_unit_vectors():
 def test_l2_normalize_uses_torch_eps():
     z = layers.l2_normalize(jnp.zeros((2, 3)))
     assert np.all(np.isfinite(np.asarray(z))) and float(jnp.abs(z).max()) == 0.0
+
+
+def test_l2_normalize_gradient_of_zero_vector_is_finite():
+    g = jax.grad(lambda x: layers.l2_normalize(x).sum())(jnp.zeros((3,)))
+    assert np.all(np.isfinite(np.asarray(g)))
