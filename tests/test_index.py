@@ -133,6 +133,11 @@ def test_version_stamp_and_network_checks(tmp_path, h5, nets):
         build_index(d, [h5], network("fg_att_student")[1], nets[1], nets[2], progress=False)
     with pytest.raises(KeyError, match="unknown video id 'zzz'"):
         index.representations(["zzz"])
+    writer = Index.open(d, writable=True)
+    with pytest.raises(IndexFormatError, match="another process"):
+        Index.open(d, writable=True)                      # one writer at a time
+    writer.close()
+    Index.open(d, writable=True).close()
     manifest = json.load(open(os.path.join(d, "index.json")))
     manifest["format_version"] = 99
     json.dump(manifest, open(os.path.join(d, "index.json"), "w"))

@@ -141,6 +141,7 @@ def build_index(directory: str, feature_files: Sequence[str], fine_model, coarse
                 commit()
         commit()
     finally:
+        index.close()
         for h in handles.values():
             h.close()
         if bar is not None:

@@ -129,7 +129,33 @@ class Index:
         self.directory = directory
         self.manifest = manifest
         self.writable = writable
+        self._lock_fd = None
+        if writable:
+            self._lock()
         self._load()
+
+    def _lock(self):
+        """One writer at a time (an advisory lock the OS releases if the writer dies)."""
+        import fcntl
+        fd = os.open(os.path.join(self.directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise IndexFormatError(f"the index at {self.directory!r} is being written by another process") from None
+        self._lock_fd = fd
+
+    def close(self):
+        """Release the writer lock (also released when the process exits)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
 
     # -- opening ----------------------------------------------------------------------------
     @staticmethod
