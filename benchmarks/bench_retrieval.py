@@ -111,7 +111,7 @@ def fine_rows(rng, models, quick):
         per_length = 4 if quick else 8
         sample = videos(rng, np.repeat(sample_lengths, per_length))
         sample_flops = sum(pair_flops(60, len(v)) for v in sample)
-        fns, info = {"mm": lambda: mm(a).block_until_ready()}, {}
+        fns = {"mm": lambda: mm(a).block_until_ready()}
         for name, model in models:
             sc = FineScorer(model)
             qrep = sc.index([q])
@@ -186,7 +186,7 @@ def cg_rows(rng, sizes):
                 tk = best_time(lambda: cdb.topk(q, 100, batch=nq), 3) / nq
                 gb = n * 1024 * np.dtype(dtype).itemsize / 1e9
                 print(f"{n:9d} {dtype:>8s} {nq:13d} {ts:12.4f} {tk:15.4f} {gb:6.2f}")
-            del cdb
+            cdb = None
             gc.collect()
 
 

@@ -1,7 +1,6 @@
 """dns_jax.index: building from HDF5, bad videos, append/resume, atomic commits, version stamp,
 network checks, DnS search over an index, and the index.py / retrieve.py command lines."""
 import csv
-import io
 import json
 import os
 import sys

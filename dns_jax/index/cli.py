@@ -9,7 +9,6 @@ import os
 import sys
 from typing import Dict, List
 
-import numpy as np
 
 FINE_NETWORKS = ("fg_att_student", "fg_bin_student", "fg_student", "visil", "visil_symmetric", "visil_f")
 

@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import time
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 

@@ -13,7 +13,6 @@ exact inner-product index (IndexFlatIP) for very large collections kept on the h
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional, Sequence, Tuple
 
 import jax
@@ -167,7 +166,7 @@ class FaissCoarseIndex:
 
     def __init__(self, vectors):
         try:
-            import faiss
+            import faiss  # optional dependency
         except ImportError as e:
             raise ImportError("FaissCoarseIndex needs faiss: pip install faiss-cpu (or dns-jax[faiss])") from e
         v = np.ascontiguousarray(_check_vectors(vectors, "coarse database"), np.float32)
