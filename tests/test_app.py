@@ -107,3 +107,14 @@ def test_query_on_a_workdir_that_was_never_built(tmp_path):
     from dns_jax.app.workdir import WorkdirError
     with pytest.raises(WorkdirError, match="dns-jax build"):
         run_query(str(tmp_path), ["x"], log=lambda *_: None)
+
+
+def test_collection_too_small_to_train_on(built, tmp_path):
+    from dns_jax.app.build import BuildError, BuildOptions, run_build
+    root, info, _, _ = built
+    few = tmp_path / "few"
+    few.mkdir()
+    for vid in info.ids[:3]:
+        shutil.copy(root / "collection" / "videos" / f"{vid}.mp4", few / f"{vid}.mp4")
+    with pytest.raises(BuildError, match="only 3 usable videos"):
+        run_build(BuildOptions(videos=str(few), workdir=str(tmp_path / "w"), progress=False))
