@@ -4,6 +4,8 @@ import json
 import numpy as np
 import pytest
 
+from media import write_audio
+
 h5py = pytest.importorskip("h5py")
 av = pytest.importorskip("av")
 
@@ -116,22 +118,6 @@ def test_cli_offline_backbone(tmp_path, collection, capsys):
         assert json.loads(h5.attrs[ATTR])["backbone"] == "resnet50_1by2_opennsfw"
 
 
-def _write_audio(path, codec="aac", rate=44100, frames=20):
-    with av.open(str(path), "w") as c:
-        s = c.add_stream(codec, rate=rate)
-        fmt, size = s.codec_context.codec.audio_formats[0].name, s.codec_context.frame_size or 1024
-        for i in range(frames):
-            frame = av.AudioFrame(format=fmt, layout="mono", samples=size)
-            for plane in frame.planes:
-                plane.update(bytes(plane.buffer_size))
-            frame.sample_rate, frame.pts = rate, i * size
-            for p in s.encode(frame):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
-
-
 @pytest.fixture
 def bad_collection(tmp_path):
     """Good videos (one shorter than a second) among every kind of bad input of the issue."""
@@ -145,7 +131,7 @@ def bad_collection(tmp_path):
     cut = _write_video(tmp_path / "full.mp4", n=100).read_bytes()
     (d / "cut_mp4.mp4").write_bytes(cut[: len(cut) // 2])              # no index left: unreadable
     (d / "corrupt.avi").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
-    _write_audio(d / "audio_only.m4a")
+    write_audio(d / "audio_only.m4a")
     (d / "folder.mp4").mkdir()
     videos = [(p.stem, str(p)) for p in sorted(d.iterdir())] + [("missing", str(d / "missing.mp4"))]
     return videos

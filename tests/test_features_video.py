@@ -4,6 +4,8 @@ import pathlib
 import numpy as np
 import pytest
 
+from media import write_audio
+
 from dns_jax.features.video import VideoError, frame_step, iter_frames, load_video, resize_crop
 
 DATA = pathlib.Path(__file__).parent / "data" / "features"
@@ -94,25 +96,6 @@ def test_load_video_errors(tmp_path):
         load_video(audio)
 
 
-def _write_audio(path, codec, seconds=0.5, rate=44100):
-    """An audio-only file: `seconds` of silence encoded with `codec` ('aac', 'mp2', ...)."""
-    av = pytest.importorskip("av")
-    with av.open(str(path), "w") as c:
-        s = c.add_stream(codec, rate=rate)
-        fmt = s.codec_context.codec.audio_formats[0].name
-        size = s.codec_context.frame_size or 1024
-        for i in range(int(seconds * rate) // size):
-            frame = av.AudioFrame(format=fmt, layout="mono", samples=size)
-            for plane in frame.planes:
-                plane.update(bytes(plane.buffer_size))
-            frame.sample_rate, frame.pts = rate, i * size
-            for p in s.encode(frame):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
-
-
 def _bad_file(tmp_path, kind):
     """A path that is no usable video, and the error message expected for it."""
     if kind == "missing":
@@ -133,9 +116,9 @@ def _bad_file(tmp_path, kind):
         path.write_bytes(full[: len(full) // 2])
         return path, VideoError, "cannot open video"
     if kind == "audio_aac":
-        return _write_audio(tmp_path / "song.m4a", "aac"), VideoError, r"no video stream in .* \(it has: audio\)"
+        return write_audio(tmp_path / "song.m4a", "aac"), VideoError, r"no video stream in .* \(it has: audio\)"
     if kind == "audio_mp2":
-        return _write_audio(tmp_path / "song.mka", "mp2"), VideoError, "no video stream in"
+        return write_audio(tmp_path / "song.mka", "mp2"), VideoError, "no video stream in"
     raise ValueError(kind)
 
 
