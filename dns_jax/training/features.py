@@ -1,7 +1,8 @@
 """Read-only collections of per-video region features `[T, R, D]` keyed by video id.
 
 `open_features(path)` picks the reader: HDF5 (the official feature files: one dataset per video),
-`.npz` (one array per video) or a folder of `<id>.npy` files. `MemoryFeatures` wraps a dict (the
+`.npz` (one array per video), a tfds array_record dataset folder (`dns_jax.datasets`) or a folder of
+`<id>.npy` files. `MemoryFeatures` wraps a dict (the
 synthetic collection). Every store gives `length(id)` without reading the frames, which the input
 pipeline uses to plan padded batches before loading anything.
 """
@@ -123,11 +124,14 @@ class NpyFolderFeatures(FeatureStore):
 
 
 def open_features(path: str) -> FeatureStore:
-    """A FeatureStore for an HDF5 file, an .npz file or a folder of .npy files."""
+    """A FeatureStore for an HDF5 file, an .npz file, a tfds dataset folder or a folder of .npy files."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FeatureError(f"no such feature file or folder: {path!r}")
     if os.path.isdir(path):
+        from dns_jax.datasets.reader import ArrayRecordFeatures, is_tfds_dataset
+        if is_tfds_dataset(path):
+            return ArrayRecordFeatures(path)
         return NpyFolderFeatures(path)
     if path.lower().endswith(".npz"):
         with np.load(path, allow_pickle=False) as z:
