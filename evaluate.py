@@ -35,6 +35,9 @@ _COARSE = flags.DEFINE_string("coarse", None, "coarse-grained student (.pth, che
 _TEACHER = flags.DEFINE_string(
     "teacher", None, "optional teacher as a reference point: 'visil_f' (weightless), NAME:PATH "
     "(e.g. visil:visil.pth) or a checkpoint dir")
+_TEACHER_FEATURES = flags.DEFINE_string(
+    "teacher_features", None, "the teacher's own features when they differ from --features (e.g. the "
+    "3840-d ViSiL features); default: --features")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "where rows, sweep.csv/json and the plots go")
 _BUDGETS = flags.DEFINE_list("budgets", [f"{b:g}" for b in BUDGETS],
                              "DnS budgets: fractions of the database re-ranked by the fine student")
@@ -60,7 +63,8 @@ def main(argv):
         raise app.UsageError(f"--budgets must be numbers in [0, 1], got {_BUDGETS.value}")
     try:
         run_evaluation(_BENCHMARK.value, _FEATURES.value, _FINE.value, _COARSE.value, _SELECTOR.value,
-                       _OUTPUT_DIR.value, teacher=_TEACHER.value, budgets=budgets,
+                       _OUTPUT_DIR.value, teacher=_TEACHER.value, teacher_features=_TEACHER_FEATURES.value,
+                       budgets=budgets,
                        svd_unlabeled=_SVD_UNLABELED.value, query_batch=_QUERY_BATCH.value,
                        db_chunk=_DB_CHUNK.value, plots=_PLOTS.value, overwrite=_OVERWRITE.value,
                        progress=not _QUIET.value)

@@ -178,8 +178,8 @@ def test_rows_match_direct_scoring(finished, setup):
     _, _, _, _, videos, nets = setup
     db = sorted(v for v in videos if not v.startswith("q"))     # the benchmark's database order
     with np.load(run_lib.row_path(str(out), "q1")) as z:
-        np.testing.assert_allclose(z["coarse"], retrieval.score(nets["coarse"], videos["q1"], [videos[v] for v in db]),
-                                   atol=1e-5)
+        vectors = retrieval.coarse_index(nets["coarse"], [videos["q1"]] + [videos[v] for v in db])
+        np.testing.assert_allclose(z["coarse"], vectors[1:] @ vectors[0], atol=1e-5)
         assert z["fine/FG-Att"].shape == (len(db),) and z["seconds/fine/FG-Att"] > 0
 
 
@@ -207,6 +207,9 @@ def test_bad_inputs(setup, tmp_path, capsys):
     args[args.index("--benchmark") + 1] = "nope"
     assert evaluate.cli(args) == 2
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
+    partial = write_hdf5({"q0": setup[4]["q0"]}, str(tmp_path / "teacher.hdf5"))
+    assert evaluate.cli(_args(setup, tmp_path / "t", "--teacher_features", partial)) == 2
+    assert "missing from the teacher's features" in capsys.readouterr().err
     args = _args(setup, tmp_path / "o")
     del args[args.index("--coarse"):args.index("--coarse") + 2]
     from absl import flags

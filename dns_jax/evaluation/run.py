@@ -252,8 +252,9 @@ class EvaluationRun:
 
     def __init__(self, benchmark, store, networks: Networks, output_dir: str, query_batch: int = 0,
                  db_chunk: int = 256, progress: bool = True, log: Callable[[str], None] = print,
-                 overwrite: bool = False):
+                 overwrite: bool = False, teacher_store=None):
         self.benchmark, self.store, self.nets = benchmark, store, networks
+        self.teacher_store = teacher_store if teacher_store is not None else store
         self.output_dir = output_dir
         self.query_batch, self.db_chunk = int(query_batch), max(1, int(db_chunk))
         self.progress, self.log = progress, log
@@ -265,8 +266,11 @@ class EvaluationRun:
         self.missing_database = sorted({v for v in database if v not in store})
         os.makedirs(os.path.join(output_dir, "rows"), exist_ok=True)
         self._check_run_file(overwrite)
+        self._check_teacher_features(dims_only=True)
         self.bad: Dict[str, str] = {}
         self.videos = self._video_cache()
+        self._check_teacher_features()
+        self._db_coarse = None
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _check_run_file(self, overwrite: bool):
@@ -276,6 +280,8 @@ class EvaluationRun:
                 "features": os.path.abspath(self.store.source),
                 "available": {"queries": len(self.queries), "database": len(self.database)},
                 "networks": _describe(self.nets)}
+        if self.nets.teacher is not None:
+            want["teacher_features"] = os.path.abspath(self.teacher_store.source)
         path = os.path.join(self.output_dir, "run.json")
         if os.path.exists(path) and not overwrite:
             with open(path) as f:
@@ -292,9 +298,25 @@ class EvaluationRun:
                 os.remove(os.path.join(self.output_dir, "videos.npz"))
         _atomic_json(path, want)
 
-    def _read(self, video_id: str) -> np.ndarray:
+    def _check_teacher_features(self, dims_only: bool = False):
+        teacher = self.nets.teacher
+        if teacher is None:
+            return
+        if self.teacher_store is self.store and teacher.dims != self.dims:
+            raise FeatureError(f"the teacher {self.nets.teacher_name!r} takes {teacher.dims}-d features and "
+                               f"{self.store.source} holds {self.dims}-d ones; give the teacher's own "
+                               "features (--teacher_features)")
+        if dims_only:
+            return
+        missing = [v for v in self.queries + self.database if v not in self.teacher_store]
+        if missing:
+            raise FeatureError(f"{self.teacher_store.source}: {len(missing)} videos the students see are missing "
+                               f"from the teacher's features, e.g. {missing[:3]}")
+
+    def _read(self, video_id: str, store=None, dims=None) -> np.ndarray:
+        store = self.store if store is None else store
         try:
-            return check_video(self.store[video_id], self.dims, video_id)
+            return check_video(store[video_id], dims or self.dims, video_id)
         except FeatureError:
             raise
         except Exception as e:  # unreadable record or dataset
@@ -371,15 +393,16 @@ class EvaluationRun:
         return len(pending)
 
     def _scorers(self):
+        """(row key, FineScorer, feature store, feature dims) of the fine students and the teacher."""
         from dns_jax.retrieval import scorer_for
-        out = [("fine/" + r.label, scorer_for(r.fine)) for r in self.nets.representations]
+        out = [("fine/" + r.label, scorer_for(r.fine), self.store, self.dims) for r in self.nets.representations]
         teacher = self.nets.teacher
         if teacher is not None:
             if "params" not in teacher.variables:   # weightless ViSiL_f: an empty parameter tree
                 teacher = copy.copy(teacher)
                 teacher.variables = {**teacher.variables, "params": {}}
                 teacher._jitted = {}
-            out.append(("teacher", scorer_for(teacher)))
+            out.append(("teacher", scorer_for(teacher), self.teacher_store, teacher.dims))
         return out
 
     def _compute_group(self, queries: List[str], offset: int, total: int):
@@ -388,22 +411,26 @@ class EvaluationRun:
         from dns_jax.retrieval import selector_scores
         from tqdm import tqdm
         scorers = self._scorers()
-        q_feats = [self._read(q) for q in queries]
-        q_reps = {key: sc.index(q_feats) for key, sc in scorers}
-        sims = {key: np.zeros((len(queries), len(self.database)), np.float32) for key, _ in scorers}
-        seconds = {key: 0.0 for key, _ in scorers}
+        q_reps = {key: sc.index([self._read(q, store, dims) for q in queries]) for key, sc, store, dims in scorers}
+        sims = {key: np.zeros((len(queries), len(self.database)), np.float32) for key, *_ in scorers}
+        seconds = {key: 0.0 for key, *_ in scorers}
         desc = f"queries {offset + 1}-{offset + len(queries)} of {total}"
         with tqdm(total=len(self.database), desc=desc, unit="video", disable=not self.progress) as bar:
             for s in range(0, len(self.database), self.db_chunk):
-                vids = [self._read(v) for v in self.database[s:s + self.db_chunk]]
-                for key, sc in scorers:
-                    reps = sc.index(vids)
+                ids = self.database[s:s + self.db_chunk]
+                vids = {self.store: [self._read(v) for v in ids]}
+                for key, sc, store, dims in scorers:
+                    if store not in vids:
+                        vids[store] = [self._read(v, store, dims) for v in ids]
+                    reps = sc.index(vids[store])
                     t0 = time.perf_counter()
-                    sims[key][:, s:s + len(vids)] = sc.similarities(q_reps[key], reps)
+                    sims[key][:, s:s + len(ids)] = sc.similarities(q_reps[key], reps)
                     seconds[key] += time.perf_counter() - t0
-                bar.update(len(vids))
+                bar.update(len(ids))
+        if self._db_coarse is None:
+            self._db_coarse = np.ascontiguousarray(self._take("coarse", self.database).T)
         t0 = time.perf_counter()
-        coarse = self._take("coarse", queries) @ self._take("coarse", self.database).T
+        coarse = self._take("coarse", queries) @ self._db_coarse
         seconds["coarse"] = time.perf_counter() - t0
         for r in self.nets.representations:
             t0 = time.perf_counter()
@@ -474,7 +501,8 @@ def evaluate_similarities(benchmark, similarities, all_db) -> dict:
 
 
 def run_evaluation(benchmark: str, features: str, fine: Sequence[str], coarse: str, selector: Sequence[str],
-                   output_dir: str, teacher: Optional[str] = None, budgets: Sequence[float] = BUDGETS,
+                   output_dir: str, teacher: Optional[str] = None, teacher_features: Optional[str] = None,
+                   budgets: Sequence[float] = BUDGETS,
                    svd_unlabeled: Optional[str] = None, query_batch: int = 0, db_chunk: int = 256,
                    plots: bool = True, overwrite: bool = False, progress: bool = True,
                    log: Callable[[str], None] = print) -> dict:
@@ -486,8 +514,9 @@ def run_evaluation(benchmark: str, features: str, fine: Sequence[str], coarse: s
     nets = load_networks(fine, coarse, selector, teacher)
     store = open_features(features)
     os.makedirs(output_dir, exist_ok=True)
+    teacher_store = open_features(teacher_features) if teacher and teacher_features else None
     run = EvaluationRun(bench, store, nets, output_dir, query_batch=query_batch, db_chunk=db_chunk,
-                        progress=progress, log=log, overwrite=overwrite)
+                        progress=progress, log=log, overwrite=overwrite, teacher_store=teacher_store)
     for note in run.availability_notes():
         log(f"[WARNING] {note}")
     if not run.queries or not run.database:
