@@ -215,3 +215,15 @@ def test_bad_inputs(setup, tmp_path, capsys):
     from absl import flags
     with pytest.raises(flags.IllegalFlagValueError, match="coarse"):
         evaluate.cli(args)
+
+
+def test_tfds_features_give_the_same_results(finished, setup, tmp_path):
+    from dns_jax.datasets import convert_features
+    convert_features(setup[3], str(tmp_path / "tfds"), name="toy", progress=False, log=lambda m: None)
+    args = _args(setup, tmp_path / "o", "--noplots")
+    args[args.index("--features") + 1] = str(tmp_path / "tfds")
+    assert evaluate.cli(args) == 0
+    got = json.load(open(tmp_path / "o" / "sweep.json"))
+    want = json.load(open(os.path.join(finished[0], "sweep.json")))
+    assert [r["mAP"] for r in got["rows"]] == [r["mAP"] for r in want["rows"]]
+    assert got["database"] == want["database"]
