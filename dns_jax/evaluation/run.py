@@ -453,6 +453,9 @@ class EvaluationRun:
                 if str(z["query"]) != q:
                     raise ValueError(f"{row_path(self.output_dir, q)} holds query {str(z['query'])!r}, not {q!r}")
                 rows[q] = {k: z[k] for k in z.files if k != "query"}
+            if rows[q]["coarse"].shape != (len(self.database),):
+                raise ValueError(f"{row_path(self.output_dir, q)} has {rows[q]['coarse'].shape[0]} database "
+                                 f"entries, this run {len(self.database)}; rerun with --overwrite")
         return rows
 
     def storage(self) -> Dict[str, float]:
