@@ -227,3 +227,31 @@ def test_tfds_features_give_the_same_results(finished, setup, tmp_path):
     want = json.load(open(os.path.join(finished[0], "sweep.json")))
     assert [r["mAP"] for r in got["rows"]] == [r["mAP"] for r in want["rows"]]
     assert got["database"] == want["database"]
+
+
+def test_dns_rows_follow_the_official_mixing(finished, setup):
+    """DnS at 50 % recomputed from the saved rows as evaluation_dns.py does it: arrays aligned with
+    the benchmark database (0 for a missing video), the top int(p * N_available) videos by selector
+    score take fine / 2 + 0.5."""
+    out = finished[0]
+    bench = run_lib.load_benchmark(setup[2])
+    database = bench.get_database()
+    available = sorted(v for v in setup[4] if not v.startswith("q"))
+    mask = np.array([v in available for v in database])
+    sims = {}
+    for q in ("q0", "q1", "q2"):
+        with np.load(run_lib.row_path(str(out), q)) as z:
+            full = {k: np.zeros(len(database)) for k in ("coarse", "fine/FG-Att", "selector/FG-Att")}
+            for k in full:
+                full[k][mask] = z[k]
+        order = np.argsort(-full["selector/FG-Att"][mask], kind="stable")[:int(0.5 * mask.sum())]
+        mixed = full["coarse"].copy()
+        part = mixed[mask]
+        part[order] = full["fine/FG-Att"][mask][order] / 2 + 0.5
+        mixed[mask] = part
+        sims[q] = mixed
+    from dns_jax.evaluation import EvaluationWarning
+    with pytest.warns(EvaluationWarning, match="q_absent"):       # the query missing from the features
+        want = bench.evaluate(sims, all_db=set(available) | {"q0", "q1", "q2"})
+    got = {r["method"]: r for r in json.load(open(os.path.join(out, "sweep.json")))["rows"]}["DnS (FG-Att) 50%"]
+    assert got["mAP"] == pytest.approx(want, abs=1e-12)
