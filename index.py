@@ -19,8 +19,9 @@ from dns_jax.index.cli import add_network_args, load_networks, read_id_list
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", required=True, metavar="DIR", help="index directory (created if missing)")
-    p.add_argument("--features", required=True, nargs="+", metavar="HDF5",
-                   help="feature files: one dataset per video id, [T, 9, 512] region features")
+    p.add_argument("--features", required=True, nargs="+", metavar="FEATURES",
+                   help="feature files or folders, one [T, 9, 512] array per video id: official HDF5, .npz, "
+                        "a folder of <id>.npy, or a tfds dataset made by `python -m dns_jax.datasets.convert`")
     p.add_argument("--ids_file", metavar="TXT", help="index only these ids (one per line); default: every dataset")
     p.add_argument("--shard_size", type=int, default=512, help="videos per committed shard")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

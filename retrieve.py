@@ -23,8 +23,9 @@ def main(argv=None):
     q = p.add_argument_group("queries")
     q.add_argument("--query_ids", nargs="+", metavar="ID", help="query video ids")
     q.add_argument("--query_ids_file", metavar="TXT", help="file with one query id per line")
-    q.add_argument("--query_features", metavar="HDF5",
-                   help="HDF5 feature file holding the queries (default: queries come from the index)")
+    q.add_argument("--query_features", metavar="FEATURES",
+                   help="feature file or folder holding the queries: HDF5, .npz, .npy folder or a tfds dataset "
+                        "made by `python -m dns_jax.datasets.convert` (default: queries come from the index)")
     p.add_argument("--budget", type=float, default=0.1,
                    help="fraction of the database re-ranked by the fine student per query (0..1)")
     p.add_argument("--topk", type=int, default=100, help="results per query (0 = all)")
@@ -44,8 +45,8 @@ def main(argv=None):
     if not ids and not args.query_features:
         p.error("give --query_ids, --query_ids_file or --query_features")
 
-    import h5py
-    from dns_jax.index import Index, IndexFormatError, NetworkMismatchError, list_video_ids, read_video
+    from dns_jax.index import Index, IndexFormatError, NetworkMismatchError, read_video
+    from dns_jax.training.features import open_features
     from dns_jax.retrieval import DnS
     from dns_jax.validation import FeatureError
     try:
@@ -56,15 +57,15 @@ def main(argv=None):
         index.check_networks(fine, coarse, selector)
         dns = DnS(fine, coarse, selector, binary=args.binary)
         if args.query_features:
-            qids = ids or list_video_ids(args.query_features)
+            store = open_features(args.query_features)
+            qids = ids or list(store.ids())
             videos, kept = [], []
-            with h5py.File(args.query_features, "r") as f:
-                for v in qids:
-                    try:
-                        videos.append(read_video(f, v, fine.module.dims))
-                        kept.append(v)
-                    except FeatureError as e:
-                        print(f"skipped query {v}: {e}", file=sys.stderr)
+            for v in qids:
+                try:
+                    videos.append(read_video(store, v, fine.module.dims))
+                    kept.append(v)
+                except FeatureError as e:
+                    print(f"skipped query {v}: {e}", file=sys.stderr)
             if not kept:
                 raise FeatureError("no usable query video")
             queries = dns.index(videos, kept)

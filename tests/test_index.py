@@ -200,3 +200,21 @@ def test_command_lines(tmp_path, h5, nets, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         retrieve_cli.main(["--help"])
     assert e.value.code == 0 and "--budget" in capsys.readouterr().out
+
+
+def test_build_from_tfds_dataset_equals_hdf5(tmp_path, h5, nets):
+    """index.py takes the tfds array_record conversion of a feature file (nested ids included) and
+    stores the same representations as from the HDF5 file."""
+    from dns_jax.datasets import convert_features
+    convert_features(h5, str(tmp_path / "tfds"), name="feats", progress=False, log=lambda m: None)
+    a, b = str(tmp_path / "from_h5"), str(tmp_path / "from_tfds")
+    build_index(a, [h5], *nets, progress=False, log=lambda m: None)
+    report = build_index(b, [str(tmp_path / "tfds")], *nets, progress=False, log=lambda m: None)
+    assert report.added == len(GOOD)
+    ia, ib = Index.open(a), Index.open(b)
+    assert sorted(ib.ids) == sorted(GOOD)
+    ra, rb = ia.representations(GOOD), ib.representations(GOOD)
+    np.testing.assert_array_equal(ra.coarse, rb.coarse)
+    np.testing.assert_array_equal(ra.selfsim, rb.selfsim)
+    for fa, fb in zip(ra.fine, rb.fine):
+        np.testing.assert_array_equal(fa, fb)

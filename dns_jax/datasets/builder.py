@@ -43,17 +43,9 @@ class ConversionReport:
 
 
 def _open_source(path: str):
-    """(store, every video id). HDF5: every dataset by its path, so CC_WEB_VIDEO ids with '/'
-    (nested groups) are found too. An .npz is read lazily, so one bad array skips only its video
-    (open_features checks every array of an .npz up front)."""
-    from dns_jax.training.features import HDF5Features, open_features
-    if os.path.isfile(path) and path.lower().endswith(".npz"):
-        z = np.load(path, allow_pickle=False)
-        return z, list(z.files)
+    """(store, every video id); HDF5 ids are dataset paths, so CC_WEB_VIDEO's nested ids work."""
+    from dns_jax.training.features import open_features
     store = open_features(path)
-    if isinstance(store, HDF5Features):
-        from dns_jax.index.build import list_video_ids
-        return store, list_video_ids(path)
     return store, list(store.ids())
 
 

@@ -1,6 +1,7 @@
-"""Build or extend an index from HDF5 feature files (one dataset per video id, [T, 9, 512] or
+"""Build or extend an index from feature files: HDF5 (one dataset per video id, [T, 9, 512] or
 [T, 512]), as published for FIVR-200K, CC_WEB_VIDEO, EVVE, SVD and DnS-100K, or written by
-dns_jax.features. Ids are dataset paths, so CC_WEB_VIDEO ids with '/' (nested groups) and SVD ids
+dns_jax.features; also .npz files, folders of .npy files and the tfds array_record datasets of
+dns_jax.datasets (anything dns_jax.training.features.open_features reads). HDF5 ids are dataset paths, so CC_WEB_VIDEO ids with '/' (nested groups) and SVD ids
 ending in '.mp4' work as they are.
 
 Videos are committed in shards (atomic, see store.py); a killed run leaves a usable index and the
@@ -12,35 +13,23 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import h5py
 import numpy as np
 
 from dns_jax.index.store import Index
 from dns_jax.retrieval import coarse_index, scorer_for, self_similarities
+from dns_jax.training.features import FeatureStore, open_features, read_checked
 from dns_jax.validation import FeatureError, check_video
 
 
 def list_video_ids(path: str) -> List[str]:
-    """Every dataset of an HDF5 file, by its path (nested groups give ids with '/')."""
-    ids: List[str] = []
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: ids.append(name) if isinstance(obj, h5py.Dataset) else None)
-    return ids
+    """Every video id of a feature file or folder (HDF5: every dataset by its path, so nested groups
+    give ids with '/')."""
+    return list(open_features(path).ids())
 
 
-def read_video(f: h5py.File, video_id: str, dims: int) -> np.ndarray:
-    """Features of one video, checked (FeatureError with the reason if unusable)."""
-    try:
-        obj = f[video_id]
-    except KeyError:
-        raise FeatureError(f"{video_id}: not in {f.filename}") from None
-    if not isinstance(obj, h5py.Dataset):
-        raise FeatureError(f"{video_id}: is a group, not a dataset")
-    try:
-        arr = obj[()]
-    except Exception as e:  # corrupt chunk, unsupported dtype, ...
-        raise FeatureError(f"{video_id}: unreadable ({type(e).__name__}: {e})") from None
-    return check_video(arr, dims, video_id)
+def read_video(store: FeatureStore, video_id: str, dims: int) -> np.ndarray:
+    """Features of one video `(T, R, dims)`, checked (FeatureError with the id and the reason if unusable)."""
+    return read_checked(store, video_id, dims)
 
 
 @dataclasses.dataclass
@@ -53,11 +42,11 @@ class BuildReport:
         return f"{self.added} videos added, {self.already} already indexed, {len(self.skipped)} skipped"
 
 
-def iter_videos(feature_files: Sequence[str], ids: Optional[Sequence[str]] = None
-                ) -> Iterator[Tuple[str, str, Optional[str]]]:
-    """(file, id, None) for every video to read, or (None, id, reason) for a requested id found in
-    no file. With `ids`, only those (in that order); otherwise every dataset of every file."""
-    per_file = [(p, list_video_ids(p)) for p in feature_files]
+def iter_videos(stores: Sequence[FeatureStore], ids: Optional[Sequence[str]] = None
+                ) -> Iterator[Tuple[Optional[FeatureStore], str, Optional[str]]]:
+    """(store, id, None) for every video to read, or (None, id, reason) for a requested id found in
+    no store. With `ids`, only those (in that order); otherwise every video of every store."""
+    per_file = [(p, list(p.ids())) for p in stores]
     if ids is None:
         seen = set()
         for p, vids in per_file:
@@ -92,12 +81,12 @@ def build_index(directory: str, feature_files: Sequence[str], fine_model, coarse
                              scorer.bits // 8 if scorer.packed else (scorer.bits or scorer.dims))
     dims = fine_model.module.dims
     report = BuildReport()
-    todo = list(iter_videos(feature_files, ids))
+    stores = [open_features(p) for p in feature_files]
+    todo = list(iter_videos(stores, ids))
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(todo), desc="indexing", unit="video")
-    handles: Dict[str, h5py.File] = {}
     batch_ids: List[str] = []
     batch: List[np.ndarray] = []
     pending_skips: Dict[str, str] = {}
@@ -119,17 +108,15 @@ def build_index(directory: str, feature_files: Sequence[str], fine_model, coarse
         batch_ids, batch, pending_skips = [], [], {}
 
     try:
-        for path, vid, reason in todo:
+        for store, vid, reason in todo:
             if bar is not None:
                 bar.update(1)
             if vid in index or vid in batch_ids:
                 report.already += 1
                 continue
             if reason is None:
-                if path not in handles:
-                    handles[path] = h5py.File(path, "r")
                 try:
-                    batch.append(read_video(handles[path], vid, dims))
+                    batch.append(read_video(store, vid, dims))
                     batch_ids.append(vid)
                 except FeatureError as e:
                     reason = str(e)
@@ -142,8 +129,6 @@ def build_index(directory: str, feature_files: Sequence[str], fine_model, coarse
         commit()
     finally:
         index.close()
-        for h in handles.values():
-            h.close()
         if bar is not None:
             bar.close()
     if index.manifest.get("zero_codes"):

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Dict, Iterable, List, Mapping
+from typing import Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 
-from dns_jax.validation import FeatureError
+from dns_jax.validation import FeatureError, check_video
 
 
 def _as_video(arr: np.ndarray, video_id: str, source: str) -> np.ndarray:
@@ -81,7 +81,7 @@ class HDF5Features(FeatureStore):
         except OSError as e:
             raise FeatureError(f"cannot open feature file {self.source!r}: {e}") from e
         self._lock = threading.Lock()  # h5py serialises anyway; the lock keeps reads well-formed
-        self._ids = list(self._file.keys())
+        self._ids = hdf5_dataset_paths(self._file)
         self._idset = set(self._ids)
 
     def ids(self):
@@ -96,6 +96,42 @@ class HDF5Features(FeatureStore):
     def __getitem__(self, video_id):
         with self._lock:
             arr = self._file[video_id][()]
+        return _as_video(arr, video_id, self.source)
+
+
+def hdf5_dataset_paths(f) -> List[str]:
+    """Every dataset of an open h5py File, by its path: nested groups give ids with '/' (CC_WEB_VIDEO)."""
+    import h5py
+    ids: List[str] = []
+    f.visititems(lambda name, obj: ids.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return ids
+
+
+class NpzFeatures(FeatureStore):
+    """An .npz file with one array per video id, read lazily (one bad array costs only its video)."""
+
+    def __init__(self, path: str):
+        self.source = os.fspath(path)
+        try:
+            self._file = np.load(self.source, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise FeatureError(f"cannot open feature file {self.source!r}: {e}") from e
+        self._ids = list(self._file.files)
+        self._idset = set(self._ids)
+        self._lock = threading.Lock()
+
+    def ids(self):
+        return self._ids
+
+    def __contains__(self, video_id):
+        return video_id in self._idset
+
+    def length(self, video_id):
+        return self[video_id].shape[0]
+
+    def __getitem__(self, video_id):
+        with self._lock:
+            arr = self._file[video_id]
         return _as_video(arr, video_id, self.source)
 
 
@@ -134,9 +170,22 @@ def open_features(path: str) -> FeatureStore:
             return ArrayRecordFeatures(path)
         return NpyFolderFeatures(path)
     if path.lower().endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            return MemoryFeatures({k: z[k] for k in z.files}, source=path)
+        return NpzFeatures(path)
     return HDF5Features(path)
+
+
+def read_checked(store: FeatureStore, video_id: str, dims: Optional[int] = None) -> np.ndarray:
+    """One video's features `(T, R, D)` float32, checked; FeatureError naming the id and the reason
+    (missing, unreadable, wrong shape, empty, NaN/inf) otherwise."""
+    if video_id not in store:
+        raise FeatureError(f"{video_id}: not in {store.source}")
+    try:
+        arr = store[video_id]
+    except FeatureError as e:
+        raise FeatureError(f"{video_id}: {e}") from None
+    except Exception as e:  # a corrupt chunk, an unsupported dtype, a group instead of a dataset
+        raise FeatureError(f"{video_id}: unreadable ({type(e).__name__}: {e})") from None
+    return check_video(arr, dims, video_id)
 
 
 def write_hdf5(videos: Mapping[str, np.ndarray], path: str) -> str:
