@@ -1,11 +1,11 @@
 """Evaluate DnS on a benchmark as the official evaluation_dns.py does, and write the budget sweep.
 
     python evaluate.py --benchmark fivr5k --features fivr5k.hdf5 --output_dir eval/fivr5k \\
-        --fine dns_fg_att_student.pth --selector dns_selector_fg_att.pth --coarse dns_cg_student.pth
+        --fine dns_fg_att_student.pth --selector dns_selector_cg-fg_att.pth --coarse dns_cg_student.pth
     # both fine students (one selector each) and a teacher as reference point:
     python evaluate.py --benchmark fivr5k --features tfds_data/fivr5k_features --output_dir eval/fivr5k \\
-        --fine dns_fg_att_student.pth --selector dns_selector_fg_att.pth \\
-        --fine dns_fg_bin_student.pth --selector dns_selector_fg_bin.pth \\
+        --fine dns_fg_att_student.pth --selector dns_selector_cg-fg_att.pth \\
+        --fine dns_fg_bin_student.pth --selector dns_selector_cg-fg_bin.pth \\
         --coarse dns_cg_student.pth --teacher visil:visil.pth
 
 Prints one row per method (teacher, fine students, coarse student, DnS at budgets 0..100%) with the

@@ -8,7 +8,7 @@ interrupted run (committed shards are kept, their ids skipped). Bad videos are r
 
 Example:
   python index.py --index indexes/fivr5k --features fivr_features.hdf5 \\
-      --fine dns_fg_att_student.pth --coarse dns_cg_student.pth --selector dns_selector_fg_att.pth
+      --fine dns_fg_att_student.pth --coarse dns_cg_student.pth --selector dns_selector_cg-fg_att.pth
 """
 import argparse
 import sys

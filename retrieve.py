@@ -8,7 +8,7 @@ feature file (--query_features, optionally restricted to --query_ids).
 
 Example:
   python retrieve.py --index indexes/fivr5k --query_ids 5gj8d5zsjy0 --budget 0.1 --topk 50 \\
-      --fine dns_fg_att_student.pth --coarse dns_cg_student.pth --selector dns_selector_fg_att.pth \\
+      --fine dns_fg_att_student.pth --coarse dns_cg_student.pth --selector dns_selector_cg-fg_att.pth \\
       --output results.csv
 """
 import argparse

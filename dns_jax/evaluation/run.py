@@ -2,7 +2,7 @@
 
     bench = load_benchmark('fivr5k')
     nets = load_networks(fine=['dns_fg_att_student.pth'], coarse='dns_cg_student.pth',
-                         selector=['dns_selector_fg_att.pth'], teacher=None)
+                         selector=['dns_selector_cg-fg_att.pth'], teacher=None)
     run = EvaluationRun(bench, open_features('fivr5k.hdf5'), nets, 'eval/fivr5k')
     run.compute()            # similarity rows, one file per query (a rerun skips done queries)
     results = run.evaluate() # mAP per task of every method, DnS at every budget (sweep.py)

@@ -21,7 +21,7 @@ def add_network_args(p: argparse.ArgumentParser):
                    help="which fine network --fine holds (default: guessed from its file name)")
     g.add_argument("--coarse", required=True, metavar="PATH", help="coarse-grained student weights (dns_cg_student.pth)")
     g.add_argument("--selector", required=True, metavar="PATH",
-                   help="selector network weights (dns_selector_fg_att.pth / dns_selector_fg_bin.pth)")
+                   help="selector network weights (dns_selector_cg-fg_att.pth / dns_selector_cg-fg_bin.pth)")
     g.add_argument("--binary", choices=("packed", "float"), default="packed",
                    help="FG-Bin representation: bit-packed codes (64 bytes per region) or float +-1")
 
