@@ -206,10 +206,23 @@ def test_loader_batches_are_deterministic_and_resumable():
     assert full[1].next_position == Position(1, 0)       # 6 triplets = 2 batches per epoch
     resumed = _collect(BatchLoader(TripletSampler(ps, 1), store, num_threads=0,
                                    start=Position(1, 1), **kw), 4)
-    for a, b in zip(full[3:], resumed):
-        assert (a.epoch, a.index) == (b.epoch, b.index)
+    # the grain iterator's own state: saved after 3 batches, restored into a fresh iterator
+    loader = BatchLoader(TripletSampler(ps, 1), store, num_threads=2, **kw)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    saved = it.get_state()
+    it.close()
+    assert loader.position_of(saved["next_index"]) == Position(1, 1) == full[2].next_position
+    it = iter(BatchLoader(TripletSampler(ps, 1), store, num_threads=1, **kw))
+    it.set_state(saved)
+    restored = [next(it) for _ in range(4)]
+    it.close()
+    for a, b, c in zip(full[3:], resumed, restored):
+        assert (a.epoch, a.index) == (b.epoch, b.index) == (c.epoch, c.index)
         for k in a.arrays:
             np.testing.assert_array_equal(a.arrays[k], b.arrays[k])
+            np.testing.assert_array_equal(a.arrays[k], c.arrays[k])
     b = full[0].arrays
     lengths = b["masks"].sum(-1)
     assert b["videos"].shape[2] == bucket_length(int(lengths.max()), (8, 16))

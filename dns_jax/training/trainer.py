@@ -206,6 +206,23 @@ def _check_dims(cfg, store: FeatureStore):
                           f"set --config.model.dims={d}")
 
 
+def _restored_position(workdir, cfg, loader, data_state) -> Dict[str, int]:
+    """The grain iterator state saved with a checkpoint (or, for checkpoints that only hold
+    (epoch, batch), the equivalent one), checked against this run's seed and epoch length."""
+    if data_state.get("seed") != cfg.seed:
+        raise checkpointing.TrainingError(
+            f"{workdir} was trained with seed {data_state.get('seed')}, this config has seed {cfg.seed}")
+    saved = pipeline.Position(int(data_state["epoch"]), int(data_state["batch"]))
+    if "iterator" not in data_state:
+        return {"next_index": loader.index_of(saved)}
+    state = {"next_index": int(data_state["iterator"]["next_index"])}
+    if loader.position_of(state["next_index"]) != saved:
+        log.warning("%s was saved at epoch %d, batch %d, which is batch %d of this run's epochs of %d "
+                    "batches (batch size or collection changed?): continuing from there", workdir,
+                    saved.epoch, saved.batch, state["next_index"], loader.steps_per_epoch)
+    return state
+
+
 _DEFAULT_METRIC = {"fivr5k": "DSVR", "synthetic": "spearman", "selector": "accuracy"}
 
 
@@ -253,25 +270,20 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     mesh = make_mesh()
     replicated, _ = shardings(mesh)
     state = jax.device_put(state, replicated)
-    position = pipeline.Position()
-    if ckpt.latest_step() is not None:
-        state, data_state = ckpt.restore(state, replicated)
-        if data_state.get("seed") != cfg.seed:
-            raise checkpointing.TrainingError(
-                f"{workdir} was trained with seed {data_state.get('seed')}, this config has seed {cfg.seed}")
-        position = pipeline.Position(data_state["epoch"], data_state["batch"])
-        log.info("resumed %s from step %d (epoch %d, batch %d)", workdir, int(state.step),
-                 position.epoch, position.batch)
-
     num_devices = jax.device_count()
     global_rows = int(math.ceil(cfg.batch_size / num_devices) * num_devices)
     loader = pipeline.BatchLoader(
         data.sampler, data.store, data.kind, cfg.batch_size, global_rows, cfg.length_buckets,
         seed=cfg.seed, augmentation=cfg.augmentation and data.kind == "student",
         max_augmented_frames=cfg.max_augmented_frames, num_threads=cfg.num_threads,
-        prefetch=cfg.prefetch, start=position, process_index=jax.process_index(),
-        process_count=jax.process_count())
+        prefetch=cfg.prefetch, process_index=jax.process_index(), process_count=jax.process_count())
     steps_per_epoch = loader.steps_per_epoch
+    data_position = {"next_index": 0}       # the grain iterator's state
+    if ckpt.latest_step() is not None:
+        state, data_state = ckpt.restore(state, replicated)
+        data_position = _restored_position(workdir, cfg, loader, data_state)
+        pos = loader.position_of(data_position["next_index"])
+        log.info("resumed %s from step %d (epoch %d, batch %d)", workdir, int(state.step), pos.epoch, pos.batch)
     total = cfg.num_train_steps if cfg.num_train_steps > 0 else cfg.num_epochs * steps_per_epoch
     eval_every = cfg.validation.every_steps if cfg.validation.every_steps > 0 else steps_per_epoch
     metric = cfg.validation.metric or _DEFAULT_METRIC.get(cfg.validation.dataset, "")
@@ -283,8 +295,10 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     best = (ckpt.best_meta() or {}).get("validation")
     result = TrainResult(state, int(state.step), steps_per_epoch, best=best)
 
-    def save(pos: pipeline.Position):
-        ckpt.save(state, meta, {**pos.to_dict(), "seed": cfg.seed, "step": int(state.step)})
+    def save(iterator_state):
+        pos = loader.position_of(iterator_state["next_index"])
+        ckpt.save(state, meta, {**pos.to_dict(), "iterator": dict(iterator_state), "seed": cfg.seed,
+                                "step": int(state.step)})
 
     def validate():
         nonlocal best
@@ -314,15 +328,16 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         pbar = tqdm(total=total, initial=step, unit="step", desc=network, dynamic_ncols=True)
     pending: List[Dict[str, jax.Array]] = []
     rows, t_log = 0, time.time()
-    position_now = position
+    position_now = data_position
     batches = None
     try:
         if step < total:
             batches = iter(loader)
+            batches.set_state(data_position)
             for batch in batches:
                 state, metrics = step_fn(state, global_batch(batch.arrays, mesh), step_rng)
                 step += 1
-                position_now = batch.next_position
+                position_now = batches.get_state()
                 pending.append(metrics)
                 rows += batch.num_real
                 if pbar is not None:
@@ -353,7 +368,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         ckpt.wait()
     finally:
         if batches is not None:
-            batches.close()   # stops the loader threads
+            batches.close()   # stops grain's reader threads
         guard.restore()
         if pbar is not None:
             pbar.close()
