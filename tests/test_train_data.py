@@ -1,5 +1,6 @@
 """Training data: pair files, augmentation plans, samplers, the resumable loader, configs."""
 import gzip
+import importlib.util
 import json
 import os
 import pickle
@@ -286,3 +287,48 @@ def test_partial_config_gets_the_defaults():
     assert (v.batch_size, v.model.dims, v.model.netvlad_clusters, v.learning_rate) == (4, 32, 64, 1e-5)
     with pytest.raises(train_config.ConfigError, match="learning_rate"):
         train_config.validate_config(ml_collections.ConfigDict({"network": "selector", "learning_rate": "fast"}))
+
+
+# -- metric writers ----------------------------------------------------------------------------
+
+def _event_scalars(logdir):
+    """{(tag, step): value} of the TensorBoard event files in `logdir` (TFRecord framing:
+    length, its CRC, an Event proto, its CRC)."""
+    import struct
+    from tensorboardX.proto import event_pb2
+    out = {}
+    for name in os.listdir(logdir):
+        data = open(os.path.join(logdir, name), "rb").read()
+        pos = 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+            pos += 12 + n + 4
+            for v in event.summary.value:
+                out[(v.tag, event.step)] = v.simple_value
+    return out
+
+
+def test_clu_metric_writers(tmp_path):
+    from clu.metric_writers import AsyncMultiWriter, LoggingWriter, MetricWriter
+    from dns_jax.training import metrics
+
+    writer = metrics.create_writer(str(tmp_path / "main"), is_main=True)
+    assert isinstance(writer, AsyncMultiWriter)
+    kinds = {type(w._writer) for w in writer._writers}      # AsyncWriter wraps each one
+    assert {LoggingWriter, metrics.JsonlWriter} <= kinds
+    writer.write_scalars(3, {"loss": np.float32(0.5), "lr": 1e-4})
+    writer.write_scalars(6, {"loss": np.asarray(0.25)})
+    writer.write_images(6, {"x": np.zeros((2, 2, 3))})       # not supported: skipped, no error
+    writer.close()
+    assert metrics.read_jsonl(str(tmp_path / "main")) == [{"step": 3, "loss": 0.5, "lr": 1e-4},
+                                                          {"step": 6, "loss": 0.25}]
+    if metrics.has_tensorflow() or importlib.util.find_spec("tensorboardX") is None:
+        return
+    assert metrics.TensorboardXWriter in kinds and issubclass(metrics.TensorboardXWriter, MetricWriter)
+    assert _event_scalars(str(tmp_path / "main" / "tensorboard")) == {
+        ("loss", 3): 0.5, ("lr", 3): pytest.approx(1e-4), ("loss", 6): 0.25}
+    other = metrics.create_writer(str(tmp_path / "other"), is_main=False)   # process > 0: log only
+    other.write_scalars(1, {"loss": 1.0})
+    other.close()
+    assert not os.path.exists(tmp_path / "other")
