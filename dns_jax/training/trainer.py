@@ -57,7 +57,12 @@ def _maybe_initialize_distributed(cfg) -> None:
         kwargs["num_processes"] = d.num_processes
     if d.process_id >= 0:
         kwargs["process_id"] = d.process_id
+    # CPU processes exchange gradients through gloo (the default of recent jax; older ones had none)
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") in (None, "", "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
+    log.info("process %d of %d, %d of %d devices local", jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())
 
 
 def _model_kwargs(cfg) -> Dict[str, Any]:
