@@ -235,6 +235,27 @@ def test_loader_batches_are_deterministic_and_resumable():
         np.testing.assert_array_equal(np.concatenate([h[k] for h in halves]), b[k])
 
 
+def test_checkpointed_data_positions(caplog):
+    """A checkpoint's data item -> the grain iterator state to resume from: its saved iterator
+    state, or (checkpoints before grain) the index of its (epoch, batch)."""
+    from types import SimpleNamespace
+    from dns_jax.training.checkpointing import TrainingError
+    from dns_jax.training.trainer import _restored_position
+
+    loader = BatchLoader(TripletSampler(_pairset(), 1), _store(), "student", 1, 1, (8,))   # 2 per epoch
+    cfg = SimpleNamespace(seed=1)
+    assert _restored_position("w", cfg, loader, {"epoch": 3, "batch": 1, "seed": 1}) == {"next_index": 7}
+    saved = {"epoch": 3, "batch": 1, "seed": 1, "iterator": {"next_index": 7}}
+    assert _restored_position("w", cfg, loader, saved) == {"next_index": 7} and not caplog.records
+    moved = dict(saved, iterator={"next_index": 9})                 # e.g. another batch size since
+    assert _restored_position("w", cfg, loader, moved) == {"next_index": 9}
+    assert "epoch 3, batch 1, which is batch 9" in caplog.text
+    with pytest.raises(TrainingError, match="seed 1, this config has seed 2"):
+        _restored_position("w", SimpleNamespace(seed=2), loader, saved)
+    with pytest.raises(ValueError, match="outside the epochs of 2 batches"):
+        loader.index_of(Position(0, 2))
+
+
 # -- configs -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("network", train_config.NETWORKS)
