@@ -26,7 +26,7 @@ from dns_jax.training.features import FeatureStore, MemoryFeatures, global_descr
 from dns_jax.training.metrics import create_writer
 from dns_jax.training.pairs import PairFileError, PairSet, drop_missing, read_pairs, write_pairs
 from dns_jax.training.step import (TrainState, global_batch, init_state, make_loss_fn, make_mesh,
-                                   make_optimizer, make_train_step, shardings)
+                                   make_optimizer, make_train_step, shardings, state_from_variables)
 from dns_jax.training.teacher import select_pairs, teacher_scorer
 
 log = logging.getLogger("dns_jax.training")
@@ -228,6 +228,24 @@ def _restored_position(workdir, cfg, loader, data_state) -> Dict[str, int]:
     return state
 
 
+def _shapes(variables) -> List[Tuple[str, Tuple[int, ...]]]:
+    leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
+    return [(jax.tree_util.keystr(k), tuple(np.shape(v))) for k, v in leaves]
+
+
+def _init_from(cfg, module, model_kwargs) -> Dict[str, Any]:
+    """The Flax variables of the checkpoint / .pth in cfg.init_from, checked against `module`
+    (its shapes, without initialising it)."""
+    network = cfg.network
+    init = pretrained.load(network, cfg.init_from, **{k: v for k, v in model_kwargs.items() if k == "precision"})
+    variables = dict(init.variables)
+    if _shapes(variables) != _shapes(pretrained.abstract_variables(module)):
+        raise ConfigError(f"init_from {cfg.init_from!r} holds a {network} of another shape "
+                          f"({init.config}) than model {model_kwargs}")
+    log.info("initialised from %s", cfg.init_from)
+    return variables
+
+
 _DEFAULT_METRIC = {"fivr5k": "DSVR", "synthetic": "spearman", "selector": "accuracy"}
 
 
@@ -251,27 +269,19 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     module = pretrained.build_module(network, model_kwargs)
     meta = checkpointing.network_meta(network, model_kwargs)
     ckpt = checkpointing.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints)
+    tx = make_optimizer(cfg.learning_rate, cfg.weight_decay)
+    base = jax.random.PRNGKey(cfg.seed)
     try:
         ckpt.check_network(network, model_kwargs)   # before any expensive data preparation
+        initial = _init_from(cfg, module, model_kwargs) if cfg.init_from else None
         data = (_selector_data if network == "selector" else _student_data)(cfg, workdir, is_main, module)
         _check_dims(cfg, data.store)
     except BaseException:
         ckpt.close()
         raise
 
-    tx = make_optimizer(cfg.learning_rate, cfg.weight_decay)
-    base = jax.random.PRNGKey(cfg.seed)
-    state = init_state(module, tx, jax.random.fold_in(base, 0))
-    if cfg.init_from:
-        init = pretrained.load(network, cfg.init_from, **{k: v for k, v in model_kwargs.items()
-                                                          if k == "precision"})
-        v = dict(init.variables)
-        got = jax.tree_util.tree_map(np.shape, v["params"])
-        if got != jax.tree_util.tree_map(np.shape, state.params):
-            raise ConfigError(f"init_from {cfg.init_from!r} holds a {network} of another shape "
-                              f"({init.config}) than model {model_kwargs}")
-        state = state.replace(params=v.pop("params"), model_state=v,
-                              opt_state=tx.init(init.variables["params"]))
+    state = (state_from_variables(initial, tx) if initial is not None
+             else init_state(module, tx, jax.random.fold_in(base, 0)))
     mesh = make_mesh()
     replicated, _ = shardings(mesh)
     state = jax.device_put(state, replicated)
