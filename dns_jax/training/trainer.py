@@ -23,7 +23,6 @@ from dns_jax.training import checkpointing, pipeline, synthetic
 from dns_jax.training.config import ConfigError, validate_config
 from dns_jax.training.evaluators import FIVREvaluator, SelectorEvaluator, SyntheticEvaluator
 from dns_jax.training.features import FeatureStore, MemoryFeatures, global_descriptors, open_features
-from dns_jax.training.metrics import create_writer
 from dns_jax.training.pairs import PairFileError, PairSet, drop_missing, read_pairs, write_pairs
 from dns_jax.training.step import (TrainState, global_batch, init_state, make_loss_fn, make_mesh,
                                    make_optimizer, make_train_step, shardings, state_from_variables)
@@ -305,6 +304,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
 
     step_fn = make_train_step(make_loss_fn(network, module, cfg.r_parameter), tx, mesh)
     step_rng = jax.device_put(jax.random.fold_in(base, 1), replicated)
+    from dns_jax.training.metrics import create_writer   # clu: needed only to train
     writer = create_writer(workdir, is_main)
     guard = checkpointing.PreemptionGuard()
     best = (ckpt.best_meta() or {}).get("validation")
