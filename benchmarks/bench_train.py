@@ -7,8 +7,8 @@ pairs per batch), on 1 and 8 devices.
     python benchmarks/bench_train.py --platform gpu --devices 0   # every local GPU
 
 Each device count runs in its own process (the CPU device count is fixed when jax starts). The
-input pipeline is timed separately (batches/s of the threaded loader on a synthetic collection),
-since it overlaps with the step in training.
+input pipeline is timed separately (batches/s of the grain iterator over a synthetic collection,
+with and without reader threads), since it overlaps with the step in training.
 """
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ def measure(args) -> list:
 
 
 def loader_throughput(frames: int, batch: int, threads: int, batches: int = 30) -> float:
-    """Batches/s of the student loader (augmentation + padding) over an in-memory collection."""
+    """Batches/s of the student loader's grain iterator (augmentation + padding) over an in-memory
+    collection, with `threads` grain reader threads (0: built on demand in this thread)."""
     from dns_jax.training import pipeline, synthetic
     from dns_jax.training.features import MemoryFeatures
     from dns_jax.training.pairs import PairSet
@@ -121,7 +122,8 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--precision", default="", help="model precision override ('default' for TF32 on GPU)")
-    p.add_argument("--loader-threads", type=int, default=2)
+    p.add_argument("--loader-threads", type=int, default=2,
+                   help="grain reader threads for the input-pipeline timing (also timed with 0)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -141,8 +143,9 @@ def main():
             raise SystemExit(f"benchmark with {n} device(s) failed")
         rows += json.loads([l for l in proc.stdout.splitlines() if l.startswith("ROWS ")][-1][5:])
 
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\ntrain step, {args.dims}-d, {args.regions} regions, {args.frames} padded frames "
-          f"(host: {os.cpu_count()} cores)")
+          f"(host: {os.cpu_count()} cores, load average {load})")
     print(f"{'network':<16} {'platform':<10} {'devices':>7} {'batch':>5} {'step ms':>9} "
           f"{'triplets/s':>11} {'compile s':>9}")
     for r in rows:
@@ -150,9 +153,10 @@ def main():
         print(f"{r['network']:<16} {r['device_kind'][:10]:<10} {r['devices']:>7} {r['batch']:>5} "
               f"{r['step_ms']:>9.1f} {unit:>11.1f} {r['compile_s']:>9.1f}")
     print("(selector rows count pairs, not triplets)")
-    bps = loader_throughput(args.frames, 32, args.loader_threads)
-    print(f"\ninput pipeline: {bps:.1f} batches/s = {32 * bps:.0f} triplets/s "
-          f"(32 triplets, <= {args.frames} frames, augmentation on, {args.loader_threads} threads)")
+    print(f"\ninput pipeline (grain; 32 triplets, <= {args.frames} frames, augmentation on):")
+    for threads in sorted({0, args.loader_threads}):
+        bps = loader_throughput(args.frames, 32, threads)
+        print(f"  {threads} reader threads: {bps:.1f} batches/s = {32 * bps:.0f} triplets/s")
 
 
 if __name__ == "__main__":

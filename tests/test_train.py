@@ -138,6 +138,30 @@ def test_checkpoint_of_another_network(fg_run, tmp_path):
         train_and_evaluate(other, fg_run["workdir"])
 
 
+def test_init_from_a_trained_workdir(fg_run, tmp_path):
+    """config.init_from = a training workdir: the run starts from its latest parameters (with a
+    learning rate of 1e-12 one step leaves them as they were, far from a fresh initialisation)."""
+    config = override(fg_run["config"], init_from=fg_run["workdir"], num_train_steps=1, learning_rate=1e-12,
+                      **{"validation.dataset": ""})
+    result = train_and_evaluate(config, str(tmp_path / "finetune"))
+    assert result.step == 1
+    trained = pretrained.load("fg_att_student", fg_run["workdir"]).variables["params"]
+    module = pretrained.build_module("fg_att_student", {"dims": DIMS, "indexing": "att"})
+    fresh = init_state(module, make_optimizer(1e-3), jax.random.fold_in(jax.random.PRNGKey(config.seed), 0))
+    far = 0.0
+    for got, want, rand in zip(*(jax.tree.leaves(t) for t in (result.state.params, trained, fresh.params))):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-9)
+        far = max(far, float(np.max(np.abs(np.asarray(want) - np.asarray(rand)))))
+    assert far > 1e-3                       # the trained parameters are not the fresh ones
+    narrow = override(config, **{"model.dims": 16, "synthetic.dims": 16})
+    with pytest.raises(ConfigError, match="holds a fg_att_student of another shape"):
+        train_and_evaluate(narrow, str(tmp_path / "narrow"))
+    other = override(default_config("cg_student"), **SYNTHETIC, **FAST, num_train_steps=1,
+                     pairs=fg_run["config"].pairs, init_from=fg_run["workdir"])
+    with pytest.raises(checkpoint.CheckpointError, match="'fg_att_student' network, not 'cg_student'"):
+        train_and_evaluate(other, str(tmp_path / "cg"))
+
+
 def test_empty_pair_file_and_dimension_mismatch(tmp_path):
     empty = tmp_path / "empty.pk"
     empty.write_bytes(b"")

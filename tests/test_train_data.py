@@ -1,5 +1,6 @@
 """Training data: pair files, augmentation plans, samplers, the resumable loader, configs."""
 import gzip
+import importlib.util
 import json
 import os
 import pickle
@@ -206,10 +207,23 @@ def test_loader_batches_are_deterministic_and_resumable():
     assert full[1].next_position == Position(1, 0)       # 6 triplets = 2 batches per epoch
     resumed = _collect(BatchLoader(TripletSampler(ps, 1), store, num_threads=0,
                                    start=Position(1, 1), **kw), 4)
-    for a, b in zip(full[3:], resumed):
-        assert (a.epoch, a.index) == (b.epoch, b.index)
+    # the grain iterator's own state: saved after 3 batches, restored into a fresh iterator
+    loader = BatchLoader(TripletSampler(ps, 1), store, num_threads=2, **kw)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    saved = it.get_state()
+    it.close()
+    assert loader.position_of(saved["next_index"]) == Position(1, 1) == full[2].next_position
+    it = iter(BatchLoader(TripletSampler(ps, 1), store, num_threads=1, **kw))
+    it.set_state(saved)
+    restored = [next(it) for _ in range(4)]
+    it.close()
+    for a, b, c in zip(full[3:], resumed, restored):
+        assert (a.epoch, a.index) == (b.epoch, b.index) == (c.epoch, c.index)
         for k in a.arrays:
             np.testing.assert_array_equal(a.arrays[k], b.arrays[k])
+            np.testing.assert_array_equal(a.arrays[k], c.arrays[k])
     b = full[0].arrays
     lengths = b["masks"].sum(-1)
     assert b["videos"].shape[2] == bucket_length(int(lengths.max()), (8, 16))
@@ -219,6 +233,27 @@ def test_loader_batches_are_deterministic_and_resumable():
                                    process_count=2, **kw), 1)[0].arrays for p in (0, 1)]
     for k in b:
         np.testing.assert_array_equal(np.concatenate([h[k] for h in halves]), b[k])
+
+
+def test_checkpointed_data_positions(caplog):
+    """A checkpoint's data item -> the grain iterator state to resume from: its saved iterator
+    state, or (checkpoints before grain) the index of its (epoch, batch)."""
+    from types import SimpleNamespace
+    from dns_jax.training.checkpointing import TrainingError
+    from dns_jax.training.trainer import _restored_position
+
+    loader = BatchLoader(TripletSampler(_pairset(), 1), _store(), "student", 1, 1, (8,))   # 2 per epoch
+    cfg = SimpleNamespace(seed=1)
+    assert _restored_position("w", cfg, loader, {"epoch": 3, "batch": 1, "seed": 1}) == {"next_index": 7}
+    saved = {"epoch": 3, "batch": 1, "seed": 1, "iterator": {"next_index": 7}}
+    assert _restored_position("w", cfg, loader, saved) == {"next_index": 7} and not caplog.records
+    moved = dict(saved, iterator={"next_index": 9})                 # e.g. another batch size since
+    assert _restored_position("w", cfg, loader, moved) == {"next_index": 9}
+    assert "epoch 3, batch 1, which is batch 9" in caplog.text
+    with pytest.raises(TrainingError, match="seed 1, this config has seed 2"):
+        _restored_position("w", SimpleNamespace(seed=2), loader, saved)
+    with pytest.raises(ValueError, match="outside the epochs of 2 batches"):
+        loader.index_of(Position(0, 2))
 
 
 # -- configs -----------------------------------------------------------------------------------
@@ -273,3 +308,48 @@ def test_partial_config_gets_the_defaults():
     assert (v.batch_size, v.model.dims, v.model.netvlad_clusters, v.learning_rate) == (4, 32, 64, 1e-5)
     with pytest.raises(train_config.ConfigError, match="learning_rate"):
         train_config.validate_config(ml_collections.ConfigDict({"network": "selector", "learning_rate": "fast"}))
+
+
+# -- metric writers ----------------------------------------------------------------------------
+
+def _event_scalars(logdir):
+    """{(tag, step): value} of the TensorBoard event files in `logdir` (TFRecord framing:
+    length, its CRC, an Event proto, its CRC)."""
+    import struct
+    from tensorboardX.proto import event_pb2
+    out = {}
+    for name in os.listdir(logdir):
+        data = open(os.path.join(logdir, name), "rb").read()
+        pos = 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+            pos += 12 + n + 4
+            for v in event.summary.value:
+                out[(v.tag, event.step)] = v.simple_value
+    return out
+
+
+def test_clu_metric_writers(tmp_path):
+    from clu.metric_writers import AsyncMultiWriter, LoggingWriter, MetricWriter
+    from dns_jax.training import metrics
+
+    writer = metrics.create_writer(str(tmp_path / "main"), is_main=True)
+    assert isinstance(writer, AsyncMultiWriter)
+    kinds = {type(w._writer) for w in writer._writers}      # AsyncWriter wraps each one
+    assert {LoggingWriter, metrics.JsonlWriter} <= kinds
+    writer.write_scalars(3, {"loss": np.float32(0.5), "lr": 1e-4})
+    writer.write_scalars(6, {"loss": np.asarray(0.25)})
+    writer.write_images(6, {"x": np.zeros((2, 2, 3))})       # not supported: skipped, no error
+    writer.close()
+    assert metrics.read_jsonl(str(tmp_path / "main")) == [{"step": 3, "loss": 0.5, "lr": 1e-4},
+                                                          {"step": 6, "loss": 0.25}]
+    if metrics.has_tensorflow() or importlib.util.find_spec("tensorboardX") is None:
+        return
+    assert metrics.TensorboardXWriter in kinds and issubclass(metrics.TensorboardXWriter, MetricWriter)
+    assert _event_scalars(str(tmp_path / "main" / "tensorboard")) == {
+        ("loss", 3): 0.5, ("lr", 3): pytest.approx(1e-4), ("loss", 6): 0.25}
+    other = metrics.create_writer(str(tmp_path / "other"), is_main=False)   # process > 0: log only
+    other.write_scalars(1, {"loss": 1.0})
+    other.close()
+    assert not os.path.exists(tmp_path / "other")

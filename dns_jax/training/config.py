@@ -72,8 +72,8 @@ def default_config(network: str) -> ml_collections.ConfigDict:
     # Videos are zero-padded to the smallest bucket that fits the longest one of the batch (longer
     # batches: a multiple of the last bucket), so only a few shapes are ever compiled.
     c.length_buckets = (16, 32, 64, 128, 192, 256, 320)
-    c.num_threads = 2          # loader threads (batches stay deterministic whatever the count)
-    c.prefetch = 2             # batches prepared ahead of the train step
+    c.num_threads = 2          # grain reader threads (batches stay deterministic whatever the count)
+    c.prefetch = 2             # batches prepared ahead of the train step (plus one per thread)
 
     c.synthetic = ml_collections.ConfigDict(dict(
         num_families=48, family_size=4, num_distractors=64, min_frames=8, max_frames=24,

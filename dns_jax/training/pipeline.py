@@ -1,10 +1,15 @@
-"""Input pipeline: per-epoch sampling, augmentation plans, padded batches, threaded prefetch.
+"""Input pipeline: per-epoch sampling, augmentation plans, padded batches, a grain iterator.
 
 Every batch is a pure function of (seed, epoch, batch number): triplets are drawn per epoch from a
 generator seeded with (seed, epoch), each row is augmented with a generator seeded with (seed,
-epoch, batch, row), so the loader threads can run in any order, a run resumed from (epoch, batch)
-sees exactly the batches an uninterrupted run sees, and every host can plan the whole global batch
-(and agree on its padded length) while reading only its own rows.
+epoch, batch, row), so grain's reader threads can build batches in any order, a run resumed from
+(epoch, batch) sees exactly the batches an uninterrupted run sees, and every host can plan the
+whole global batch (and agree on its padded length) while reading only its own rows.
+
+`BatchLoader.dataset()` is a `grain.MapDataset` whose element i is global batch i of the run
+(epoch i // steps_per_epoch, batch i % steps_per_epoch); `iter(loader)` turns it into a grain
+iterator with `num_threads` reader threads and a prefetch buffer. The iterator's
+`get_state()` / `set_state()` ({'next_index': i}) is the data position stored in checkpoints.
 
 Student batches: `videos` [n, 3, T, R, D] (anchor, positive, negative), `masks` [n, 3, T],
 `targets` [n, 2] (teacher similarity of the positive and negative pair), `weights` [n] (0 for rows
@@ -14,13 +19,13 @@ Selector batches: `videos` [n, 2, T, R, D] (query, target), `masks` [n, 2, T], `
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import math
+import sys
 import threading
-from collections import deque
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import grain
 import numpy as np
 
 from dns_jax.training.augment import augment_indices
@@ -234,30 +239,41 @@ class BatchLoader:
             nxt = Position(epoch + 1, 0)
         return Batch(arrays, epoch, index, num_real, nxt)
 
-    def _positions(self) -> Iterator[Position]:
-        pos = Position(self.position.epoch, self.position.batch)
-        while True:
-            yield pos
-            pos = Position(pos.epoch, pos.batch + 1)
-            if pos.batch >= self.steps_per_epoch:
-                pos = Position(pos.epoch + 1, 0)
+    # -- positions <-> element indices of the grain dataset ----------------------------------
 
-    def __iter__(self) -> Iterator[Batch]:
-        positions = self._positions()
+    def index_of(self, position: Position) -> int:
+        """Element index of the grain dataset that holds batch `position.batch` of `position.epoch`."""
+        if not 0 <= position.batch < self.steps_per_epoch or position.epoch < 0:
+            raise ValueError(f"{position} is outside the epochs of {self.steps_per_epoch} batches")
+        return position.epoch * self.steps_per_epoch + position.batch
+
+    def position_of(self, index: int) -> Position:
+        return Position(*divmod(int(index), self.steps_per_epoch))
+
+    def _build_index(self, index: int) -> Batch:
+        return self.build(*divmod(int(index), self.steps_per_epoch))
+
+    # -- grain ---------------------------------------------------------------------------------
+
+    def dataset(self, num_batches: Optional[int] = None) -> "grain.MapDataset":
+        """A grain MapDataset of the run's global batches (element i: `build` of
+        `position_of(i)`), `num_batches` long (default: unbounded)."""
+        n = sys.maxsize // 2 if num_batches is None else int(num_batches)
+        return grain.MapDataset.range(n).map(self._build_index)
+
+    def read_options(self) -> "grain.ReadOptions":
+        """`num_threads` reader threads with `prefetch` + `num_threads` batches in flight;
+        no threads: batches are built on demand in the caller's thread."""
         if self.num_threads == 0:
-            for pos in positions:
-                yield self.build(pos.epoch, pos.batch)
-            return
-        # Planning (sampling an epoch) happens in this thread; threads only read and pad.
-        with cf.ThreadPoolExecutor(self.num_threads, thread_name_prefix="dns-loader") as pool:
-            pending: deque = deque()
-            try:
-                while True:
-                    while len(pending) < self.prefetch + self.num_threads:
-                        pos = next(positions)
-                        self._epoch_items(pos.epoch)
-                        pending.append(pool.submit(self.build, pos.epoch, pos.batch))
-                    yield pending.popleft().result()
-            finally:
-                for f in pending:
-                    f.cancel()
+            return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+        return grain.ReadOptions(num_threads=self.num_threads,
+                                 prefetch_buffer_size=self.prefetch + self.num_threads)
+
+    def __iter__(self) -> "grain.DatasetIterator":
+        """A grain iterator of `Batch`es from `start`; `get_state()` after a batch is the
+        position of the next one, `set_state()` jumps to a saved one, `close()` stops the threads."""
+        it = iter(self.dataset().to_iter_dataset(self.read_options()))
+        start = self.index_of(self.position)
+        if start:
+            it.set_state({"next_index": start})
+        return it

@@ -62,7 +62,13 @@ def init_state(module, tx: optax.GradientTransformation, rng) -> TrainState:
     # buys nothing here: initialisation runs unsharded, once.
     partitionable = getattr(jax, "threefry_partitionable", None)
     with partitionable(False) if partitionable is not None else contextlib.nullcontext():
-        variables = dict(_jitted_init(module)(rng))
+        variables = _jitted_init(module)(rng)
+    return state_from_variables(variables, tx)
+
+
+def state_from_variables(variables, tx: optax.GradientTransformation) -> TrainState:
+    """Step 0 with the Flax `variables` ({'params': ..., other collections}) and a fresh optimizer."""
+    variables = dict(variables)
     params = variables.pop("params")
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                       opt_state=tx.init(params))

@@ -23,10 +23,9 @@ from dns_jax.training import checkpointing, pipeline, synthetic
 from dns_jax.training.config import ConfigError, validate_config
 from dns_jax.training.evaluators import FIVREvaluator, SelectorEvaluator, SyntheticEvaluator
 from dns_jax.training.features import FeatureStore, MemoryFeatures, global_descriptors, open_features
-from dns_jax.training.metrics import MetricWriter
 from dns_jax.training.pairs import PairFileError, PairSet, drop_missing, read_pairs, write_pairs
 from dns_jax.training.step import (TrainState, global_batch, init_state, make_loss_fn, make_mesh,
-                                   make_optimizer, make_train_step, shardings)
+                                   make_optimizer, make_train_step, shardings, state_from_variables)
 from dns_jax.training.teacher import select_pairs, teacher_scorer
 
 log = logging.getLogger("dns_jax.training")
@@ -57,7 +56,12 @@ def _maybe_initialize_distributed(cfg) -> None:
         kwargs["num_processes"] = d.num_processes
     if d.process_id >= 0:
         kwargs["process_id"] = d.process_id
+    # CPU processes exchange gradients through gloo (the default of recent jax; older ones had none)
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") in (None, "", "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
+    log.info("process %d of %d, %d of %d devices local", jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())
 
 
 def _model_kwargs(cfg) -> Dict[str, Any]:
@@ -206,6 +210,41 @@ def _check_dims(cfg, store: FeatureStore):
                           f"set --config.model.dims={d}")
 
 
+def _restored_position(workdir, cfg, loader, data_state) -> Dict[str, int]:
+    """The grain iterator state saved with a checkpoint (or, for checkpoints that only hold
+    (epoch, batch), the equivalent one), checked against this run's seed and epoch length."""
+    if data_state.get("seed") != cfg.seed:
+        raise checkpointing.TrainingError(
+            f"{workdir} was trained with seed {data_state.get('seed')}, this config has seed {cfg.seed}")
+    saved = pipeline.Position(int(data_state["epoch"]), int(data_state["batch"]))
+    if "iterator" not in data_state:
+        return {"next_index": loader.index_of(saved)}
+    state = {"next_index": int(data_state["iterator"]["next_index"])}
+    if loader.position_of(state["next_index"]) != saved:
+        log.warning("%s was saved at epoch %d, batch %d, which is batch %d of this run's epochs of %d "
+                    "batches (batch size or collection changed?): continuing from there", workdir,
+                    saved.epoch, saved.batch, state["next_index"], loader.steps_per_epoch)
+    return state
+
+
+def _shapes(variables) -> List[Tuple[str, Tuple[int, ...]]]:
+    leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
+    return [(jax.tree_util.keystr(k), tuple(np.shape(v))) for k, v in leaves]
+
+
+def _init_from(cfg, module, model_kwargs) -> Dict[str, Any]:
+    """The Flax variables of the checkpoint / .pth in cfg.init_from, checked against `module`
+    (its shapes, without initialising it)."""
+    network = cfg.network
+    init = pretrained.load(network, cfg.init_from, **{k: v for k, v in model_kwargs.items() if k == "precision"})
+    variables = dict(init.variables)
+    if _shapes(variables) != _shapes(pretrained.abstract_variables(module)):
+        raise ConfigError(f"init_from {cfg.init_from!r} holds a {network} of another shape "
+                          f"({init.config}) than model {model_kwargs}")
+    log.info("initialised from %s", cfg.init_from)
+    return variables
+
+
 _DEFAULT_METRIC = {"fivr5k": "DSVR", "synthetic": "spearman", "selector": "accuracy"}
 
 
@@ -229,62 +268,52 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     module = pretrained.build_module(network, model_kwargs)
     meta = checkpointing.network_meta(network, model_kwargs)
     ckpt = checkpointing.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints)
+    tx = make_optimizer(cfg.learning_rate, cfg.weight_decay)
+    base = jax.random.PRNGKey(cfg.seed)
     try:
         ckpt.check_network(network, model_kwargs)   # before any expensive data preparation
+        initial = _init_from(cfg, module, model_kwargs) if cfg.init_from else None
         data = (_selector_data if network == "selector" else _student_data)(cfg, workdir, is_main, module)
         _check_dims(cfg, data.store)
     except BaseException:
         ckpt.close()
         raise
 
-    tx = make_optimizer(cfg.learning_rate, cfg.weight_decay)
-    base = jax.random.PRNGKey(cfg.seed)
-    state = init_state(module, tx, jax.random.fold_in(base, 0))
-    if cfg.init_from:
-        init = pretrained.load(network, cfg.init_from, **{k: v for k, v in model_kwargs.items()
-                                                          if k == "precision"})
-        v = dict(init.variables)
-        got = jax.tree_util.tree_map(np.shape, v["params"])
-        if got != jax.tree_util.tree_map(np.shape, state.params):
-            raise ConfigError(f"init_from {cfg.init_from!r} holds a {network} of another shape "
-                              f"({init.config}) than model {model_kwargs}")
-        state = state.replace(params=v.pop("params"), model_state=v,
-                              opt_state=tx.init(init.variables["params"]))
+    state = (state_from_variables(initial, tx) if initial is not None
+             else init_state(module, tx, jax.random.fold_in(base, 0)))
     mesh = make_mesh()
     replicated, _ = shardings(mesh)
     state = jax.device_put(state, replicated)
-    position = pipeline.Position()
-    if ckpt.latest_step() is not None:
-        state, data_state = ckpt.restore(state, replicated)
-        if data_state.get("seed") != cfg.seed:
-            raise checkpointing.TrainingError(
-                f"{workdir} was trained with seed {data_state.get('seed')}, this config has seed {cfg.seed}")
-        position = pipeline.Position(data_state["epoch"], data_state["batch"])
-        log.info("resumed %s from step %d (epoch %d, batch %d)", workdir, int(state.step),
-                 position.epoch, position.batch)
-
     num_devices = jax.device_count()
     global_rows = int(math.ceil(cfg.batch_size / num_devices) * num_devices)
     loader = pipeline.BatchLoader(
         data.sampler, data.store, data.kind, cfg.batch_size, global_rows, cfg.length_buckets,
         seed=cfg.seed, augmentation=cfg.augmentation and data.kind == "student",
         max_augmented_frames=cfg.max_augmented_frames, num_threads=cfg.num_threads,
-        prefetch=cfg.prefetch, start=position, process_index=jax.process_index(),
-        process_count=jax.process_count())
+        prefetch=cfg.prefetch, process_index=jax.process_index(), process_count=jax.process_count())
     steps_per_epoch = loader.steps_per_epoch
+    data_position = {"next_index": 0}       # the grain iterator's state
+    if ckpt.latest_step() is not None:
+        state, data_state = ckpt.restore(state, replicated)
+        data_position = _restored_position(workdir, cfg, loader, data_state)
+        pos = loader.position_of(data_position["next_index"])
+        log.info("resumed %s from step %d (epoch %d, batch %d)", workdir, int(state.step), pos.epoch, pos.batch)
     total = cfg.num_train_steps if cfg.num_train_steps > 0 else cfg.num_epochs * steps_per_epoch
     eval_every = cfg.validation.every_steps if cfg.validation.every_steps > 0 else steps_per_epoch
     metric = cfg.validation.metric or _DEFAULT_METRIC.get(cfg.validation.dataset, "")
 
     step_fn = make_train_step(make_loss_fn(network, module, cfg.r_parameter), tx, mesh)
     step_rng = jax.device_put(jax.random.fold_in(base, 1), replicated)
-    writer = MetricWriter(workdir, enabled=is_main)
+    from dns_jax.training.metrics import create_writer   # clu: needed only to train
+    writer = create_writer(workdir, is_main)
     guard = checkpointing.PreemptionGuard()
     best = (ckpt.best_meta() or {}).get("validation")
     result = TrainResult(state, int(state.step), steps_per_epoch, best=best)
 
-    def save(pos: pipeline.Position):
-        ckpt.save(state, meta, {**pos.to_dict(), "seed": cfg.seed, "step": int(state.step)})
+    def save(iterator_state):
+        pos = loader.position_of(iterator_state["next_index"])
+        ckpt.save(state, meta, {**pos.to_dict(), "iterator": dict(iterator_state), "seed": cfg.seed,
+                                "step": int(state.step)})
 
     def validate():
         nonlocal best
@@ -314,15 +343,16 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         pbar = tqdm(total=total, initial=step, unit="step", desc=network, dynamic_ncols=True)
     pending: List[Dict[str, jax.Array]] = []
     rows, t_log = 0, time.time()
-    position_now = position
+    position_now = data_position
     batches = None
     try:
         if step < total:
             batches = iter(loader)
+            batches.set_state(data_position)
             for batch in batches:
                 state, metrics = step_fn(state, global_batch(batch.arrays, mesh), step_rng)
                 step += 1
-                position_now = batch.next_position
+                position_now = batches.get_state()
                 pending.append(metrics)
                 rows += batch.num_real
                 if pbar is not None:
@@ -353,7 +383,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         ckpt.wait()
     finally:
         if batches is not None:
-            batches.close()   # stops the loader threads
+            batches.close()   # stops grain's reader threads
         guard.restore()
         if pbar is not None:
             pbar.close()
