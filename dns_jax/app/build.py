@@ -8,7 +8,9 @@ Stages (each resumable; a finished stage is recorded in WORK/state.json and skip
 4. teacher   training pairs scored by a teacher that needs no weights (ViSiL_f: frame-level Chamfer
              of region Chamfer similarities, no comparator) or by a given teacher
 5. fine      FG-Att student distilled from the teacher
-6. coarse    CG student distilled from the teacher (targets mapped to [0, 1])
+6. coarse    CG student distilled from the teacher, with the small-collection recipe of
+             dns_jax.app.coarse_recipe (identity Transformer residuals and a PCA NetVLAD reduction
+             at initialisation, teacher scores spread against the collection's background)
 7. selector  selector trained on where the coarse student disagrees with the fine one
 8. index     the DnS index of the collection
 
@@ -196,9 +198,15 @@ def stage_fine(opts: BuildOptions, wd: Workdir, log) -> Dict:
 def stage_coarse(opts: BuildOptions, wd: Workdir, log) -> Dict:
     if opts.coarse:
         return {"network": "cg_student", "path": os.path.abspath(opts.coarse), "trained": False}
+    from dns_jax.app import coarse_recipe
+    from dns_jax.training import default_config
+
+    model = dict(default_config("cg_student").model.to_dict(), dims=opts.dims, **(opts.coarse_model or {}))
+    pairs, init = coarse_recipe.prepare(wd.pairs("teacher"), wd.features, model, wd.path("coarse_init"),
+                                        seed=opts.seed, log=log)
     log(f"coarse: distilling the CG student ({opts.coarse_steps} steps)")
     # the official 1e-5 is tuned for 300 epochs of DnS-100K; a small collection needs a larger step
-    extra = {"pairs": wd.pairs("teacher"), "learning_rate": 1e-4}
+    extra = {"pairs": pairs, "init_from": init, "learning_rate": 1e-4}
     extra.update({f"model.{k}": v for k, v in (opts.coarse_model or {}).items()})
     path = _train("cg_student", wd, opts, opts.coarse_steps, extra)
     return {"network": "cg_student", "path": path, "trained": True}
