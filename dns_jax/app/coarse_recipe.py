@@ -25,31 +25,32 @@ None of this changes a layer: names and shapes stay those of the official CG stu
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import jax
-import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
 from dns_jax.training.pairs import PairSet
 
 
-def background(sims: np.ndarray) -> Tuple[float, float]:
-    """(median, robust std = 1.4826 MAD) of teacher similarities [P]; most pairs are unrelated,
-    so these describe the score of an unrelated pair."""
+def fit_spread(sims: np.ndarray, floor: float = 3.0) -> Dict:
+    """Parameters of `spread_scores` fitted on similarities [P] of one scorer, most of them of
+    unrelated pairs: their median and robust std (1.4826 MAD) describe the background; `top` is
+    the robust z-score of the largest similarity. Scale-free: a scorer whose similarities are all
+    tiny but ordered still spreads over [0, 1]."""
     sims = np.asarray(sims, np.float64)
     m = float(np.median(sims))
-    scale = 1.4826 * float(np.median(np.abs(sims - m)))
-    return m, max(scale, 1e-6)
+    scale = max(1.4826 * float(np.median(np.abs(sims - m))), 1e-9)
+    return {"rule": "spread", "median": m, "scale": scale, "floor": floor, "top": float((sims.max() - m) / scale)}
 
 
-def spread(sims: np.ndarray, m: float, scale: float, floor: float = 3.0, top: Optional[float] = None) -> np.ndarray:
-    """Teacher similarities [P] -> target cosines in [0, 1]: z = (s - m) / scale; pairs within
-    `floor` robust stds of the background get 0, the rest log(1 + z - floor) / log(1 + top - floor)
-    (`top`: the largest z, which gets 1)."""
-    z = (np.asarray(sims, np.float64) - m) / scale
-    top = float(z.max()) if top is None else top
+def spread_scores(sims: np.ndarray, params: Dict) -> np.ndarray:
+    """Similarities [P] -> cosine-like scores in [0, 1] (`params` from `fit_spread`): with
+    z = (s - median) / scale, pairs within `floor` robust stds of the background get 0, the rest
+    log(1 + z - floor) / log(1 + top - floor). Monotone: the scorer's order is kept."""
+    z = (np.asarray(sims, np.float64) - params["median"]) / params["scale"]
+    top, floor = params["top"], params["floor"]
     if top <= floor:
         return np.zeros_like(z)
     return np.clip(np.log1p(np.maximum(z - floor, 0.0)) / np.log1p(top - floor), 0.0, 1.0)
@@ -57,17 +58,15 @@ def spread(sims: np.ndarray, m: float, scale: float, floor: float = 3.0, top: Op
 
 def spread_targets(pairs: PairSet, floor: float = 3.0) -> PairSet:
     """The teacher's pair file with similarities s' such that the CG loss's official mapping
-    s' / 2 + 0.5 gives the `spread` target cosine (s' = 2 t - 1)."""
-    sims = np.array([s for _, _, s, _ in pairs.all_pairs()])
-    m, scale = background(sims)
-    top = float((sims.max() - m) / scale)
+    s' / 2 + 0.5 gives the spread target cosine (s' = 2 t - 1); parameters in meta['cg_targets']."""
+    params = fit_spread(np.array([s for _, _, s, _ in pairs.all_pairs()]), floor)
     out: Dict[int, Dict] = {}
     for q, pools in pairs.pairs.items():
-        out[q] = {kind: {t: float(2.0 * spread(np.array([s]), m, scale, floor, top)[0] - 1.0)
-                         for t, s in pools.get(kind, {}).items()}
-                  for kind in ("positives", "negatives")}
-    meta = dict(pairs.meta, cg_targets={"rule": "spread", "median": m, "scale": scale, "floor": floor,
-                                        "top": top, "stored": "2 * target - 1"})
+        out[q] = {}
+        for kind in ("positives", "negatives"):
+            targets, sims = list(pools.get(kind, {})), np.array(list(pools.get(kind, {}).values()))
+            out[q][kind] = dict(zip(targets, (2.0 * spread_scores(sims, params) - 1.0).tolist()))
+    meta = dict(pairs.meta, cg_targets=dict(params, stored="2 * target - 1"))
     return PairSet(list(pairs.index), out, meta)
 
 
@@ -167,15 +166,17 @@ def initial_variables(model_config: Dict, videos: Sequence[np.ndarray], seed: in
     identity residual branches and the PCA reduction fitted on `videos` ([T, R, D] each)."""
     from dns_jax import pretrained
     module = pretrained.build_module("cg_student", model_config)
-    variables = module.init(jax.random.fold_in(jax.random.PRNGKey(seed), 0), method="init_all")
+    init = jax.jit(lambda key: module.init(key, method="init_all"))   # op by op is much slower
+    variables = init(jax.random.fold_in(jax.random.PRNGKey(seed), 0))
     variables = identity_residual_init(variables)
     return reduction_pca_init(module, variables, videos, seed)
 
 
 def prepare(teacher_pairs: str, features: str, model_config: Dict, out_dir: str, seed: int = 0,
-            max_videos: int = 4096, log=print) -> Tuple[str, str]:
+            max_videos: int = 4096, log=print) -> Tuple[str, str, Dict]:
     """Write the CG training inputs to `out_dir`: the pair file of spread targets and the initial
-    checkpoint (for the trainer's `pairs` and `init_from`). Returns (pairs path, checkpoint dir).
+    checkpoint (for the trainer's `pairs` and `init_from`). Returns (pairs path, checkpoint dir,
+    the spread parameters of the teacher's scores).
     The PCA of the reduction uses at most `max_videos` videos of `features`, drawn at random."""
     import os
     import shutil
@@ -203,4 +204,4 @@ def prepare(teacher_pairs: str, features: str, model_config: Dict, out_dir: str,
     os.replace(tmp, init_dir)
     log(f"coarse: initial network with identity Transformer residuals and a PCA reduction of "
         f"{len(ids)} videos' VLAD vectors")
-    return pairs_path, init_dir
+    return pairs_path, init_dir, dict(t)
