@@ -11,7 +11,8 @@ Stages (each resumable; a finished stage is recorded in WORK/state.json and skip
 6. coarse    CG student distilled from the teacher, with the small-collection recipe of
              dns_jax.app.coarse_recipe (identity Transformer residuals and a PCA NetVLAD reduction
              at initialisation, teacher scores spread against the collection's background)
-7. selector  selector trained on where the coarse student disagrees with the fine one
+7. selector  selector trained on where the coarse student disagrees with the fine one (the fine
+             scores spread onto the CG scale first when the CG student was trained that way)
 8. index     the DnS index of the collection
 
 Networks the user supplies (`--fine`, `--coarse`, `--selector`: .pth or checkpoint) replace the

@@ -1,7 +1,8 @@
 """`dns-jax query`: video files (or ids of indexed videos) in, ranked indexed videos out.
 
 Scores every indexed video with the coarse student, the fine student, or DnS (coarse for all, the
-selector's top `budget` fraction re-scored by the fine student, official score conventions), writes
+selector's top `budget` fraction re-scored by the fine student, its scores put on the CG scale as
+recorded by the build, else the official s / 2 + 0.5), writes
 `{query_id: {video_id: score}}` and prints the top results with their best-matching segments.
 """
 from __future__ import annotations
