@@ -37,8 +37,10 @@ def built(tmp_path_factory):
                            extra_edits=0, num_distractors=4, min_seconds=4, max_seconds=5, width=128)
     videos = root / "collection" / "videos"
     (videos / "broken.mp4").write_bytes(b"not a video at all")
-    opts = BuildOptions(videos=str(videos), workdir=str(root / "work"), fine_steps=40, coarse_steps=10,
-                        selector_steps=10, batch_size=8, progress=False,
+    # 64 dims: whitening fitted on ~450 region vectors to 512 dims would make every video
+    # equidistant from every other (rank-deficient PCA), leaving no signal to learn from
+    opts = BuildOptions(videos=str(videos), workdir=str(root / "work"), dims=64, fine_steps=40,
+                        coarse_steps=10, selector_steps=10, batch_size=8, progress=False,
                         coarse_model={"netvlad_clusters": 8, "netvlad_outdims": 64,
                                       "transformer_feedforward_dims": 128})
     state = run_build(opts)
@@ -60,9 +62,7 @@ def test_build_resumes_without_redoing_stages(built, capsys):
     assert out.count("already done, skipping") == 8
 
 
-# The coarse student distilled on a collection this small does not yet separate copies from
-# distractors (it collapses towards the mean teacher similarity); only the fine stage is asserted.
-@pytest.mark.parametrize("stage", ["fine"])
+@pytest.mark.parametrize("stage", ["coarse", "fine", "dns"])
 def test_query_ranks_copies_above_distractors(built, tmp_path, stage):
     from dns_jax.app.query import run_query
     root, info, _, _ = built
@@ -118,3 +118,70 @@ def test_collection_too_small_to_train_on(built, tmp_path):
         shutil.copy(root / "collection" / "videos" / f"{vid}.mp4", few / f"{vid}.mp4")
     with pytest.raises(BuildError, match="only 3 usable videos"):
         run_build(BuildOptions(videos=str(few), workdir=str(tmp_path / "w"), progress=False))
+
+
+# -- the CG recipe for small collections (dns_jax.app.coarse_recipe), on tiny random networks ----
+
+_TINY_CG = dict(dims=32, attention=True, transformer=True, transformer_heads=4, transformer_feedforward_dims=32,
+                transformer_layers=1, netvlad=True, netvlad_clusters=4, netvlad_outdims=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_cg():
+    from dns_jax.app.coarse_recipe import initial_variables
+    rng = np.random.default_rng(3)
+    videos = [rng.normal(size=(t, 2, 32)).astype(np.float32) for t in (3, 4, 2, 4, 3, 4)]   # one padded length
+    return videos, initial_variables(_TINY_CG, videos, seed=0)
+
+
+def test_spread_targets_zero_the_background_and_keep_the_teacher_order():
+    from dns_jax.app.coarse_recipe import spread_targets
+    from dns_jax.training.pairs import PairSet
+    rng = np.random.default_rng(0)
+    background = 0.05 + 0.002 * rng.standard_normal(40)
+    copies = np.array([0.09, 0.2, 0.5])
+    sims = np.concatenate([background, copies])
+    pairs = PairSet([f"v{i}" for i in range(44)],
+                    {0: {"positives": {41: sims[40], 42: sims[41], 43: sims[42]},
+                         "negatives": {t: sims[t - 1] for t in range(1, 41)}}})
+    out = spread_targets(pairs)
+    target = {t: s / 2 + 0.5 for t, s in out.pairs[0]["positives"].items()}   # what the CG loss sees
+    target.update({t: s / 2 + 0.5 for t, s in out.pairs[0]["negatives"].items()})
+    assert all(target[t] == 0.0 for t in range(1, 41))          # within 3 robust stds of 0.05
+    assert 0.0 < target[41] < target[42] < target[43] == pytest.approx(1.0)
+    assert out.meta["cg_targets"]["median"] == pytest.approx(0.05, abs=0.002)
+    # DnS puts fine (teacher-scale) scores on the CG scale with the recorded parameters
+    from dns_jax.app.coarse_recipe import spread_scores
+    np.testing.assert_allclose(spread_scores(copies, out.meta["cg_targets"]),
+                               [target[41], target[42], target[43]], atol=1e-6)
+
+
+def test_initial_cg_student_has_identity_residuals(tiny_cg):
+    import jax
+    from dns_jax import pretrained
+    videos, variables = tiny_cg
+    module = pretrained.build_module("cg_student", _TINY_CG)
+    layer = variables["params"]["transformer_layer"]["layers_0"]
+    # the residual branches contribute nothing: scrambling their inner weights changes no output
+    scrambled = jax.tree_util.tree_map(np.asarray, variables)
+    for name in ("query", "key", "value"):
+        scrambled["params"]["transformer_layer"]["layers_0"]["self_attn"][name]["kernel"] = \
+            np.random.default_rng(1).normal(size=layer["self_attn"][name]["kernel"].shape)
+    scrambled["params"]["transformer_layer"]["layers_0"]["linear1"]["kernel"] = \
+        np.random.default_rng(2).normal(size=layer["linear1"]["kernel"].shape)
+    index = jax.jit(lambda v: module.apply(v, videos[3], method="index_video"))
+    a, b = index(variables), index(scrambled)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_initial_cg_reduction_spans_the_collections_vlad_vectors(tiny_cg):
+    from dns_jax import pretrained
+    from dns_jax.app.coarse_recipe import vlad_vectors
+    videos, variables = tiny_cg
+    module = pretrained.build_module("cg_student", _TINY_CG)
+    kernel = np.asarray(variables["params"]["netvlad_layer"]["reduction_layer"]["kernel"], np.float64)
+    assert kernel.shape == (4 * 32, 16)
+    np.testing.assert_allclose(kernel.T @ kernel, np.eye(16), atol=1e-5)       # orthonormal columns
+    v = vlad_vectors(module, variables, videos).astype(np.float64)               # 6 videos < 16 dims
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(v @ kernel @ kernel.T, v, atol=1e-4)             # nothing projected away

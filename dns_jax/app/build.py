@@ -8,8 +8,11 @@ Stages (each resumable; a finished stage is recorded in WORK/state.json and skip
 4. teacher   training pairs scored by a teacher that needs no weights (ViSiL_f: frame-level Chamfer
              of region Chamfer similarities, no comparator) or by a given teacher
 5. fine      FG-Att student distilled from the teacher
-6. coarse    CG student distilled from the teacher (targets mapped to [0, 1])
-7. selector  selector trained on where the coarse student disagrees with the fine one
+6. coarse    CG student distilled from the teacher, with the small-collection recipe of
+             dns_jax.app.coarse_recipe (identity Transformer residuals and a PCA NetVLAD reduction
+             at initialisation, teacher scores spread against the collection's background)
+7. selector  selector trained on where the coarse student disagrees with the fine one (the fine
+             scores spread onto the CG scale first when the CG student was trained that way)
 8. index     the DnS index of the collection
 
 Networks the user supplies (`--fine`, `--coarse`, `--selector`: .pth or checkpoint) replace the
@@ -20,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -132,11 +135,18 @@ def stage_whiten(opts: BuildOptions, wd: Workdir, log) -> Dict:
     mean, dvt = whitening(pca_source, opts.dims)
     names = _dataset_names(wd.raw_features)
     tmp = wd.features + ".tmp"
+    regions = 0
     with h5py.File(wd.raw_features, "r") as src, h5py.File(tmp, "w") as dst:
         for name in names:
-            dst.create_dataset(name, data=apply_whitening(src[name][:], mean, dvt))
+            x = src[name][:]
+            regions += int(np.prod(x.shape[:-1]))
+            dst.create_dataset(name, data=apply_whitening(x, mean, dvt))
     os.replace(tmp, wd.features)
     log(f"whiten: {len(names)} videos -> {dvt.shape[1]}-d features in {wd.features}")
+    if not opts.pca and regions < 2 * dvt.shape[1]:
+        log(f"whiten: WARNING only {regions} region vectors for a {dvt.shape[1]}-d whitening fitted on "
+            f"them: whitened videos become nearly equidistant; use --dims {max(32, regions // 4 // 32 * 32)} "
+            "or fewer for a collection this small")
     return {"videos": len(names), "dims": int(dvt.shape[1])}
 
 
@@ -196,12 +206,19 @@ def stage_fine(opts: BuildOptions, wd: Workdir, log) -> Dict:
 def stage_coarse(opts: BuildOptions, wd: Workdir, log) -> Dict:
     if opts.coarse:
         return {"network": "cg_student", "path": os.path.abspath(opts.coarse), "trained": False}
+    from dns_jax.app import coarse_recipe
+    from dns_jax.training import default_config
+
+    model = dict(default_config("cg_student").model.to_dict(), dims=opts.dims, **(opts.coarse_model or {}))
+    pairs, init, targets = coarse_recipe.prepare(wd.pairs("teacher"), wd.features, model, wd.path("coarse_init"),
+                                        seed=opts.seed, log=log)
     log(f"coarse: distilling the CG student ({opts.coarse_steps} steps)")
     # the official 1e-5 is tuned for 300 epochs of DnS-100K; a small collection needs a larger step
-    extra = {"pairs": wd.pairs("teacher"), "learning_rate": 1e-4}
+    extra = {"pairs": pairs, "init_from": init, "learning_rate": 1e-4}
     extra.update({f"model.{k}": v for k, v in (opts.coarse_model or {}).items()})
     path = _train("cg_student", wd, opts, opts.coarse_steps, extra)
-    return {"network": "cg_student", "path": path, "trained": True}
+    # `targets`: how teacher-scale similarities map to this student's cosines (DnS mixes the two)
+    return {"network": "cg_student", "path": path, "trained": True, "targets": targets}
 
 
 def _given(kind: str, path: str) -> str:
@@ -224,8 +241,11 @@ def load_networks(wd: Workdir):
     return tuple(nets)
 
 
-def _student_pairs(wd: Workdir, model, name: str) -> str:
-    """The teacher's training pairs re-scored by a trained student (the selector's inputs)."""
+def _student_pairs(wd: Workdir, model, name: str, spread: bool = False) -> Tuple[str, Optional[Dict]]:
+    """The teacher's training pairs re-scored by a trained student (the selector's inputs) ->
+    (pair file, spread parameters or None). `spread`: the scores are put on the scale of a CG
+    student trained on spread targets (coarse_recipe.fit_spread on this student's own scores) and
+    stored as 2 * spread(s) - 1, so that the selector's s / 2 + 0.5 compares them on that scale."""
     from dns_jax.training.pairs import PairSet, read_pairs, write_pairs
     from dns_jax.training.scoring import PairScorer
 
@@ -233,11 +253,16 @@ def _student_pairs(wd: Workdir, model, name: str) -> str:
     all_pairs = teacher.all_pairs()
     scorer = PairScorer(model.name, model.module, model.variables, batch_size=64)
     sims = scorer.score(_store(wd), [(teacher.index[q], teacher.index[t]) for q, t, _, _ in all_pairs])
+    params = None
+    if spread:
+        from dns_jax.app.coarse_recipe import fit_spread, spread_scores
+        params = fit_spread(sims)
+        sims = 2.0 * spread_scores(sims, params) - 1.0
     pairs: Dict[int, Dict] = {}
     for (q, t, _, positive), s in zip(all_pairs, sims.tolist()):
         pairs.setdefault(q, {"positives": {}, "negatives": {}})["positives" if positive else "negatives"][t] = s
-    write_pairs(PairSet(list(teacher.index), pairs, {"scored_by": model.name}), wd.pairs(name))
-    return wd.pairs(name)
+    write_pairs(PairSet(list(teacher.index), pairs, {"scored_by": model.name, "spread": params}), wd.pairs(name))
+    return wd.pairs(name), params
 
 
 def stage_selector(opts: BuildOptions, wd: Workdir, log) -> Dict:
@@ -248,12 +273,15 @@ def stage_selector(opts: BuildOptions, wd: Workdir, log) -> Dict:
     fine = pretrained.load(fine_info["network"], fine_info["path"])
     coarse = pretrained.load(coarse_info["network"], coarse_info["path"])
     log("selector: scoring the training pairs with both students")
-    fine_pairs, coarse_pairs = _student_pairs(wd, fine, "fine"), _student_pairs(wd, coarse, "coarse")
+    # a CG student trained on spread targets: the fine scores are compared on its scale
+    fine_pairs, fine_spread = _student_pairs(wd, fine, "fine", spread=bool(coarse_info.get("targets")))
+    coarse_pairs, _ = _student_pairs(wd, coarse, "coarse")
     log(f"selector: training ({opts.selector_steps} steps)")
     path = _train("selector", wd, opts, opts.selector_steps,
                   {"selector.fine_pairs": fine_pairs, "selector.coarse_pairs": coarse_pairs,
                    "selector.pairs_per_class": 5000})
-    return {"network": "selector", "path": path, "trained": True}
+    # `fine_spread`: how DnS puts the fine student's scores on the CG scale (None: official s/2+0.5)
+    return {"network": "selector", "path": path, "trained": True, "fine_spread": fine_spread}
 
 
 def stage_index(opts: BuildOptions, wd: Workdir, log) -> Dict:

@@ -84,10 +84,8 @@ def evaluate(workdir: str, ground_truth: Dict[str, List[str]], budgets=BUDGETS) 
 
     for b in budgets:
         t0 = time.perf_counter()
-        res = s.dns.search(reps, s.index, budget=b, topk=None)
-        scores = {}
-        for i, q in enumerate(queries):
-            scores[q] = {ids[j]: float(v) for j, v in zip(res.ranking[i], res.scores[i])}
+        mixed = s.dns_scores(reps, b)
+        scores = {q: dict(zip(ids, mixed[i].tolist())) for i, q in enumerate(queries)}
         storage = sum(v for v in bytes_per.values() if v) if bytes_per else None
         add(f"DnS, budget {b:g}", scores, time.perf_counter() - t0, storage)
     return rows

@@ -1,7 +1,8 @@
 """`dns-jax query`: video files (or ids of indexed videos) in, ranked indexed videos out.
 
 Scores every indexed video with the coarse student, the fine student, or DnS (coarse for all, the
-selector's top `budget` fraction re-scored by the fine student, official score conventions), writes
+selector's top `budget` fraction re-scored by the fine student, its scores put on the CG scale as
+recorded by the build, else the official s / 2 + 0.5), writes
 `{query_id: {video_id: score}}` and prints the top results with their best-matching segments.
 """
 from __future__ import annotations
@@ -47,6 +48,10 @@ class Searcher:
         self.fine, self.coarse, self.selector = load_networks(self.wd)
         self.index = Index.open(self.wd.index)
         self.dns = DnS(self.fine, self.coarse, self.selector)
+        # a CG student distilled with spread targets scores on another scale than the official
+        # s / 2 + 0.5 of the fine student: DnS puts the re-ranked fine scores on the CG scale
+        # with the parameters fitted when the selector was trained
+        self.fine_spread = (self.wd.read_state()["done"].get("selector") or {}).get("fine_spread")
         self._extractor = None
 
     # -- query features -----------------------------------------------------------------------
@@ -83,15 +88,27 @@ class Searcher:
         elif stage == "fine":
             scores = self.dns.scorer.similarities([reps.fine_rep(0)], self.index.fine_reps(range(len(ids))))[0]
         else:
-            res = self.dns.search(reps, self.index, budget=budget, topk=None)
-            scores = np.empty(len(ids), np.float32)
-            scores[res.ranking[0]] = res.scores[0]
+            scores = self.dns_scores(reps, budget)[0]
         order = np.argsort(-scores, kind="stable")[:top]
         best = []
         for rank, i in enumerate(order):
             segs = self._segments(x, ids[i]) if rank < segments else []
             best.append((ids[i], float(scores[i]), segs))
         return QueryResult(qid, {v: float(s) for v, s in zip(ids, scores)}, best)
+
+    def dns_scores(self, reps, budget: float) -> np.ndarray:
+        """DnS scores (Q, N) of indexed queries `reps` against every indexed video, in index order:
+        CG cosine, or for the selector's top `budget` fraction the fine similarity (official
+        s / 2 + 0.5, or spread onto the CG scale when the CG student was trained that way)."""
+        from dns_jax.app.coarse_recipe import spread_scores
+        res = self.dns.search(reps, self.index, budget=budget, topk=None)
+        mixed = res.scores.astype(np.float64)
+        if self.fine_spread:
+            fine = 2.0 * mixed - 1.0                      # undo the official mapping of `rerank`
+            mixed = np.where(res.reranked, spread_scores(fine, self.fine_spread), mixed)
+        scores = np.empty(res.ranking.shape, np.float32)
+        np.put_along_axis(scores, res.ranking, mixed, axis=1)
+        return scores
 
     def _segments(self, query: np.ndarray, video_id: str):
         _, target = self.features(video_id)

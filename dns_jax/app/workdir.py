@@ -5,6 +5,7 @@
     WORK/features/pca.npz        PCA whitening fitted on the collection ({mean, V, d})
     WORK/features/features.hdf5  whitened, L2-normalised (T, 9, dims) features: the DnS input
     WORK/pairs/*.json.gz         teacher / student similarities of the training pairs
+    WORK/coarse_init/            the CG student's training inputs: spread targets, initial checkpoint
     WORK/models/<network>/       orbax training workdirs (dns_jax.pretrained.load(name, dir))
     WORK/index/                  the DnS index (dns_jax.index)
 """

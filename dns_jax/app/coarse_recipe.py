@@ -1,0 +1,207 @@
+"""How `dns-jax build` distils the CG student on a small self-built collection.
+
+The official recipe (random initialisation, teacher similarities mapped by s / 2 + 0.5, learning
+rate 1e-5 for 300 epochs of DnS-100K) assumes a large collection and a trained teacher. On a few
+dozen videos scored by ViSiL_f (no weights) the student ends below its own initialisation and far
+below plain mean pooling of the features. Measured on the demo collection (34 videos, mAP of the
+4 source clips; mean pooling 0.81):
+
+* the randomly initialised Transformer's residual branches scramble frame vectors (mean pooling of
+  its output: 0.49) -> `identity_residual_init` zeroes their last projections (0.80);
+* NetVLAD's random reduction 8192 -> 256 adds projection noise larger than the near-duplicate
+  signal (VLAD before it 0.80, after it 0.42) -> `reduction_pca_init` makes it an orthonormal
+  projection onto the principal directions of the collection's VLAD vectors (whole network at
+  initialisation: 0.80-0.84);
+* unrelated pairs score ~0.05 and most near-duplicates 0.05-0.5, so every official target lies in
+  [0.52, 0.76] and a near-constant cosine fits them -> `spread_targets` standardises the teacher's
+  scores against the collection's background (median and MAD of all scored pairs, which are
+  mostly unrelated): background pairs get target cosine 0, pairs above it a target growing with
+  the log of their robust z-score; the teacher's order of pairs is kept.
+
+(K-means centroids for NetVLAD, the other usual initialisation, made it worse here: with a few
+frames per video, hard-ish assignments put copies of a clip in different clusters.)
+
+None of this changes a layer: names and shapes stay those of the official CG student.
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence, Tuple
+
+import jax
+import flax.linen as nn
+import numpy as np
+
+from dns_jax.training.pairs import PairSet
+
+
+def fit_spread(sims: np.ndarray, floor: float = 3.0) -> Dict:
+    """Parameters of `spread_scores` fitted on similarities [P] of one scorer, most of them of
+    unrelated pairs: their median and robust std (1.4826 MAD) describe the background; `top` is
+    the robust z-score of the largest similarity. Scale-free: a scorer whose similarities are all
+    tiny but ordered still spreads over [0, 1]."""
+    sims = np.asarray(sims, np.float64)
+    m = float(np.median(sims))
+    scale = max(1.4826 * float(np.median(np.abs(sims - m))), 1e-9)
+    return {"rule": "spread", "median": m, "scale": scale, "floor": floor, "top": float((sims.max() - m) / scale)}
+
+
+def spread_scores(sims: np.ndarray, params: Dict) -> np.ndarray:
+    """Similarities [P] -> cosine-like scores in [0, 1] (`params` from `fit_spread`): with
+    z = (s - median) / scale, pairs within `floor` robust stds of the background get 0, the rest
+    log(1 + z - floor) / log(1 + top - floor). Monotone: the scorer's order is kept."""
+    z = (np.asarray(sims, np.float64) - params["median"]) / params["scale"]
+    top, floor = params["top"], params["floor"]
+    if top <= floor:
+        return np.zeros_like(z)
+    return np.clip(np.log1p(np.maximum(z - floor, 0.0)) / np.log1p(top - floor), 0.0, 1.0)
+
+
+def spread_targets(pairs: PairSet, floor: float = 3.0) -> PairSet:
+    """The teacher's pair file with similarities s' such that the CG loss's official mapping
+    s' / 2 + 0.5 gives the spread target cosine (s' = 2 t - 1); parameters in meta['cg_targets']."""
+    params = fit_spread(np.array([s for _, _, s, _ in pairs.all_pairs()]), floor)
+    out: Dict[int, Dict] = {}
+    for q, pools in pairs.pairs.items():
+        out[q] = {}
+        for kind in ("positives", "negatives"):
+            targets, sims = list(pools.get(kind, {})), np.array(list(pools.get(kind, {}).values()))
+            out[q][kind] = dict(zip(targets, (2.0 * spread_scores(sims, params) - 1.0).tolist()))
+    meta = dict(pairs.meta, cg_targets=dict(params, stored="2 * target - 1"))
+    return PairSet(list(pairs.index), out, meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# initialisation
+
+def identity_residual_init(variables) -> Dict:
+    """`variables` with the last projection of every Transformer residual branch (self-attention
+    `out_proj` and feed-forward `linear2`) zeroed, so the initialised encoder passes each frame
+    through its LayerNorms only (randomly initialised branches scramble a frame vector as much as
+    they keep it). Gradients still reach every parameter."""
+    params = jax.tree_util.tree_map(np.asarray, dict(variables["params"]))
+    enc = params.get("transformer_layer")
+    if enc is None:
+        return variables
+    enc = dict(enc)
+    for name, layer in enc.items():
+        if not name.startswith("layers_"):
+            continue
+        layer = dict(layer)
+        attn = dict(layer["self_attn"])
+        attn["out_proj"] = {k: np.zeros_like(v) for k, v in attn["out_proj"].items()}
+        layer["self_attn"] = attn
+        layer["linear2"] = {k: np.zeros_like(v) for k, v in layer["linear2"].items()}
+        enc[name] = layer
+    params["transformer_layer"] = enc
+    return {**variables, "params": params}
+
+
+def _padded_batches(videos: Sequence[np.ndarray], batch: int = 32):
+    """Videos [T, R, D] -> (batch [B, T', R, D], mask [B, T']) padded to a power-of-two length."""
+    order = sorted(range(len(videos)), key=lambda i: videos[i].shape[0])
+    for s in range(0, len(order), batch):
+        group = [videos[i] for i in order[s:s + batch]]
+        t = 1 << max(int(max(v.shape[0] for v in group)) - 1, 0).bit_length()
+        x = np.zeros((len(group), t) + group[0].shape[1:], np.float32)
+        m = np.zeros((len(group), t), np.float32)
+        for j, v in enumerate(group):
+            x[j, :v.shape[0]], m[j, :v.shape[0]] = v, 1.0
+        yield x, m
+
+
+def vlad_vectors(module, variables, videos: Sequence[np.ndarray]) -> np.ndarray:
+    """[N, K * D]: what NetVLAD's `reduction_layer` receives (the intra- and globally normalised
+    VLAD) for every video [T, R, D], recorded by intercepting that layer's call."""
+    def capture(params, x, mask):
+        seen = []
+
+        def interceptor(next_fun, args, kwargs, context):
+            if context.module.name == "reduction_layer" and context.method_name == "__call__":
+                seen.append(args[0])
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(interceptor):
+            module.apply(params, x, mask, method="index_video")
+        if not seen:
+            raise ValueError("this CG student has no NetVLAD reduction layer")
+        return seen[0]
+
+    capture = jax.jit(capture)
+    out = []
+    for x, m in _padded_batches(videos):
+        out.append(np.asarray(capture(variables, x, m)))
+    return np.concatenate(out)
+
+
+def reduction_pca_init(module, variables, videos: Sequence[np.ndarray], seed: int = 0) -> Dict:
+    """`variables` with NetVLAD's `reduction_layer` kernel [K * D, out] set to an orthonormal
+    projection onto the principal directions of the collection's VLAD vectors (all of them when
+    the collection has fewer than `out` videos, completed by random orthonormal directions), so
+    the reduction keeps the similarities of the collection's videos instead of adding the noise
+    of a random projection, which on a small collection drowns the near-duplicate signal."""
+    params = jax.tree_util.tree_map(np.asarray, dict(variables["params"]))
+    vlad_params = dict(params.get("netvlad_layer", {}))
+    if "reduction_layer" not in vlad_params:
+        return variables
+    kernel = vlad_params["reduction_layer"]["kernel"]
+    n_in, n_out = kernel.shape
+    v = vlad_vectors(module, variables, videos).astype(np.float64)
+    _, sv, vt = np.linalg.svd(v, full_matrices=False)
+    basis = vt[sv > sv[0] * 1e-6][:n_out].T                       # [K * D, r]
+    if basis.shape[1] < n_out:
+        rng = np.random.default_rng(seed)
+        extra = rng.normal(size=(n_in, n_out - basis.shape[1]))
+        extra -= basis @ (basis.T @ extra)
+        basis = np.concatenate([basis, np.linalg.qr(extra)[0]], axis=1)
+    vlad_params["reduction_layer"] = {"kernel": basis.astype(kernel.dtype)}
+    params["netvlad_layer"] = vlad_params
+    return {**variables, "params": params}
+
+
+# ---------------------------------------------------------------------------------------------
+# the build stage's inputs
+
+def initial_variables(model_config: Dict, videos: Sequence[np.ndarray], seed: int = 0) -> Dict:
+    """A freshly initialised CG student (`model_config`: its constructor options) with the
+    identity residual branches and the PCA reduction fitted on `videos` ([T, R, D] each)."""
+    from dns_jax import pretrained
+    module = pretrained.build_module("cg_student", model_config)
+    init = jax.jit(lambda key: module.init(key, method="init_all"))   # op by op is much slower
+    variables = init(jax.random.fold_in(jax.random.PRNGKey(seed), 0))
+    variables = identity_residual_init(variables)
+    return reduction_pca_init(module, variables, videos, seed)
+
+
+def prepare(teacher_pairs: str, features: str, model_config: Dict, out_dir: str, seed: int = 0,
+            max_videos: int = 4096, log=print) -> Tuple[str, str, Dict]:
+    """Write the CG training inputs to `out_dir`: the pair file of spread targets and the initial
+    checkpoint (for the trainer's `pairs` and `init_from`). Returns (pairs path, checkpoint dir,
+    the spread parameters of the teacher's scores).
+    The PCA of the reduction uses at most `max_videos` videos of `features`, drawn at random."""
+    import os
+    import shutil
+
+    from dns_jax import checkpoint
+    from dns_jax.training.features import open_features
+    from dns_jax.training.pairs import read_pairs, write_pairs
+
+    os.makedirs(out_dir, exist_ok=True)
+    targets = spread_targets(read_pairs(teacher_pairs))
+    pairs_path = write_pairs(targets, os.path.join(out_dir, "cg_targets.json.gz"))
+    t = targets.meta["cg_targets"]
+    log(f"coarse: targets spread against the background of the teacher's scores (median {t['median']:.3f}, "
+        f"robust std {t['scale']:.4f}; pairs within {t['floor']:g} stds -> cosine 0)")
+    store = open_features(features)
+    ids = sorted(store.ids())
+    if len(ids) > max_videos:
+        ids = sorted(np.random.default_rng(seed).choice(ids, max_videos, replace=False).tolist())
+    variables = initial_variables(model_config, [store[v] for v in ids], seed)
+    init_dir = os.path.join(out_dir, "cg_init")
+    tmp = init_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    checkpoint.save_network(tmp, "cg_student", model_config, variables)
+    shutil.rmtree(init_dir, ignore_errors=True)
+    os.replace(tmp, init_dir)
+    log(f"coarse: initial network with identity Transformer residuals and a PCA reduction of "
+        f"{len(ids)} videos' VLAD vectors")
+    return pairs_path, init_dir, dict(t)
