@@ -67,6 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
+    from dns_jax.app.build import BuildInterrupted
     try:
         if args.command == "build":
             from dns_jax.app.build import BuildOptions, run_build
@@ -84,6 +85,9 @@ def main(argv=None) -> int:
         else:
             from dns_jax.app.demo import run_demo
             run_demo(args.workdir, steps=args.steps, seed=args.seed, progress=not args.quiet)
+    except BuildInterrupted as e:
+        print(f"dns-jax {args.command}: interrupted: {e}", file=sys.stderr)
+        return 143
     except (ValueError, FileNotFoundError) as e:
         print(f"dns-jax {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -185,3 +185,32 @@ def test_initial_cg_reduction_spans_the_collections_vlad_vectors(tiny_cg):
     v = vlad_vectors(module, variables, videos).astype(np.float64)               # 6 videos < 16 dims
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(v @ kernel @ kernel.T, v, atol=1e-4)             # nothing projected away
+
+
+def test_interrupted_training_stage_is_not_marked_done(built, tmp_path, monkeypatch):
+    """SIGTERM during a training stage: the trainer saves and returns; the build must stop there
+    (BuildInterrupted, exit code 143) and not record the stage as done, so a rerun resumes it."""
+    import types
+
+    import dns_jax.training
+    from dns_jax import cli
+    from dns_jax.app.build import BuildInterrupted, run_build
+    from dns_jax.app.workdir import Workdir
+    root, _, opts, _ = built
+    work = tmp_path / "work"
+    shutil.copytree(root / "work", work)
+    wd = Workdir(str(work))
+    state = wd.read_state()
+    for stage in ("selector", "index"):
+        state["done"].pop(stage)
+    wd.write_state(state)
+    monkeypatch.setattr(dns_jax.training, "train_and_evaluate",
+                        lambda cfg, workdir: types.SimpleNamespace(preempted=True, step=3))
+    with pytest.raises(BuildInterrupted, match="rerun the same command"):
+        run_build(opts.__class__(**{**opts.__dict__, "workdir": str(work)}))
+    assert not wd.done("selector") and not wd.done("index") and wd.done("coarse")
+
+    def interrupted(options):
+        raise BuildInterrupted("training of selector stopped at step 3 of 10")
+    monkeypatch.setattr("dns_jax.app.build.run_build", interrupted)
+    assert cli.main(["build", "--videos", opts.videos, "--workdir", str(work), "--quiet"]) == 143

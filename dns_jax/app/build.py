@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from dns_jax.app.workdir import Workdir, WorkdirError
+from dns_jax.app.workdir import Workdir
 
 OFFLINE_BACKBONE = "resnet50_1by2_opennsfw"
 STAGES = ("features", "pca", "whiten", "teacher", "fine", "coarse", "selector", "index")
@@ -59,6 +59,11 @@ class BuildOptions:
         return {"videos": os.path.abspath(self.videos), "backbone": self.backbone or OFFLINE_BACKBONE,
                 "pca": self.pca, "dims": self.dims, "teacher": self.teacher, "seed": self.seed,
                 "coarse_model": dict(self.coarse_model or {})}
+
+
+class BuildInterrupted(RuntimeError):
+    """A training stage was stopped (SIGTERM/SIGINT) after saving its checkpoint: the stage is not
+    marked done, and rerunning the same command resumes it from that checkpoint."""
 
 
 class BuildError(ValueError):
@@ -191,7 +196,10 @@ def _train(network: str, wd: Workdir, opts: BuildOptions, steps: int, extra: Dic
         for p in parents:
             target = target[p]
         target[leaf] = value
-    train_and_evaluate(cfg, wd.model(network))
+    result = train_and_evaluate(cfg, wd.model(network))
+    if result.preempted:
+        raise BuildInterrupted(f"training of {network} stopped at step {result.step} of {steps} "
+                               f"(checkpoint saved in {wd.model(network)}); rerun the same command to resume")
     return wd.model(network)
 
 
