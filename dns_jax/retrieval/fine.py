@@ -71,7 +71,7 @@ class ScorerOptions:
     2x faster than a batch of tiles or one huge canvas). Working memory stays ~ rows x cols x 4 B
     plus a block and a tile."""
 
-    max_cols: int = 4096              # target frames per canvas
+    max_cols: int = 4096              # dense target frames per canvas (FineScorer.prepare)
     max_rows: int = 512               # query frames per canvas (a longer query gets its own)
     block_bytes: int = 8 << 20        # f2f block intermediate
     untiled_rows: int = 256           # canvases with more rows are tiled for the CNN
@@ -253,7 +253,8 @@ class FineScorer:
 
         Canvases hold `options.max_cols` dense frames (first-fit decreasing: almost every canvas
         is full, so almost no padded frames enter the matrix products); a target over 2048 frames
-        contributes its 2048-frame chunks as separate pieces."""
+        contributes its 2048-frame chunks as separate pieces. The prepared copy takes as much
+        memory as the representations themselves (device memory on an accelerator)."""
         if isinstance(targets, PreparedDatabase):
             return targets
         if len(targets) == 0:
