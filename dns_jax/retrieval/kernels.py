@@ -64,36 +64,53 @@ def _f2f_packed_block(q: Array, t: Array, spec: KernelSpec) -> Array:
     on the +-1 codes: dot = bits - 2 * hamming (exact integers), max over target regions = bits -
     2 * min hamming, mean over query regions, / bits.
 
-    Hamming distances of every (query region, target frame x region) pair are accumulated word by
-    word (XOR + popcount), the target frames x regions along the vector lanes, then reduced with a
-    min over target regions."""
+    One fused loop: XOR + popcount of every (query region, target frame, target region, word),
+    summed over the words and reduced with a min over the target regions (measured ~1.8x faster on
+    AVX2 than accumulating word by word along the target axis, and ~2x faster than the float
+    +-1 matrix product)."""
     h, r, nw = q.shape
-    w, rt, _ = t.shape
-    qf = q.reshape(h * r, nw)
-    t2 = jnp.transpose(t, (2, 0, 1)).reshape(nw, w * rt)               # [word, target frame x region]
-    acc = None
-    for k in range(nw):
-        c = lax.population_count(qf[:, k:k + 1] ^ t2[k][None, :])
-        acc = c if acc is None else acc + c
-    best = jnp.min(acc.reshape(h * r, w, rt), axis=2)
-    dot = (spec.bits - 2 * best.astype(jnp.int32)).astype(jnp.float32).reshape(h, r, w)
+    qf = q.reshape(h * r, 1, 1, nw)
+    ham = jnp.sum(lax.population_count(qf ^ t[None]), axis=-1, dtype=jnp.int32)   # [h*r, w, rt]
+    best = jnp.min(ham, axis=2)
+    dot = (spec.bits - 2 * best).astype(jnp.float32).reshape(h, r, -1)
     return jnp.mean(dot, axis=1) / spec.bits
 
 
+def _blocks(x: Array, size: int):
+    """Split the leading axis into full blocks [n, size, ...] and a remainder (or None)."""
+    n = x.shape[0] // size
+    full = x[:n * size].reshape((n, size) + x.shape[1:])
+    rest = x[n * size:] if x.shape[0] > n * size else None
+    return full, rest
+
+
+def _map_blocks(fn, x: Array, size: int, axis: int) -> Array:
+    """fn over blocks of `size` along x's leading axis (lax.map over the full blocks, one call for
+    the remainder); the block results are concatenated along `axis` of fn's output."""
+    full, rest = _blocks(x, size)
+    parts = []
+    if full.shape[0]:
+        out = lax.map(fn, full)                                    # [n, ...]
+        out = jnp.moveaxis(out, 0, axis)
+        shape = out.shape[:axis] + (out.shape[axis] * out.shape[axis + 1],) + out.shape[axis + 2:]
+        parts.append(out.reshape(shape))
+    if rest is not None:
+        parts.append(fn(rest))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
+
+
 def frame_to_frame_canvas(q: Array, t: Array, spec: KernelSpec) -> Array:
-    """[H, R, .] x [W, R, .] -> [H, W], computed by blocks of row_block x col_block frames."""
+    """[H, R, .] x [W, R, .] -> [H, W], computed by blocks of row_block x col_block frames (the
+    last block of each axis may be shorter: H and W need not be multiples of the blocks)."""
     block = _f2f_packed_block if spec.sim == "packed" else _f2f_float_block
     fn = functools.partial(block, spec=spec)
     hh, ww = q.shape[0], t.shape[0]
-    rb = spec.row_block or hh
-    cb = spec.col_block or ww
+    rb = min(spec.row_block or hh, hh)
+    cb = min(spec.col_block or ww, ww)
     if rb == hh and cb == ww:
         return fn(q, t)
-    qb = q.reshape((hh // rb, rb) + q.shape[1:])
-    tb = t.reshape((ww // cb, cb) + t.shape[1:])
-    rows = lambda qi: lax.map(lambda tj: fn(qi, tj), tb)         # [ncb, rb, cb]
-    out = lax.map(rows, qb)                                         # [nrb, ncb, rb, cb]
-    return jnp.transpose(out, (0, 2, 1, 3)).reshape(hh, ww)
+    rows = lambda qi: _map_blocks(lambda tj: fn(qi, tj), t, cb, axis=1) if cb < ww else fn(qi, t)
+    return _map_blocks(rows, q, rb, axis=0) if rb < hh else rows(q)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -216,15 +233,28 @@ def reduce_pairs(out: Array, rmaps, cmaps, spec: KernelSpec) -> Array:
     return (fwd + bwd) / 2
 
 
+def place_dense(f2f: Array, rows_index, cols_index) -> Array:
+    """Dense frame-to-frame matrix [Hd, Wd] -> canvas [H, W]: canvas position p takes dense frame
+    index[p]. Positions outside the segments take any frame: the kernel refills them."""
+    if rows_index is not None:
+        f2f = jnp.take(f2f, rows_index, axis=0, mode="clip")
+    if cols_index is not None:
+        f2f = jnp.take(f2f, cols_index, axis=1, mode="clip")
+    return f2f
+
+
 @functools.partial(jax.jit, static_argnames=("spec",))
-def canvas_similarity(params, q, t, rmaps, cmaps, spec: KernelSpec) -> Array:
+def canvas_similarity(params, q, t, rmaps, cmaps, spec: KernelSpec, rows_index=None, cols_index=None) -> Array:
     """Video similarity of every (query segment, target segment) pair of a canvas.
 
     params: the comparator's {'conv1', 'conv2', 'conv3', 'fconv'} (ignored without comparator);
-    q [H, R, .], t [W, R, .] (float features or packed codes); maps from layout.Axis.maps.
+    q [H, R, .], t [W, R, .] (float features or packed codes) laid out on the canvas; maps from
+    layout.Axis.maps. Or, with rows_index [H] / cols_index [W] int32, q [Hd, R, .] / t [Wd, R, .]
+    hold the frames densely (no gaps, no padding): the frame-to-frame products are computed on the
+    dense frames only and then placed on the canvas (see place_dense).
     Returns [Sr+1, Sc+1] float32.
     """
-    f2f = frame_to_frame_canvas(q, t, spec)
+    f2f = place_dense(frame_to_frame_canvas(q, t, spec), rows_index, cols_index)
     if spec.comparator:
         out = comparator_canvas(params, f2f, rmaps, cmaps, spec)
         if spec.clip:

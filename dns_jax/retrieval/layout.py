@@ -119,6 +119,38 @@ def pack_segments(lengths: Sequence[int], capacity_frames: int, max_segments: in
     return groups
 
 
+def pack_dense(lengths: Sequence[int], capacity: int, open_groups: int = 64) -> List[List[int]]:
+    """First-fit decreasing split of segments into groups of at most `capacity` frames in total
+    (each length <= capacity), so that almost every group is full (the gaps between segments are
+    not counted: they widen the comparator's canvas, not the dense frames of the matrix product).
+    At most `open_groups` groups are searched (the emptiest ones), so this stays linear in the
+    number of segments. Returns lists of segment indices, each in increasing order."""
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    smallest = min((int(n) for n in lengths), default=0)
+    done: List[List[int]] = []
+    groups: List[List[int]] = []
+    free: List[int] = []
+    for i in order:
+        n = int(lengths[i])
+        for g, f in enumerate(free):
+            if n <= f:
+                groups[g].append(i)
+                free[g] -= n
+                break
+        else:
+            groups.append([i])
+            free.append(capacity - n)
+        # close groups that no remaining segment fits in, or the fullest when too many are open
+        keep = [g for g, f in enumerate(free) if f >= smallest]
+        done.extend(groups[g] for g in range(len(groups)) if free[g] < smallest)
+        groups, free = [groups[g] for g in keep], [free[g] for g in keep]
+        if len(groups) > open_groups:
+            g = min(range(len(free)), key=free.__getitem__)
+            done.append(groups.pop(g))
+            free.pop(g)
+    return [sorted(g) for g in done + groups]
+
+
 # canvas sizes: a short ladder so that few shapes are compiled
 SIZE_LADDER = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096,
                6144, 8192)
