@@ -1,7 +1,7 @@
 """Retrieval speed, storage and memory of dns_jax.retrieval on this machine, side by side with the
 official PyTorch code.
 
-    python benchmarks/bench_retrieval.py [--quick] [--torch-python /tmp/torchenv/bin/python]
+    python benchmarks/bench_retrieval.py [--quick] [--torch-python TORCH_VENV/bin/python --official-repo CHECKOUT]
         [--cg-sizes 100000,1000000] [--dns-db 1000]
 
 Random weights and random L2-normalised region features (speed does not depend on their values).
@@ -159,7 +159,6 @@ for line in sys.stdin:
         reply(error=f"{type(e).__name__}: {e}")
 """
 
-OFFICIAL_REPO = "/work/.mirror/mever-team+distill-and-select/repo"
 OFFICIAL_FILES = ("model/__init__.py", "model/layers.py", "model/losses.py", "model/similarities.py",
                   "model/constraints.py", "model/students.py")
 
@@ -176,6 +175,10 @@ class OfficialTorch:
         self.proc, self.available, self.reason, self._json = None, False, "", json
         if not python:
             self.reason = "no PyTorch interpreter (pass --torch-python or set DNS_JAX_TORCH_PYTHON)"
+            return
+        if not repo:
+            self.reason = ("no checkout of mever-team/distill-and-select (pass --official-repo or set "
+                           "DNS_JAX_OFFICIAL_REPO)")
             return
         if not os.path.exists(python):
             self.reason = f"PyTorch interpreter {python} not found"
@@ -509,9 +512,10 @@ def main():
     p.add_argument("--torch-python", default=os.environ.get("DNS_JAX_TORCH_PYTHON", ""),
                    help="a Python interpreter with PyTorch (and einops) to run the official code side by side "
                         "(default: $DNS_JAX_TORCH_PYTHON; without one the official columns are skipped)")
-    p.add_argument("--official-repo", default=os.environ.get("DNS_JAX_OFFICIAL_REPO", OFFICIAL_REPO),
-                   help="git checkout of mever-team/distill-and-select whose HEAD's model/ code is run "
-                        "(read into a temporary directory; default: $DNS_JAX_OFFICIAL_REPO or %(default)s)")
+    p.add_argument("--official-repo", default=os.environ.get("DNS_JAX_OFFICIAL_REPO", ""),
+                   help="git checkout (or bare git directory) of mever-team/distill-and-select whose HEAD's "
+                        "model/ code is run (read into a temporary directory, never copied into this "
+                        "repository; default: $DNS_JAX_OFFICIAL_REPO)")
     p.add_argument("--threads", type=int, default=2, help="PyTorch threads of the official code")
     args = p.parse_args()
     skip = set(args.skip.split(","))
