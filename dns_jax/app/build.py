@@ -99,11 +99,11 @@ def stage_features(opts: BuildOptions, wd: Workdir, log) -> Dict:
 
 
 def _dataset_names(path: str) -> List[str]:
+    """Every dataset of an HDF5 file by its path, sorted (the whitening order)."""
     import h5py
-    names: List[str] = []
+    from dns_jax.training.features import hdf5_dataset_paths
     with h5py.File(path, "r") as h5:
-        h5.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-    return sorted(names)
+        return sorted(hdf5_dataset_paths(h5))
 
 
 def stage_pca(opts: BuildOptions, wd: Workdir, log) -> Dict:
