@@ -1,14 +1,16 @@
 """Retrieval speed, storage and memory of dns_jax.retrieval on this machine, side by side with the
 official PyTorch code.
 
-    python benchmarks/bench_retrieval.py [--quick] [--torch-python TORCH_VENV/bin/python --official-repo CHECKOUT]
+    python benchmarks/bench_retrieval.py [--quick] [--torch-python TORCH_VENV/bin/python --official-repo CHECKOUT] [--torch-device cuda]
         [--cg-sizes 100000,1000000] [--dns-db 1000]
 
 Random weights and random L2-normalised region features (speed does not depend on their values).
-The official code (model/ of mever-team/distill-and-select, read with `git show` from
---official-repo into a temporary directory, never copied here) runs in a worker process under
---torch-python (default $DNS_JAX_TORCH_PYTHON; it needs torch and einops) with --threads threads;
-without such an interpreter its columns are skipped with a message. Prints:
+The official code (model/ of mever-team/distill-and-select, read from --official-repo, a checkout
+or a bare git directory (its HEAD), into a temporary directory, never copied here) runs in a worker
+process under --torch-python (default $DNS_JAX_TORCH_PYTHON; it needs torch and einops) with
+--threads threads on --torch-device (cpu for the issue's aims; cuda to compare on a GPU, where ours
+runs on JAX's default device); without such an interpreter its columns are skipped with a message.
+Prints:
 
 * the machine's float32 matmul rate (2048^3 jnp.dot), re-measured in the same interleaved rounds
   as every kernel timing, so each kernel's achieved GFLOP/s is a fraction of the rate measured
@@ -75,7 +77,7 @@ def matmul_rate() -> float:
     if "fn" not in _MM:
         a = jnp.asarray(np.random.default_rng(0).standard_normal((2048, 2048)), jnp.float32)
         _MM["a"] = a
-        _MM["fn"] = jax.jit(lambda x: x @ x)
+        _MM["fn"] = jax.jit(lambda x: jnp.dot(x, x, precision="highest"))
         _MM["fn"](a).block_until_ready()
     dt = best_time(lambda: _MM["fn"](_MM["a"]).block_until_ready(), 3)
     return 2 * 2048 ** 3 / dt / 1e9
@@ -107,10 +109,14 @@ def interleaved_min(fns, rounds):
 
 _TORCH_WORKER = r"""
 import json, sys, time
-official, threads = sys.argv[1], int(sys.argv[2])
+official, threads, device = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 sys.path.insert(0, official)
 import numpy as np, torch
 torch.set_num_threads(threads)
+dev = torch.device(device)
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
 import model.layers as layers
 _init = layers.BinarizationLayer.__init__
 def _random_init(self, dims, bits=None, sigma=1e-6, ITQ_init=True):   # no download: random W
@@ -121,17 +127,18 @@ rng = np.random.default_rng(0)
 state = {}
 def feats(t):
     x = torch.from_numpy(rng.standard_normal((t, 9, 512)).astype(np.float32))
-    return x / x.norm(dim=-1, keepdim=True)
+    return (x / x.norm(dim=-1, keepdim=True)).to(dev)
 def reply(**kw):
     print(json.dumps(kw), flush=True)
-reply(ready=torch.__version__, threads=torch.get_num_threads())
+reply(ready=torch.__version__, threads=torch.get_num_threads(),
+      device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu")
 for line in sys.stdin:
     c = json.loads(line)
     try:
         with torch.no_grad():
             if c["cmd"] == "setup_fg":
                 torch.manual_seed(0)
-                m = FineGrainedStudent(attention=c["kind"] == "att", binarization=c["kind"] == "bin").eval()
+                m = FineGrainedStudent(attention=c["kind"] == "att", binarization=c["kind"] == "bin").eval().to(dev)
                 q = m.index_video(feats(c["query"]))
                 ts = [m.index_video(feats(t)) for t in c["lengths"]]
                 state[c["kind"]] = (m, q, ts)
@@ -145,12 +152,13 @@ for line in sys.stdin:
             elif c["cmd"] == "setup_cg":
                 state.pop("cg", None)
                 db = torch.from_numpy(rng.standard_normal((c["n"], 1024), dtype=np.float32))
-                state["cg"] = (torch.nn.functional.normalize(db, dim=1), torch.randn(1, 1024))
+                state["cg"] = (torch.nn.functional.normalize(db, dim=1).to(dev), torch.randn(1, 1024).to(dev))
                 reply(ok=True)
             elif c["cmd"] == "run_cg":
                 db, q = state["cg"]
                 t0 = time.perf_counter()
                 torch.mm(q, db.t())           # CoarseGrainedStudent.calculate_video_similarity
+                sync()
                 reply(s=time.perf_counter() - t0)
             elif c["cmd"] == "free":
                 state.clear()
@@ -168,7 +176,7 @@ class OfficialTorch:
     into a temporary directory, never copied into this repository) run by `python` in a worker
     process with `threads` threads. `available` is False (and `reason` says why) when it cannot run."""
 
-    def __init__(self, python, repo, threads=2):
+    def __init__(self, python, repo, threads=2, device="cpu"):
         import json
         import subprocess
         import tempfile
@@ -186,14 +194,19 @@ class OfficialTorch:
         self.tmp = tempfile.TemporaryDirectory(prefix="dns_official_")
         try:
             for f in OFFICIAL_FILES:
-                text = subprocess.run(["git", "-C", repo, "show", f"HEAD:{f}"], capture_output=True, check=True).stdout
+                if os.path.isfile(os.path.join(repo, f)):          # a work tree or an exported copy
+                    with open(os.path.join(repo, f), "rb") as fh:
+                        text = fh.read()
+                else:                                                # a bare git directory: its HEAD
+                    text = subprocess.run(["git", "-C", repo, "show", f"HEAD:{f}"], capture_output=True,
+                                          check=True).stdout
                 os.makedirs(os.path.join(self.tmp.name, os.path.dirname(f)), exist_ok=True)
                 with open(os.path.join(self.tmp.name, f), "wb") as fh:
                     fh.write(text)
         except (subprocess.CalledProcessError, OSError) as e:
             self.reason = f"cannot read the official code from {repo!r} ({e})"
             return
-        self.proc = subprocess.Popen([python, "-c", _TORCH_WORKER, self.tmp.name, str(threads)], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([python, "-c", _TORCH_WORKER, self.tmp.name, str(threads), device], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first = self._read()
         if "ready" not in first:
@@ -202,7 +215,8 @@ class OfficialTorch:
             self.close()
             return
         self.available = True
-        self.version = f"torch {first['ready']}, {first['threads']} threads"
+        self.version = (f"torch {first['ready']}, {first['threads']} threads" if first["device"] == "cpu"
+                        else f"torch {first['ready']} on {first['device']}")
 
     def _read(self):
         while True:
@@ -235,7 +249,7 @@ def fine_rows(rng, models, quick, official):
     rows = []
     queries = videos(rng, [60] * 8)
     q = queries[0]
-    mm = jax.jit(lambda x: x @ x)
+    mm = jax.jit(lambda x: jnp.dot(x, x, precision="highest"))
     a = jnp.asarray(rng.standard_normal((2048, 2048)), jnp.float32)
     mm(a).block_until_ready()
     ranges = (("30-120", 30, 120),) if quick else (("30-120", 30, 120), ("30-300", 30, 300))
@@ -517,12 +531,14 @@ def main():
                         "model/ code is run (read into a temporary directory, never copied into this "
                         "repository; default: $DNS_JAX_OFFICIAL_REPO)")
     p.add_argument("--threads", type=int, default=2, help="PyTorch threads of the official code")
+    p.add_argument("--torch-device", default="cpu",
+                   help="device of the official code: cpu (the issue's aims) or cuda (beside ours on a GPU)")
     args = p.parse_args()
     skip = set(args.skip.split(","))
     print(f"# dns_jax retrieval benchmark: {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
           f"load average {' '.join('%.1f' % x for x in os.getloadavg())}")
     print(f"matmul rate (2048^3 float32): {matmul_rate():.1f} GFLOP/s")
-    official = OfficialTorch(args.torch_python, args.official_repo, args.threads)
+    official = OfficialTorch(args.torch_python, args.official_repo, args.threads, args.torch_device)
     print("official PyTorch code: " + (official.version if official.available else "skipped: " + official.reason))
     rng = np.random.default_rng(0)
     att = pretrained.init_network("fg_att_student", jax.random.PRNGKey(0), indexing="att")

@@ -1,6 +1,11 @@
 """Prepared (device-resident, densely stored) databases of dns_jax.retrieval.fine: reused by many
 queries, packed first-fit decreasing into canvases, blocked products with a shorter last block;
 always the official per-pair numbers (reference fixtures)."""
+import json
+import os
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -36,12 +41,30 @@ def test_blocked_products_with_shorter_last_block(sim):
         q, t = binary.as_words(binary.pack_codes(q)), binary.as_words(binary.pack_codes(t))
     whole = kernels.frame_to_frame_canvas(jnp.asarray(q), jnp.asarray(t), kernels.KernelSpec(sim=sim, bits=512))
     blocked = kernels.frame_to_frame_canvas(jnp.asarray(q), jnp.asarray(t),
-                                            kernels.KernelSpec(sim=sim, bits=512, row_block=4, col_block=8))
+                                            kernels.KernelSpec(sim=sim, bits=512, row_block=4, col_block=8,
+                                                               packed_block=8))
     official = np.einsum("iok,jpk->iopj", binary.unpack_codes(q) if sim == "packed" else q,
                          binary.unpack_codes(t) if sim == "packed" else t).max(2).mean(1) / 512
     assert blocked.shape == (11, 23)
     np.testing.assert_array_equal(np.asarray(blocked), np.asarray(whole))   # +-1 sums: exact integers
     np.testing.assert_allclose(np.asarray(blocked), official, atol=1e-7)
+
+
+@pytest.mark.parametrize("bits", [96, 512, 1024])
+@pytest.mark.parametrize("popcount,block", [("native", 0), ("swar", 0), ("swar", 5), ("native", 16)])
+def test_packed_hamming_variants_equal_float(bits, popcount, block):
+    """The SWAR popcount (an odd word count falls back to the native one; 1024 bits widen the byte
+    counters twice) and elementwise blocks with a shorter last block give the float +-1 result."""
+    rng = np.random.default_rng(bits + block)
+    q = np.where(rng.random((6, 3, bits)) < 0.5, -1.0, 1.0).astype(np.float32)
+    t = np.where(rng.random((13, 4, bits)) < 0.5, -1.0, 1.0).astype(np.float32)
+    t[0, 0] = q[0, 0]                                             # hamming 0
+    t[1, 1] = -q[0, 1]                                            # hamming = bits
+    spec = kernels.KernelSpec(sim="packed", bits=bits, popcount=popcount, packed_block=block)
+    got = kernels.frame_to_frame_canvas(jnp.asarray(binary.as_words(binary.pack_codes(q))),
+                                        jnp.asarray(binary.as_words(binary.pack_codes(t))), spec)
+    official = np.einsum("iok,jpk->iopj", q, t).max(2).mean(1) / bits
+    np.testing.assert_allclose(np.asarray(got), official, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", ["fg_att_student", "fg_bin_student"])
@@ -58,3 +81,53 @@ def test_prepared_database_reused_equals_official(name):
         exp = expected[idx]
         np.testing.assert_allclose(got, np.concatenate([exp, exp[:, ::-1]], 1), atol=1e-5)
     assert sc.prepare(db) is db
+
+
+_SHARDED_FINE = r"""
+import json, sys, numpy as np, jax
+sys.path.insert(0, sys.argv[1])
+from helpers import network
+from test_retrieval_prepared import SMALL
+from dns_jax.retrieval.fine import FineScorer
+out = {"devices": jax.device_count()}
+for name in ("fg_att_student", "fg_bin_student"):
+    ref, net = network(name)
+    sc = FineScorer(net, options=SMALL)
+    db = sc.prepare(sc.index(ref.videos("d") * 2))
+    out[name] = {"sims": sc.similarities(sc.index(ref.videos("q")), db).tolist(),
+                 "devices": len({str(c.device) for c in db.canvases})}
+print(json.dumps(out))
+"""
+
+
+def test_fine_database_sharded_over_devices_equals_official():
+    """8 fake CPU devices: the prepared database's canvases are spread over the devices, each scored
+    there, and the similarities are the official ones (as on one device)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _SHARDED_FINE, os.path.dirname(__file__)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["devices"] == 8
+    for name in ("fg_att_student", "fg_bin_student"):
+        ref, _ = network(name)
+        assert res[name]["devices"] >= 4                       # >= 4 canvases, round robin
+        exp = ref.out["sim_unbatched"]
+        np.testing.assert_allclose(np.array(res[name]["sims"]), np.concatenate([exp, exp], 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("words", [3, 16, 32, 34])
+def test_swar_hamming_counts_extremes(words):
+    """Every Hamming distance from 0 to all bits, through the byte counters' widening steps."""
+    rng = np.random.default_rng(words)
+    q = rng.integers(0, 2 ** 32, (5, words), dtype=np.uint32)
+    t = rng.integers(0, 2 ** 32, (words, 4), dtype=np.uint32)
+    t[:, 0] = q[0]                        # distance 0 to query 0
+    t[:, 1] = ~q[0]                       # all bits differ
+    t[:, 2] = ~q[1]
+    expected = np.unpackbits((q[:, :, None] ^ t[None]).view(np.uint8).reshape(5, words, 4, 4), axis=-1)
+    expected = expected.reshape(5, words, 4, 32).sum((1, 3))
+    for popcount in ("swar", "native"):
+        got = np.asarray(kernels._hamming_words(jnp.asarray(q), jnp.asarray(t), popcount))
+        np.testing.assert_array_equal(got, expected)
+    assert expected[0, 0] == 0 and expected[0, 1] == expected[1, 2] == 32 * words

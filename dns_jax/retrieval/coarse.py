@@ -8,6 +8,11 @@ chunks of the database, so memory stays bounded (queries x chunk) and the chunk 
 - `similarities(queries)` -> (Q, N) float32: every score (what DnS needs for its selector);
 - `topk(queries, k)` -> (scores, indices) (Q, k): per shard and chunk a running top-k, merged.
 
+Products run at `precision='highest'` by default: on GPUs and TPUs the default precision of a
+float32 product is TF32 / bf16 passes, which moves cosines by ~1e-3 (seen on an H200) and would
+reorder near ties against the official float32 `torch.mm`; pass `precision='default'` to trade that
+for speed.
+
 With `faiss` installed (`pip install faiss-cpu`), `FaissCoarseIndex` gives the same top-k from an
 exact inner-product index (IndexFlatIP) for very large collections kept on the host.
 """
@@ -70,7 +75,7 @@ class CoarseDatabase:
     """Database of CG vectors [N, E] on the local devices (sharded when there are several)."""
 
     def __init__(self, vectors, dtype=jnp.float32, chunk: int = 16384, devices: Optional[Sequence] = None,
-                 precision=None):
+                 precision="highest"):
         v = _check_vectors(vectors, "coarse database")
         self.n, self.dims = v.shape
         self.dtype = jnp.dtype(dtype)

@@ -21,6 +21,8 @@ Official evaluation rules kept (dns_spec sections 5 and 10):
 from __future__ import annotations
 
 import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
@@ -44,41 +46,62 @@ def repeat_min_frames(x: np.ndarray, min_frames: int = MIN_FRAMES) -> np.ndarray
     return x
 
 
-def _pow2_divisor(n: int, limit: int) -> int:
-    """Largest power of two that divides n and is <= limit (at least 1)."""
-    b = 1
-    while n % (b * 2) == 0 and b * 2 <= limit:
-        b *= 2
-    return b
+def _tile_divisor(n: int, limit: int) -> int:
+    """Largest multiple of 16 that divides n and is <= limit (0 if none)."""
+    for d in range(min(limit, n) // 16 * 16, 15, -16):
+        if n % d == 0:
+            return d
+    return 0
 
 
 def tile_plan(rows: int, cols: int, o: "ScorerOptions") -> Tuple[int, int]:
     """CNN tile sizes (full-resolution frames, 0 = untiled) for a rows x cols canvas."""
     tr = tc = 0
     if rows > o.untiled_rows:
-        tr = _pow2_divisor(rows, o.tile_rows)
+        tr = _tile_divisor(rows, o.tile_rows)
     if rows * cols > o.untiled_cells:
-        tc = _pow2_divisor(cols, o.tile_cols)
-    tr = tr if tr >= 16 else 0
-    tc = tc if tc >= 16 else 0
+        tc = _tile_divisor(cols, o.tile_cols)
     return tr, tc
 
 
 @dataclasses.dataclass
 class ScorerOptions:
-    """Tuning knobs (defaults measured on a 2-core AVX2 CPU: cache-sized f2f blocks run the matrix
-    product near the machine's matmul rate; one wide CNN tile at a time runs XLA's convolutions
-    2x faster than a batch of tiles or one huge canvas). Working memory stays ~ rows x cols x 4 B
-    plus a block and a tile."""
+    """Tuning knobs (defaults measured on a 2-core AVX2 CPU with jax 0.10: cache-sized f2f blocks
+    run the matrix product near the machine's matmul rate; XLA's convolutions run ~1.35x faster
+    on tiles of >= 1152 columns (or a whole 64 x 4608 canvas) than on 512-column tiles; FG-Bin's
+    elementwise Hamming loop is fastest on 64-frame blocks). Working memory stays ~ rows x cols
+    x 4 B plus a block and a tile (about 128 B per canvas cell at the CNN's widest layer)."""
 
     max_cols: int = 4096              # dense target frames per canvas (FineScorer.prepare)
     max_rows: int = 512               # query frames per canvas (a longer query gets its own)
     block_bytes: int = 8 << 20        # f2f block intermediate
     untiled_rows: int = 256           # canvases with more rows are tiled for the CNN
-    untiled_cells: int = 1 << 15      # canvases with more cells are tiled along the columns
+    untiled_cells: int = 1 << 19      # canvases with more cells are tiled along the columns
     tile_rows: int = 256
-    tile_cols: int = 512
+    tile_cols: int = 2560
     tile_batch: int = 1
+    popcount: str = "swar"            # FG-Bin popcount: 'swar' (shifts and masks) or 'native'
+    packed_block: int = 64            # FG-Bin target frames per elementwise block (0 = all at once)
+    dispatch_threads: int = 0         # canvases run at once from host threads (0 = min(4, CPUs))
+
+    @classmethod
+    def for_platform(cls, platform: str) -> "ScorerOptions":
+        """Defaults for a JAX platform ('cpu', 'gpu'/'cuda'/'rocm', 'tpu'). CPU: the measured
+        cache-sized blocks and tiles above. Accelerators: whole canvases per kernel (large
+        blocks, untiled CNN: thousands of small loop steps would leave the chip idle), the
+        native popcount instruction, and the same bounded-memory layout (a 512 x 4096-frame
+        canvas needs < 1 GiB)."""
+        if platform == "cpu":
+            return cls()
+        return cls(block_bytes=256 << 20, untiled_rows=1 << 12, untiled_cells=1 << 23,
+                   popcount="native", packed_block=0, dispatch_threads=1)
+
+    def threads(self) -> int:
+        """Host threads that run canvas calls concurrently. On CPU, XLA parallelises the matrix
+        products and convolutions but runs the elementwise loops (FG-Bin Hamming blocks, refills,
+        pooling) on one core; independent canvases from several threads keep every core busy
+        (FG-Bin ~1.2x on 2 cores). Accelerators: 1 (dispatch is asynchronous anyway)."""
+        return self.dispatch_threads or min(4, os.cpu_count() or 1)
 
 
 class FineScorer:
@@ -86,12 +109,19 @@ class FineScorer:
 
     `binary`: for FG-Bin, 'packed' (XOR + popcount on 64-byte codes, default) or 'float' (the
     official +-1 float codes through a matrix product); both give identical results.
+    `devices`: where `prepare` places the database canvases, round robin (default: every local
+    device, so a database is sharded over all local GPUs/TPUs, or fake CPU devices); each canvas
+    is scored on its own device against a copy of the query canvas.
     """
 
-    def __init__(self, model, binary: str = "packed", options: Optional[ScorerOptions] = None):
+    def __init__(self, model, binary: str = "packed", options: Optional[ScorerOptions] = None,
+                 devices: Optional[Sequence] = None):
         module = model.module
         self.model = model
-        self.options = options or ScorerOptions()
+        self.devices = list(devices) if devices is not None else jax.local_devices()
+        if not self.devices:
+            raise ValueError("FineScorer needs at least one device")
+        self.options = options or ScorerOptions.for_platform(jax.default_backend())
         params = model.variables["params"]
         if isinstance(module, FineGrainedStudent):
             self.padding, self.symmetric, self.comparator = "zero", False, True
@@ -221,7 +251,8 @@ class FineScorer:
                           symmetric=self.symmetric, comparator=self.comparator, padding=self.padding,
                           reduce="chamfer", clip=True, precision=self.precision,
                           row_block=rb if rb < hd else 0, col_block=cb if cb < wd else 0,
-                          tile_rows=tr, tile_cols=tc, tile_batch=o.tile_batch)
+                          tile_rows=tr, tile_cols=tc, tile_batch=o.tile_batch,
+                          popcount=o.popcount, packed_block=o.packed_block)
 
     def _axis(self, lengths: Sequence[int], size: int, tiled: bool) -> Tuple[Axis, np.ndarray]:
         starts, _ = place(lengths, self.padding)
@@ -230,9 +261,10 @@ class FineScorer:
         return ax, starts
 
     def _canvas(self, pieces: List[Tuple[np.ndarray, int, int]], owners: List[int], dense_size: int,
-                size: int) -> "Canvas":
-        """Pieces (array, start, length) -> a device-resident Canvas: the frames stored densely
-        [dense_size, R, C] (zeros after the last piece) and the canvas position of each frame."""
+                size: int, device=None) -> "Canvas":
+        """Pieces (array, start, length) -> a Canvas resident on `device` (default: the first of
+        the scorer's devices): the frames stored densely [dense_size, R, C] (zeros after the last
+        piece) and the canvas position of each frame."""
         first = pieces[0][0]
         dense = np.zeros((dense_size,) + first.shape[1:], first.dtype)
         lengths = [n for _, _, n in pieces]
@@ -243,8 +275,10 @@ class FineScorer:
             dense[pos:pos + n] = arr[a:a + n]
             index[s:s + n] = np.arange(pos, pos + n, dtype=np.int32)
             pos += n
-        return Canvas(dense=jax.device_put(dense), index=jax.device_put(index), lengths=lengths,
-                      owners=list(owners), size=size, dense_size=dense_size, regions=first.shape[1])
+        device = device if device is not None else self.devices[0]
+        return Canvas(dense=jax.device_put(dense, device), index=jax.device_put(index, device), lengths=lengths,
+                      owners=list(owners), size=size, dense_size=dense_size, regions=first.shape[1],
+                      device=device)
 
     def prepare(self, targets: Sequence) -> "PreparedDatabase":
         """Indexed database videos -> a PreparedDatabase: their frames laid out once on canvases and
@@ -254,7 +288,8 @@ class FineScorer:
         Canvases hold `options.max_cols` dense frames (first-fit decreasing: almost every canvas
         is full, so almost no padded frames enter the matrix products); a target over 2048 frames
         contributes its 2048-frame chunks as separate pieces. The prepared copy takes as much
-        memory as the representations themselves (device memory on an accelerator)."""
+        memory as the representations themselves (device memory on an accelerator), spread
+        round robin over the scorer's devices."""
         if isinstance(targets, PreparedDatabase):
             return targets
         if len(targets) == 0:
@@ -277,7 +312,7 @@ class FineScorer:
                 _, placed = place(pl, self.padding)
                 canvases.append(self._canvas([(ts[segs[k][0]], segs[k][1], segs[k][2]) for k in ids],
                                              [segs[k][0] for k in ids], dense_width(sum(pl), cap),
-                                             canvas_width(placed)))
+                                             canvas_width(placed), self.devices[len(canvases) % len(self.devices)]))
         return PreparedDatabase(n=len(ts), counts=counts, canvases=canvases)
 
     def similarities(self, queries: Sequence, targets, progress=None) -> np.ndarray:
@@ -294,29 +329,54 @@ class FineScorer:
         q_groups: Dict[int, List[int]] = {}
         for i, q in enumerate(qs):
             q_groups.setdefault(q.shape[1], []).append(i)
-        row_canvases = []
+        row_groups = []
         for rq, q_ids in sorted(q_groups.items()):
             qlens = [qs[i].shape[0] for i in q_ids]
             cap_rows = max(o.max_rows, ladder_size(max(qlens) + 16))
             for rgroup in pack_segments(qlens, cap_rows, cap_rows // 4, self.padding):
-                rids = [q_ids[g] for g in rgroup]
-                rl = [qs[i].shape[0] for i in rids]
-                _, placed = place(rl, self.padding)
-                row_canvases.append(self._canvas([(qs[i], 0, qs[i].shape[0]) for i in rids], rids,
-                                                 query_rows(sum(rl)), ladder_size(placed)))
-        pending = []
-        for cc in db.canvases:
-            for rc in row_canvases:
-                spec = self.spec_for(rc.size, cc.size, (rc.regions, cc.regions), (rc.dense_size, cc.dense_size))
-                rmaps = rc.maps(self, bool(spec.tile_rows))
-                cmaps = cc.maps(self, bool(spec.tile_cols))
-                out = canvas_similarity(self.conv_params, rc.dense, cc.dense, rmaps, cmaps, spec,
-                                        rows_index=rc.index, cols_index=cc.index)
-                pending.append((out, rc.owners, cc.owners))   # dispatched: no host sync in between
-            if progress is not None:
-                progress(len(cc.owners))
-        for item in pending:
-            self._collect(item, sums)
+                row_groups.append([q_ids[g] for g in rgroup])
+        row_canvases: Dict[Any, List[Canvas]] = {}      # per device: the query canvases placed there
+
+        def rows_on(device) -> List[Canvas]:
+            if device not in row_canvases:
+                out = []
+                for rids in row_groups:
+                    rl = [qs[i].shape[0] for i in rids]
+                    _, placed = place(rl, self.padding)
+                    out.append(self._canvas([(qs[i], 0, qs[i].shape[0]) for i in rids], rids,
+                                            query_rows(sum(rl)), ladder_size(placed), device))
+                row_canvases[device] = out
+            return row_canvases[device]
+
+        def run(rc: Canvas, cc: Canvas):
+            spec = self.spec_for(rc.size, cc.size, (rc.regions, cc.regions), (rc.dense_size, cc.dense_size))
+            rmaps = rc.maps(self, bool(spec.tile_rows))
+            cmaps = cc.maps(self, bool(spec.tile_cols))
+            return canvas_similarity(self.conv_params, rc.dense, cc.dense, rmaps, cmaps, spec,
+                                     rows_index=rc.index, cols_index=cc.index)
+
+        work = [(rc, cc) for cc in db.canvases for rc in rows_on(cc.device)]
+        for rc, cc in work:      # maps (host -> device copies) made once, before any thread runs
+            spec = self.spec_for(rc.size, cc.size, (rc.regions, cc.regions), (rc.dense_size, cc.dense_size))
+            rc.maps(self, bool(spec.tile_rows))
+            cc.maps(self, bool(spec.tile_cols))
+        per_db_canvas = len(work) // max(len(db.canvases), 1)
+        threads = min(o.threads(), len(work))
+        if threads > 1:    # CPU: canvases run concurrently, each read back in its own thread
+            with ThreadPoolExecutor(threads, thread_name_prefix="dns_fine") as pool:
+                results = pool.map(lambda w: np.asarray(run(*w)), work)
+                for k, ((rc, cc), res) in enumerate(zip(work, results)):
+                    self._collect((res, rc.owners, cc.owners), sums)
+                    if progress is not None and (k + 1) % per_db_canvas == 0:
+                        progress(len(cc.owners))
+        else:              # accelerators: every call dispatched before any read-back
+            pending = []
+            for k, (rc, cc) in enumerate(work):
+                pending.append((run(rc, cc), rc.owners, cc.owners))
+                if progress is not None and (k + 1) % per_db_canvas == 0:
+                    progress(len(cc.owners))
+            for item in pending:
+                self._collect(item, sums)
         return (sums / db.counts[None, :]).astype(np.float32)
 
     @staticmethod
@@ -341,12 +401,14 @@ class Canvas:
     size: int
     dense_size: int
     regions: int
+    device: Any = None
     _maps: Dict[bool, Dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def maps(self, scorer: "FineScorer", tiled: bool) -> Dict[str, Any]:
         if tiled not in self._maps:
             ax, _ = scorer._axis(self.lengths, self.size, tiled)
-            self._maps[tiled] = {k: jax.device_put(v) for k, v in ax.maps(scorer.padding, scorer.comparator).items()}
+            self._maps[tiled] = {k: jax.device_put(v, self.device)
+                                 for k, v in ax.maps(scorer.padding, scorer.comparator).items()}
         return self._maps[tiled]
 
 
