@@ -344,7 +344,7 @@ class FineScorer:
                     rl = [qs[i].shape[0] for i in rids]
                     _, placed = place(rl, self.padding)
                     out.append(self._canvas([(qs[i], 0, qs[i].shape[0]) for i in rids], rids,
-                                            query_rows(sum(rl)), ladder_size(placed), device))
+                                            query_rows(sum(rl)), canvas_rows(placed, o), device))
                 row_canvases[device] = out
             return row_canvases[device]
 
@@ -445,10 +445,17 @@ def dense_width(n: int, cap: int) -> int:
     return min(ladder_size(n), cap)
 
 
+def canvas_rows(placed: int, o: ScorerOptions) -> int:
+    """Canvas rows for query segments placed over `placed` rows: up to `o.untiled_rows` (untiled),
+    the fine steps of query_rows (a 60-frame query gets 60 rows, not a ladder's 64: the CNN's
+    cost is proportional); beyond, a ladder size (tiles of many rows divide it)."""
+    return query_rows(placed) if placed <= o.untiled_rows else ladder_size(placed)
+
+
 def canvas_width(placed: int) -> int:
     """Canvas columns for segments placed over `placed` positions: a ladder size up to 512, then a
-    multiple of 512 (the CNN tile width)."""
-    return ladder_size(placed) if placed <= 512 else round_up(placed, 512)
+    multiple of 256 (CNN tiles are divisors of it; a finer step would mean more compiled sizes)."""
+    return ladder_size(placed) if placed <= 512 else round_up(placed, 256)
 
 
 def scorer_for(model, binary: str = "packed") -> FineScorer:

@@ -40,14 +40,18 @@ def round_up(x: int, m: int) -> int:
 
 
 def place(lengths: Sequence[int], padding: str) -> Tuple[np.ndarray, int]:
-    """Starts (multiples of 4) of consecutive segments and the end of the last one's gap."""
+    """Starts (multiples of 4) of consecutive segments and the canvas size they need (a multiple
+    of 4): up to the end of the last one's gap, or, with zero padding, up to the end of the last
+    segment itself (the kernel pads the canvas border with zeros, which is that gap)."""
     gap = segment_gap(padding)
     starts = np.zeros(len(lengths), np.int64)
     pos = 0
     for i, n in enumerate(lengths):
         starts[i] = pos
         pos = round_up(pos + int(n) + gap, 4)
-    return starts, pos
+    if padding == "zero" and len(lengths):
+        pos = round_up(starts[-1] + int(lengths[-1]), 4)
+    return starts, int(pos)
 
 
 @dataclasses.dataclass
