@@ -77,9 +77,11 @@ def test_prepared_database_reused_equals_official(name):
     assert isinstance(db, PreparedDatabase) and len(db) == 6 and len(db.canvases) >= 4
     assert all(c.dense_size <= 16 for c in db.canvases)
     for idx in ([0], [1], [0, 1]):                                        # one database, many calls
-        got = sc.similarities(sc.index([q[i] for i in idx]), db)
+        done = []
+        got = sc.similarities(sc.index([q[i] for i in idx]), db, progress=done.append)
         exp = expected[idx]
         np.testing.assert_allclose(got, np.concatenate([exp, exp[:, ::-1]], 1), atol=1e-5)
+        assert done == [len(c.owners) for c in db.canvases]              # one report per canvas
     assert sc.prepare(db) is db
 
 

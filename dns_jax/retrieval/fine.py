@@ -100,7 +100,7 @@ class ScorerOptions:
         """Host threads that run canvas calls concurrently. On CPU, XLA parallelises the matrix
         products and convolutions but runs the elementwise loops (FG-Bin Hamming blocks, refills,
         pooling) on one core; independent canvases from several threads keep every core busy
-        (FG-Bin ~1.2x on 2 cores). Accelerators: 1 (dispatch is asynchronous anyway)."""
+        (FG-Bin up to ~1.2x on 2 cores). Accelerators: 1 (dispatch is asynchronous anyway)."""
         return self.dispatch_threads or min(4, os.cpu_count() or 1)
 
 
@@ -348,31 +348,32 @@ class FineScorer:
                 row_canvases[device] = out
             return row_canvases[device]
 
-        def run(rc: Canvas, cc: Canvas):
-            spec = self.spec_for(rc.size, cc.size, (rc.regions, cc.regions), (rc.dense_size, cc.dense_size))
-            rmaps = rc.maps(self, bool(spec.tile_rows))
-            cmaps = cc.maps(self, bool(spec.tile_cols))
-            return canvas_similarity(self.conv_params, rc.dense, cc.dense, rmaps, cmaps, spec,
-                                     rows_index=rc.index, cols_index=cc.index)
+        work = []       # (query canvas, database canvas, kernel spec); maps made here, before any thread
+        for cc in db.canvases:
+            for rc in rows_on(cc.device):
+                spec = self.spec_for(rc.size, cc.size, (rc.regions, cc.regions), (rc.dense_size, cc.dense_size))
+                rc.maps(self, bool(spec.tile_rows))
+                cc.maps(self, bool(spec.tile_cols))
+                work.append((rc, cc, spec))
 
-        work = [(rc, cc) for cc in db.canvases for rc in rows_on(cc.device)]
-        for rc, cc in work:      # maps (host -> device copies) made once, before any thread runs
-            spec = self.spec_for(rc.size, cc.size, (rc.regions, cc.regions), (rc.dense_size, cc.dense_size))
-            rc.maps(self, bool(spec.tile_rows))
-            cc.maps(self, bool(spec.tile_cols))
+        def run(rc: Canvas, cc: Canvas, spec: KernelSpec):
+            return canvas_similarity(self.conv_params, rc.dense, cc.dense, rc.maps(self, bool(spec.tile_rows)),
+                                     cc.maps(self, bool(spec.tile_cols)), spec, rows_index=rc.index,
+                                     cols_index=cc.index)
+
         per_db_canvas = len(work) // max(len(db.canvases), 1)
         threads = min(o.threads(), len(work))
         if threads > 1:    # CPU: canvases run concurrently, each read back in its own thread
             with ThreadPoolExecutor(threads, thread_name_prefix="dns_fine") as pool:
                 results = pool.map(lambda w: np.asarray(run(*w)), work)
-                for k, ((rc, cc), res) in enumerate(zip(work, results)):
+                for k, ((rc, cc, _), res) in enumerate(zip(work, results)):
                     self._collect((res, rc.owners, cc.owners), sums)
                     if progress is not None and (k + 1) % per_db_canvas == 0:
                         progress(len(cc.owners))
         else:              # accelerators: every call dispatched before any read-back
             pending = []
-            for k, (rc, cc) in enumerate(work):
-                pending.append((run(rc, cc), rc.owners, cc.owners))
+            for k, (rc, cc, spec) in enumerate(work):
+                pending.append((run(rc, cc, spec), rc.owners, cc.owners))
                 if progress is not None and (k + 1) % per_db_canvas == 0:
                     progress(len(cc.owners))
             for item in pending:
