@@ -1,6 +1,7 @@
 """Prepared (device-resident, densely stored) databases of dns_jax.retrieval.fine: reused by many
 queries, packed first-fit decreasing into canvases, blocked products with a shorter last block;
 always the official per-pair numbers (reference fixtures)."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -65,6 +66,18 @@ def test_packed_hamming_variants_equal_float(bits, popcount, block):
                                         jnp.asarray(binary.as_words(binary.pack_codes(t))), spec)
     official = np.einsum("iok,jpk->iopj", q, t).max(2).mean(1) / bits
     np.testing.assert_allclose(np.asarray(got), official, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["fg_att_student", "fg_bin_student"])
+def test_accelerator_defaults_equal_official(name):
+    """The GPU/TPU defaults (whole-canvas blocks, native popcount, untiled CNN, no host threads) run
+    here on CPU: the same official numbers, so only speed depends on the platform."""
+    ref, net = network(name)
+    opts = dataclasses.replace(ScorerOptions.for_platform("gpu"), max_cols=16)
+    assert opts.threads() == 1 and opts.packed_block == 0 and opts.popcount == "native"
+    sc = FineScorer(net, options=opts)
+    got = sc.similarities(sc.index(ref.videos("q")), sc.prepare(sc.index(ref.videos("d"))))
+    np.testing.assert_allclose(got, ref.out["sim_unbatched"], atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["fg_att_student", "fg_bin_student"])
