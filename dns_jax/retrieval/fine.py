@@ -250,7 +250,8 @@ class FineScorer:
         return KernelSpec(sim="packed" if self.packed else "float", bits=self.bits,
                           symmetric=self.symmetric, comparator=self.comparator, padding=self.padding,
                           reduce="chamfer", clip=True, precision=self.precision,
-                          row_block=rb if rb < hd else 0, col_block=cb if cb < wd else 0,
+                          row_block=rb if rb < hd and not self.packed else 0,      # float products only
+                          col_block=cb if cb < wd and not self.packed else 0,
                           tile_rows=tr, tile_cols=tc, tile_batch=o.tile_batch,
                           popcount=o.popcount, packed_block=o.packed_block)
 

@@ -4,7 +4,9 @@ it with exact refills, and the per-(query, target) Chamfer reductions. See layou
 Memory: the region-pair tensor [Tq, R, R, Tt] is never held: the frame-to-frame matrix is built by
 blocks of `row_block` x `col_block` frames (one block's [rb*R, cb*R] product at a time, reduced over
 regions at once), so the working memory is the [H, W] matrix (4 bytes per frame pair) plus one
-block; the CNN runs on tiles with a halo, so its activations (32-128 channels per cell) are bounded
+block. Packed FG-Bin codes ignore those blocks: their Hamming loop runs over blocks of
+`packed_block` target frames and holds [H*R, block] distances (on accelerators, with one block per
+canvas, [H*R, W]: 36 bytes per frame pair, still ~ Tq * Tt); the CNN runs on tiles with a halo, so its activations (32-128 channels per cell) are bounded
 by the tile size rather than by Tq * Tt.
 """
 from __future__ import annotations
@@ -170,7 +172,8 @@ def _map_blocks(fn, x: Array, size: int, axis: int) -> Array:
 
 def frame_to_frame_canvas(q: Array, t: Array, spec: KernelSpec) -> Array:
     """[H, R, .] x [W, R, .] -> [H, W], computed by blocks of row_block x col_block frames (the
-    last block of each axis may be shorter: H and W need not be multiples of the blocks)."""
+    last block of each axis may be shorter: H and W need not be multiples of the blocks); packed
+    codes by blocks of packed_block target frames instead (see _f2f_packed)."""
     if spec.sim == "packed":
         return _f2f_packed(q, t, spec)       # elementwise blocks of its own; memory ~ H*R x W
     fn = functools.partial(_f2f_float_block, spec=spec)
