@@ -52,10 +52,11 @@ def test_blocked_products_with_shorter_last_block(sim):
 
 
 @pytest.mark.parametrize("bits", [96, 512, 1024])
-@pytest.mark.parametrize("popcount,block", [("native", 0), ("swar", 0), ("swar", 5), ("native", 16)])
+@pytest.mark.parametrize("popcount,block", [("native", 0), ("swar", 0), ("swar", 5), ("csa", 0), ("csa", 5),
+                                            ("native", 16)])
 def test_packed_hamming_variants_equal_float(bits, popcount, block):
     """The SWAR popcount (an odd word count falls back to the native one; 1024 bits widen the byte
-    counters twice) and elementwise blocks with a shorter last block give the float +-1 result."""
+    counters twice), the carry-save one (3 words: a partial group; 32: two groups) and elementwise blocks with a shorter last block give the float +-1 result."""
     rng = np.random.default_rng(bits + block)
     q = np.where(rng.random((6, 3, bits)) < 0.5, -1.0, 1.0).astype(np.float32)
     t = np.where(rng.random((13, 4, bits)) < 0.5, -1.0, 1.0).astype(np.float32)
@@ -132,7 +133,7 @@ def test_fine_database_sharded_over_devices_equals_official():
 
 
 @pytest.mark.parametrize("words", [3, 16, 32, 34])
-def test_swar_hamming_counts_extremes(words):
+def test_bitcount_hamming_counts_extremes(words):
     """Every Hamming distance from 0 to all bits, through the byte counters' widening steps."""
     rng = np.random.default_rng(words)
     q = rng.integers(0, 2 ** 32, (5, words), dtype=np.uint32)
@@ -142,7 +143,7 @@ def test_swar_hamming_counts_extremes(words):
     t[:, 2] = ~q[1]
     expected = np.unpackbits((q[:, :, None] ^ t[None]).view(np.uint8).reshape(5, words, 4, 4), axis=-1)
     expected = expected.reshape(5, words, 4, 32).sum((1, 3))
-    for popcount in ("swar", "native"):
+    for popcount in ("csa", "swar", "native"):
         got = np.asarray(kernels._hamming_words(jnp.asarray(q), jnp.asarray(t), popcount))
         np.testing.assert_array_equal(got, expected)
     assert expected[0, 0] == 0 and expected[0, 1] == expected[1, 2] == 32 * words

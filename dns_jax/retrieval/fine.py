@@ -80,7 +80,7 @@ class ScorerOptions:
     tile_rows: int = 256
     tile_cols: int = 2560
     tile_batch: int = 1
-    popcount: str = "swar"            # FG-Bin popcount: 'swar' (shifts and masks) or 'native'
+    popcount: str = "csa"             # FG-Bin popcount: 'csa' (carry-save adders), 'swar' or 'native'
     packed_block: int = 64            # FG-Bin target frames per elementwise block (0 = all at once)
     dispatch_threads: int = 0         # canvases run at once from host threads (0 = min(4, CPUs))
 

@@ -42,7 +42,7 @@ class KernelSpec:
     tile_cols: int = 0
     tile_batch: int = 1           # tiles processed together (vmapped) by the CNN
     fuse_conv1: bool = True       # conv1 + ReLU + max-pool as one elementwise loop (see below)
-    popcount: str = "native"      # packed codes: 'native' (lax.population_count) or 'swar' (see below)
+    popcount: str = "native"      # packed codes: 'native' (lax.population_count), 'csa' or 'swar' (see below)
     packed_block: int = 0         # packed codes: target frames per elementwise block (0 = all)
 
 
@@ -79,15 +79,64 @@ def _byte_lanes_to_count(acc: Array) -> Array:
     return (acc & jnp.uint32(0xFFFF)) + (acc >> 16)
 
 
+def _carry_save(levels, k: int, word: Array) -> None:
+    """Add a word of weight 2^k to `levels` (lists of pending words per weight), keeping at most two
+    per weight: three words of one weight become their bitwise sum (same weight) and carry (next
+    weight), a full adder in 5 operations."""
+    levels[k].append(word)
+    if len(levels[k]) == 3:
+        a, b, c = levels[k]
+        u = a ^ b
+        levels[k] = [u ^ c]
+        _carry_save(levels, k + 1, (a & b) | (u & c))
+
+
+def _csa_count(words) -> Array:
+    """Sum of the popcounts of up to 16 uint32 words (per element): carry-save adders reduce them
+    to one word per weight 1, 2, 4, 8, 16 (about 4 operations per input word), then only those
+    five words are counted (SWAR nibble counts, combined with their weights in byte lanes: at most
+    16 * 8 = 128 per byte, so nothing overflows)."""
+    assert 0 < len(words) <= 16
+    levels = [[] for _ in range(6)]
+    for w in words:
+        _carry_save(levels, 0, w)
+    for k in range(5):                                  # half adders: one word per weight
+        if len(levels[k]) == 2:
+            a, b = levels[k]
+            levels[k] = [a ^ b]
+            _carry_save(levels, k + 1, a & b)
+    nib = [_nibble_counts(lv[0]) if lv else None for lv in levels[:5]]
+
+    def pair(lo, hi):          # nibbles lo + 2 * hi (<= 12), widened to bytes
+        if hi is not None:
+            lo = (hi << 1) if lo is None else lo + (hi << 1)
+        return None if lo is None else (lo & jnp.uint32(_M4)) + ((lo >> 4) & jnp.uint32(_M4))
+
+    total = None
+    for part, shift in ((pair(nib[0], nib[1]), 0), (pair(nib[2], nib[3]), 2), (pair(nib[4], None), 4)):
+        if part is not None:
+            part = part << shift if shift else part
+            total = part if total is None else total + part
+    return _byte_lanes_to_count(total)
+
+
 def _hamming_words(qq: Array, tr: Array, popcount: str) -> Array:
     """Hamming distances of query codes qq [n, W] and target codes tr [W, c] (words along the
     leading axis) -> uint32 [n, c], as an elementwise expression (no reduction op).
 
-    'swar' counts bits with shifts and masks, adds two words' nibble counts, widens to bytes and
-    sums up to 15 word pairs per byte lane before the final widening: about 10 vector operations
-    per word on AVX2, which has no vector popcount (XLA's popcount widens every word)."""
+    AVX2 has no vector popcount (XLA's popcount widens every word). 'csa' (CPU default) adds the
+    XORed words with carry-save adders, 16 at a time, and counts five words per 16: ~8.6 vector
+    operations per word, ~1.25x faster than 'swar', which counts every word with shifts and masks,
+    adds two words' nibble counts, widens to bytes and sums up to 15 word pairs per byte lane
+    before the final widening (~11 per word). 'native': lax.population_count per word."""
     nw = tr.shape[0]
     xor = lambda k: qq[:, k, None] ^ tr[k][None]
+    if popcount == "csa":
+        out = None
+        for s in range(0, nw, 16):
+            c = _csa_count([xor(k) for k in range(s, min(s + 16, nw))])
+            out = c if out is None else out + c
+        return out
     if popcount != "swar" or nw % 2:
         out = lax.population_count(xor(0))
         for k in range(1, nw):
