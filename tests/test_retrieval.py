@@ -230,12 +230,17 @@ def test_selector_self_similarity_exact():
     np.testing.assert_allclose(s.reshape(-1), ref.out["mlp_out"][:, 0], atol=1e-6)
 
 
-def test_memory_grows_like_tq_tt():
-    """Working memory of the compiled kernel for a 512 x 2048-frame pair: far below the official
-    [Tq, R, R, Tt] region tensor and of the order of the [Tq, Tt] matrix."""
+@pytest.mark.parametrize("platform,tt", [("cpu", 2048), ("gpu", 8192)])
+def test_memory_grows_like_tq_tt(platform, tt):
+    """Working memory of the compiled kernel for a 512 x tt-frame pair, with each platform's
+    default options (compiled for whichever device runs the tests): CPU blocks keep it far below
+    the official [Tq, R, R, Tt] region tensor and of the order of the [Tq, Tt] matrix; the
+    accelerator defaults allow one f2f block of up to `block_bytes` (256 MiB) on top of that,
+    which for 512 x 8192 frames is about half of the region tensor (1.4 GB)."""
     _, net = network("fg_att_student")
-    sc = FineScorer(net)
-    tq, tt = 512, 2048
+    opts = ScorerOptions.for_platform(platform)
+    sc = FineScorer(net, options=opts)
+    tq = 512
     spec = sc.spec_for(tq, tt, (9, 9))
     rmaps = {k: jnp.asarray(v) for k, v in sc._axis([tq], tq, bool(spec.tile_rows))[0].maps("zero").items()}
     cmaps = {k: jnp.asarray(v) for k, v in sc._axis([tt], tt, bool(spec.tile_cols))[0].maps("zero").items()}
@@ -243,8 +248,12 @@ def test_memory_grows_like_tq_tt():
     compiled = kernels.canvas_similarity.lower(sc.conv_params, *shapes, rmaps, cmaps, spec=spec).compile()
     temp = compiled.memory_analysis().temp_size_in_bytes
     region_tensor = tq * 81 * tt * 4
-    assert temp < region_tensor / 8, (temp, region_tensor)
-    assert temp < 24 * tq * tt * 4 + (64 << 20), temp
+    matrices = 24 * tq * tt * 4 + (64 << 20)
+    if platform == "cpu":
+        assert temp < region_tensor / 8, (temp, region_tensor)
+        assert temp < matrices, temp
+    else:
+        assert temp < opts.block_bytes + matrices < region_tensor * 0.6, (temp, region_tensor)
 
 
 def test_bad_input():
