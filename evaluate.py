@@ -55,6 +55,8 @@ flags.mark_flags_as_required(["benchmark", "features", "fine", "selector", "coar
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from dns_jax.compile_cache import enable_compilation_cache
+    enable_compilation_cache()
     logging.set_verbosity(logging.WARNING)   # orbax logs every file it reads at INFO
     from dns_jax.evaluation.run import run_evaluation
     try:

@@ -13,6 +13,7 @@ Example:
 import argparse
 import sys
 
+from dns_jax.compile_cache import enable_compilation_cache
 from dns_jax.index.cli import add_network_args, load_networks, read_id_list
 
 
@@ -27,6 +28,7 @@ def main(argv=None):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_network_args(p)
     args = p.parse_args(argv)
+    enable_compilation_cache()
 
     from dns_jax.index import IndexFormatError, NetworkMismatchError, build_index
     ids = read_id_list(args.ids_file) if args.ids_file else None

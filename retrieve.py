@@ -14,6 +14,7 @@ Example:
 import argparse
 import sys
 
+from dns_jax.compile_cache import enable_compilation_cache
 from dns_jax.index.cli import add_network_args, load_networks, read_id_list, write_results
 
 
@@ -36,6 +37,7 @@ def main(argv=None):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_network_args(p)
     args = p.parse_args(argv)
+    enable_compilation_cache()
     fmt = args.format or ("csv" if args.output.lower().endswith(".csv") else "json")
     if not 0.0 <= args.budget <= 1.0:
         p.error("--budget must be between 0 and 1")

@@ -22,6 +22,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from dns_jax.compile_cache import enable_compilation_cache
+    enable_compilation_cache()
     logging.set_verbosity(logging.INFO)
     # orbax logs every file it writes at INFO; keep its warnings only
     logging.get_absl_handler().addFilter(

@@ -67,6 +67,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
+    from dns_jax.compile_cache import enable_compilation_cache
+    enable_compilation_cache()
     from dns_jax.app.build import BuildInterrupted
     try:
         if args.command == "build":
