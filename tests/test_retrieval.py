@@ -149,10 +149,12 @@ def test_coarse_student_score_and_search():
     q, d = ref.videos("q"), ref.videos("d")
     got = np.stack([retrieval.score(net, v, d) for v in q])
     np.testing.assert_allclose(got, ref.out["sim_unbatched"], atol=1e-5)
-    vecs = retrieval.coarse_index(net, d + [d[0][:2]])        # masked length buckets
+    long = np.concatenate([d[0]] * (40 // len(d[0]) + 1))[:40]           # bucket 48
+    vecs = retrieval.coarse_index(net, d + [d[0][:2], long])     # masked length buckets
     np.testing.assert_allclose(vecs[0], ref.out["index_d0"][0], atol=1e-5)
     np.testing.assert_allclose(vecs[:3] @ retrieval.coarse_index(net, q).T, ref.out["sim_unbatched"].T, atol=1e-5)
     np.testing.assert_allclose(vecs[3], np.asarray(net.index_video(d[0][:2]))[0], atol=1e-5)
+    np.testing.assert_allclose(vecs[4], np.asarray(net.index_video(long))[0], atol=1e-5)
 
 
 def _coarse_case():
@@ -221,10 +223,13 @@ def test_faiss_topk_if_installed():
 
 def test_selector_self_similarity_exact():
     ref, net = network("selector")
-    vids = ref.videos("q") + ref.videos("d")[:1] + [ref.videos("d")[2][:2], ref.videos("d")[0][:6]]
+    d0 = ref.videos("d")[0]
+    long = np.concatenate([d0] * (40 // len(d0) + 1))[:40]       # bucket 48: not a power of two
+    vids = ref.videos("q") + ref.videos("d")[:1] + [ref.videos("d")[2][:2], d0[:6], long]
     got = retrieval.self_similarities(net, vids)
     np.testing.assert_allclose(got[[0, 2]], [ref.out[k][0, 0] for k in ("index_q0", "index_d0")], atol=1e-6)
-    np.testing.assert_allclose(got[[1, 3, 4]], [float(net.index_video(vids[i])[0, 0]) for i in (1, 3, 4)], atol=1e-6)
+    np.testing.assert_allclose(got[[1, 3, 4, 5]], [float(net.index_video(vids[i])[0, 0]) for i in (1, 3, 4, 5)],
+                               atol=1e-6)
     z = ref.out["mlp_in"]
     s = retrieval.selector_scores(net, z[::3, 0], z[:3, 1], z[:, 2].reshape(2, 3))
     np.testing.assert_allclose(s.reshape(-1), ref.out["mlp_out"][:, 0], atol=1e-6)

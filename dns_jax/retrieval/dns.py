@@ -19,7 +19,7 @@ from dns_jax.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNet
 from dns_jax.retrieval import selector as selector_lib
 from dns_jax.retrieval.coarse import CoarseDatabase
 from dns_jax.retrieval.fine import MIN_FRAMES, FineScorer, repeat_min_frames, scorer_for
-from dns_jax.retrieval.layout import pow2_size
+from dns_jax.retrieval.layout import ladder_size, pow2_size
 from dns_jax.validation import FeatureError, check_video
 
 COARSE_BATCH_FRAMES = 8192
@@ -46,7 +46,7 @@ def coarse_index(model, videos: Sequence) -> np.ndarray:
     out = None
     groups = {}
     for i, a in enumerate(arrs):
-        groups.setdefault((pow2_size(a.shape[0]), a.shape[1]), []).append(i)
+        groups.setdefault((ladder_size(a.shape[0]), a.shape[1]), []).append(i)
     for (size, r), idx in sorted(groups.items()):
         per_call = max(1, COARSE_BATCH_FRAMES // size)
         per_call = min(per_call, pow2_size(len(idx), 1))

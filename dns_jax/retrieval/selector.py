@@ -38,7 +38,7 @@ def self_similarities(model, videos: Sequence, options: Optional[ScorerOptions] 
     out = np.zeros(len(arrs), np.float32)
     groups: Dict[tuple, List[int]] = {}
     for i, a in enumerate(arrs):
-        groups.setdefault((pow2_size(a.shape[0]), a.shape[1]), []).append(i)
+        groups.setdefault((ladder_size(a.shape[0]), a.shape[1]), []).append(i)
     params = model.variables["params"]["visil_head"]
     for (size, _), idx in sorted(groups.items()):
         tr, tc = tile_plan(size, size, o)
