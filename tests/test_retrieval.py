@@ -178,6 +178,10 @@ def test_coarse_topk_chunked():
     np.testing.assert_allclose(s, np.take_along_axis(exp, order, 1), atol=1e-6)
     half = retrieval.CoarseDatabase(db, dtype="float16", chunk=256)
     np.testing.assert_allclose(half.similarities(q), exp, atol=3e-3)
+    if half.upcast:     # CPU: float32 queries against the float16-rounded vectors, by 256-row blocks
+        exp16 = q @ db.astype(np.float16).astype(np.float32).T
+        np.testing.assert_allclose(half.similarities(q), exp16, atol=1e-6)
+        np.testing.assert_allclose(half.topk(q, 7)[0], -np.sort(-exp16, axis=1)[:, :7], atol=1e-6)
     with pytest.raises(FeatureError):
         cdb.topk(np.zeros((2, 31)), 3)
     with pytest.raises(FeatureError):

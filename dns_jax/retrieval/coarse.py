@@ -41,11 +41,26 @@ def _check_vectors(x, name: str, dims: Optional[int] = None) -> np.ndarray:
     return a
 
 
-def _chunk_scores(q, chunk, precision):
+def _chunk_scores(q, chunk, precision, upcast: bool = False):
+    """q [Q, E] float32 x chunk [M, E] -> [Q, M] float32. A float16 chunk is either multiplied as
+    float16 with float32 accumulation (accelerators: native half-precision products; the queries
+    are rounded to float16) or, with `upcast` (CPU, which has no float16 arithmetic and would
+    otherwise convert the whole operand into a float32 temporary), converted to float32 first."""
+    if upcast and chunk.dtype != jnp.float32:
+        return jnp.dot(q, chunk.astype(jnp.float32).T, precision=precision)
     return jnp.dot(q.astype(chunk.dtype), chunk.T, preferred_element_type=jnp.float32, precision=precision)
 
 
-def _scan_topk(q, db, n_valid, k: int, chunk: int, offset, precision):
+def _rows_scores(q, db, rows: int, precision, upcast: bool):
+    """_chunk_scores over db [M, E] by blocks of `rows` (M a multiple of rows): a float16 database
+    is converted block by block (a bounded temporary) when `upcast`."""
+    if not upcast or db.dtype == jnp.float32 or db.shape[0] <= rows:
+        return _chunk_scores(q, db, precision, upcast)
+    out = jax.lax.map(lambda c: _chunk_scores(q, c, precision, upcast), db.reshape(-1, rows, db.shape[1]))
+    return jnp.moveaxis(out, 0, 1).reshape(q.shape[0], db.shape[0])
+
+
+def _scan_topk(q, db, n_valid, k: int, chunk: int, offset, precision, upcast: bool = False):
     """Running top-k of q [Q, E] against db [M, E] (M a multiple of chunk; rows >= n_valid ignored).
     Returns (scores [Q, k], global indices [Q, k])."""
     nq = q.shape[0]
@@ -54,7 +69,7 @@ def _scan_topk(q, db, n_valid, k: int, chunk: int, offset, precision):
     def step(carry, xs):
         best_s, best_i = carry
         c, start = xs
-        s = _chunk_scores(q, c, precision)
+        s = _chunk_scores(q, c, precision, upcast)
         idx = start + jnp.arange(chunk, dtype=jnp.int32)
         s = jnp.where(idx[None, :] < n_valid, s, -jnp.inf)
         kk = min(k, chunk)
@@ -91,16 +106,21 @@ class CoarseDatabase:
         self.mesh = Mesh(np.array(devices), ("db",))
         self.vectors = jax.device_put(padded, NamedSharding(self.mesh, P("db", None)))
         del padded
+        # CPU: float16 blocks are converted to float32 before the product, 4096 rows at a time
+        # (measured on a 2-core AVX2 VM, 1e5 vectors: 1.1-1.7x faster than XLA's float16 product,
+        # which converted the whole database into a float32 temporary on every call)
+        self.upcast = all(d.platform == "cpu" for d in devices)
+        self.sim_rows = 4096 if self.chunk % 4096 == 0 else self.chunk
         self._topk_fns = {}
         self._sim_fn = None
 
     # -- all scores -------------------------------------------------------------------------
     def _similarity_fn(self):
         if self._sim_fn is None:
-            precision = self.precision
+            precision, rows, upcast = self.precision, self.sim_rows, self.upcast
 
             def local(q, db):
-                return _chunk_scores(q, db, precision)
+                return _rows_scores(q, db, rows, precision, upcast)
 
             fn = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P("db", None)), out_specs=P(None, "db"))
             self._sim_fn = jax.jit(fn)
@@ -122,13 +142,13 @@ class CoarseDatabase:
     # -- top-k ------------------------------------------------------------------------------
     def _topk_fn(self, k: int):
         if k not in self._topk_fns:
-            chunk, per_shard, n, precision = self.chunk, self.per_shard, self.n, self.precision
+            chunk, per_shard, n, precision, upcast = self.chunk, self.per_shard, self.n, self.precision, self.upcast
 
             def local(q, db):
                 shard = jax.lax.axis_index("db")
                 offset = shard * per_shard
                 n_valid = jnp.clip(n - offset, 0, per_shard)
-                s, i = _scan_topk(q, db, n_valid, k, chunk, offset, precision)
+                s, i = _scan_topk(q, db, n_valid, k, chunk, offset, precision, upcast)
                 s = jax.lax.all_gather(s, "db", axis=1, tiled=True)
                 i = jax.lax.all_gather(i, "db", axis=1, tiled=True)
                 order = jnp.lexsort((jnp.where(i < 0, jnp.iinfo(jnp.int32).max, i), -s), axis=1)[:, :k]
