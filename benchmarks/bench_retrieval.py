@@ -281,7 +281,7 @@ def fine_rows(rng, models, quick, official):
             fns[name + " parts"] = [functools.partial(sc.similarities, qrep, PreparedDatabase(db.n, db.counts, [c]))
                                     for c in db.canvases]
         parts = {k: fns.pop(k) for k in list(fns) if k.endswith(" parts")}
-        best = interleaved_min(fns, 2 if quick else 3)
+        best = interleaved_min(fns, 2 if quick else 5)
         if official.available:
             official.call(cmd="free")
         rate = 2 * 2048 ** 3 / best["mm"] / 1e9
