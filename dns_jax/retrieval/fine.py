@@ -98,10 +98,11 @@ class ScorerOptions:
                    popcount="native", packed_block=0, dispatch_threads=1)
 
     def threads(self) -> int:
-        """Host threads that run canvas calls concurrently. On CPU, XLA parallelises the matrix
-        products and convolutions but runs the elementwise loops (FG-Bin Hamming blocks, refills,
-        pooling) on one core; independent canvases from several threads keep every core busy
-        (FG-Bin up to ~1.2x on 2 cores). Accelerators: 1 (dispatch is asynchronous anyway)."""
+        """Host threads that run canvas calls concurrently. On CPU one canvas leaves cores idle
+        between its steps (small sequential ops, loop steps, the read-back), although XLA spreads
+        its products, convolutions and the Hamming loop over the cores; independent canvases from
+        several threads fill those gaps (FG-Bin 1.2-1.33x with 2 threads on 2 cores).
+        Accelerators: 1 (dispatch is asynchronous anyway)."""
         return self.dispatch_threads or min(4, os.cpu_count() or 1)
 
 
