@@ -6,7 +6,8 @@ blocks of `row_block` x `col_block` frames (one block's [rb*R, cb*R] product at 
 regions at once), so the working memory is the [H, W] matrix (4 bytes per frame pair) plus one
 block. Packed FG-Bin codes ignore those blocks: their Hamming loop runs over blocks of
 `packed_block` target frames and holds [H*R, block] distances (on accelerators, with one block per
-canvas, [H*R, W]: 36 bytes per frame pair, still ~ Tq * Tt); the CNN runs on tiles with a halo, so its activations (32-128 channels per cell) are bounded
+canvas, [H*R, W]: 36 bytes per frame pair, still ~ Tq * Tt; the native CPU kernel of
+dns_jax.native holds only its [H, W] output and ~40 KB per chunk of 128 x 64 frames); the CNN runs on tiles with a halo, so its activations (32-128 channels per cell) are bounded
 by the tile size rather than by Tq * Tt.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dns_jax import native
 from dns_jax.retrieval.layout import HALO, LEVELS
 
 Array = jax.Array
@@ -42,8 +44,10 @@ class KernelSpec:
     tile_cols: int = 0
     tile_batch: int = 1           # tiles processed together (vmapped) by the CNN
     fuse_conv1: bool = True       # conv1 + ReLU + max-pool as one elementwise loop (see below)
-    popcount: str = "native"      # packed codes: 'native' (lax.population_count), 'csa' or 'swar' (see below)
+    popcount: str = "native"      # packed codes: 'native' (lax.population_count), 'csa', 'swar' (see below)
+                                  # or 'ffi' (dns_jax.native's AVX2 CPU kernel)
     packed_block: int = 0         # packed codes: target frames per elementwise block (0 = all)
+    kernel_threads: int = 0       # popcount='ffi': threads of the native kernel (0 = XLA's CPU pool)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,7 +128,8 @@ def _hamming_words(qq: Array, tr: Array, popcount: str) -> Array:
     """Hamming distances of query codes qq [n, W] and target codes tr [W, c] (words along the
     leading axis) -> uint32 [n, c], as an elementwise expression (no reduction op).
 
-    AVX2 has no vector popcount (XLA's popcount widens every word). 'csa' (CPU default) adds the
+    AVX2 has no vector popcount (XLA's popcount widens every word). 'csa' (the CPU default where
+    dns_jax.native's kernel, 2x faster again, is not available) adds the
     XORed words with carry-save adders, 16 at a time, and counts five words per 16: ~8.6 vector
     operations per word, ~1.25x faster than 'swar', which counts every word with shifts and masks,
     adds two words' nibble counts, widens to bytes and sums up to 15 word pairs per byte lane
@@ -173,7 +178,11 @@ def _f2f_packed(q: Array, t: Array, spec: KernelSpec) -> Array:
     2 * min hamming, mean over query regions, / bits.
 
     The target codes are turned word-major ([W, R, w]) once, then processed by blocks of
-    `spec.packed_block` frames (cache-sized on CPU; one block on accelerators)."""
+    `spec.packed_block` frames (cache-sized on CPU; one block on accelerators). popcount='ffi':
+    the native CPU kernel instead (same distances and float operations: equal to this loop for
+    power-of-two `bits`, within a float32 ulp otherwise)."""
+    if spec.popcount == "ffi":
+        return native.min_hamming_similarity(q, t, spec.bits, threads=spec.kernel_threads)
     h, r, nw = q.shape
     w = t.shape[0]
     qq = q.reshape(h * r, nw)
