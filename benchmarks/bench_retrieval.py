@@ -485,8 +485,12 @@ def memory_rows(models, t=1800):
         ours = peak_rss_mib("canvas", net, t)
         official = peak_rss_mib("official", net, t)
         out[name] = (ours, official)
-        blocks = (f"Hamming blocks of {spec.packed_block or t} frames" if spec.sim == "packed"
-                  else f"f2f blocks {spec.row_block or t}x{spec.col_block or t}")
+        if spec.sim != "packed":
+            blocks = f"f2f blocks {spec.row_block or t}x{spec.col_block or t}"
+        elif spec.popcount == "ffi":
+            blocks = "native Hamming kernel, chunks of 128x64 frames"
+        else:
+            blocks = f"Hamming blocks of {spec.packed_block or t} frames"
         print(f"{name:16s} canvas kernel {ours:7.0f} MiB (XLA temp {m.temp_size_in_bytes / 2**20:5.1f} MiB; tiles "
               f"{spec.tile_rows}x{spec.tile_cols}, {blocks})   official path {official:7.0f} MiB   "
               f"(region tensor [Tq,R,R,Tt] alone {t * t * R * R * 4 / 2**20:.0f} MiB)")

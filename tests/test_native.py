@@ -14,7 +14,7 @@ from dns_jax.retrieval import kernels
 from dns_jax.retrieval.fine import FineScorer, ScorerOptions
 from helpers import network
 
-needs_kernel = pytest.mark.skipif(not native.available(), reason="native kernel not built here (no C++ compiler or no AVX2)")
+needs_kernel = pytest.mark.skipif(not native.available(), reason="native kernel not available here (no C++ compiler, no AVX2, or DNS_JAX_NATIVE=off)")
 
 
 def _expected(q, t, bits):
@@ -88,11 +88,14 @@ def test_min_hamming_bad_input():
 
 
 def test_disabled_by_environment_falls_back(monkeypatch):
+    _, net = network("fg_bin_student")
+    sc = FineScorer(net, options=ScorerOptions.for_platform("cpu"))
+    assert sc.options.popcount == "auto"
     monkeypatch.setenv(native.ENV, "off")
     assert not native.available()
-    assert ScorerOptions.for_platform("cpu").popcount == "csa"
+    assert sc.spec_for(64, 64, (9, 9)).popcount == "csa"
     monkeypatch.delenv(native.ENV)
-    assert ScorerOptions.for_platform("cpu").popcount == ("ffi" if native.available() else "csa")
+    assert sc.spec_for(64, 64, (9, 9)).popcount == ("ffi" if native.available() else "csa")
 
 
 def test_build_errors_name_the_cause(tmp_path, monkeypatch):

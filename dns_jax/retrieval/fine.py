@@ -82,8 +82,9 @@ class ScorerOptions:
     tile_rows: int = 256
     tile_cols: int = 2560
     tile_batch: int = 1
-    popcount: str = "csa"             # FG-Bin Hamming: 'ffi' (native AVX2 kernel), 'csa' (carry-save
-                                      # adders in XLA), 'swar' or 'native' (lax.population_count)
+    popcount: str = "auto"            # FG-Bin Hamming: 'ffi' (native AVX2 kernel), 'csa' (carry-save
+                                      # adders in XLA), 'swar', 'native' (lax.population_count) or
+                                      # 'auto' ('ffi' where dns_jax.native builds, else 'csa')
     packed_block: int = 64            # FG-Bin target frames per elementwise block (0 = all at once)
     dispatch_threads: int = 0         # canvases run at once from host threads (0 = min(4, CPUs))
     kernel_threads: int = 0           # popcount='ffi': threads per native kernel call (0 = XLA's pool)
@@ -94,10 +95,11 @@ class ScorerOptions:
         cache-sized blocks and tiles above. Accelerators: whole canvases per kernel (large
         blocks, untiled CNN: thousands of small loop steps would leave the chip idle), the
         native popcount instruction, and the same bounded-memory layout (a 512 x 4096-frame
-        canvas needs < 1 GiB). FG-Bin on CPU: the native kernel of dns_jax.native where it builds
-        (AVX2 and a C++ compiler; ~2x the 'csa' XLA loop), else 'csa'."""
+        canvas needs < 1 GiB). FG-Bin on CPU ('auto'): the native kernel of dns_jax.native where it
+        builds (AVX2 and a C++ compiler; ~2x the 'csa' XLA loop), else 'csa'; decided when the
+        first FG-Bin kernel is laid out, so FG-Att scorers never build it."""
         if platform == "cpu":
-            return cls(popcount="ffi" if native.available() else "csa")
+            return cls()
         return cls(block_bytes=256 << 20, untiled_rows=1 << 12, untiled_cells=1 << 23,
                    popcount="native", packed_block=0, dispatch_threads=1)
 
@@ -108,6 +110,13 @@ class ScorerOptions:
         several threads fill those gaps (FG-Bin 1.2-1.33x with 2 threads on 2 cores).
         Accelerators: 1 (dispatch is asynchronous anyway)."""
         return self.dispatch_threads or min(4, os.cpu_count() or 1)
+
+
+def resolve_popcount(popcount: str) -> str:
+    """'auto' -> 'ffi' where the native CPU kernel is available (built on first call), else 'csa'."""
+    if popcount == "auto":
+        return "ffi" if native.available() else "csa"
+    return popcount
 
 
 class FineScorer:
@@ -269,7 +278,8 @@ class FineScorer:
                           row_block=rb if rb < hd and not self.packed else 0,      # float products only
                           col_block=cb if cb < wd and not self.packed else 0,
                           tile_rows=tr, tile_cols=tc, tile_batch=o.tile_batch,
-                          popcount=o.popcount, packed_block=o.packed_block,
+                          popcount=resolve_popcount(o.popcount) if self.packed else "native",
+                          packed_block=o.packed_block,
                           kernel_threads=o.kernel_threads)
 
     def _axis(self, lengths: Sequence[int], size: int, tiled: bool) -> Tuple[Axis, np.ndarray]:
