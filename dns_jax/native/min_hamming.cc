@@ -16,11 +16,14 @@
 // chunks too, so it never waits for a pool thread that has not started).
 
 #include <algorithm>
+#include <climits>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <new>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -137,13 +140,13 @@ DNS_JAX_AVX2 bool RunChunk(const Problem& p, int64_t i0, int64_t i1, int64_t j0,
       const __m256i* tb = tt + blk * p.rt * words;
       __m256i sum = _mm256_setzero_si256();
       for (int64_t a = 0; a < p.rq; ++a) {
-        __m256i best;
+        __m256i best = _mm256_set1_epi32(INT32_MAX);
         for (int64_t b = 0; b < p.rt; ++b) {
           __m256i d = _mm256_setzero_si256();
           for (int64_t g = 0; g < groups; ++g)
             d = _mm256_add_epi32(d, Hamming16(qb + a * words + g * kGroup,
                                               tb + b * words + g * kGroup));
-          best = b ? _mm256_min_epi32(best, d) : d;
+          best = _mm256_min_epi32(best, d);
         }
         sum = _mm256_add_epi32(sum, best);
       }
@@ -201,14 +204,25 @@ ffi::Error MinHammingImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> q, ffi::Bu
     return ffi::Error::InvalidArgument("dns_jax min_hamming: mismatched shapes");
   if (qd[1] < 1 || td[1] < 1 || qd[2] < 1 || bits < 1 || bits > 32 * qd[2])
     return ffi::Error::InvalidArgument("dns_jax min_hamming: need R >= 1, W >= 1, 1 <= bits <= 32 W");
-  auto job = std::make_shared<Job>();
+  std::shared_ptr<Job> job;
+  try {
+    job = std::make_shared<Job>();
+  } catch (const std::bad_alloc&) {   // nothing may cross the C boundary into XLA
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "dns_jax min_hamming: out of memory");
+  }
   job->p = Problem{q.typed_data(), t.typed_data(), out->typed_data(), qd[0], td[0], qd[1], td[1], qd[2], bits};
   if (job->p.h == 0 || job->p.n == 0) return ffi::Error::Success();
   job->row_chunks = (job->p.h + kChunkRows - 1) / kChunkRows;
   job->col_chunks = (job->p.n + kChunkCols - 1) / kChunkCols;
   const int64_t total = job->Count();
-  int64_t helpers = std::min<int64_t>(threads > 0 ? threads - 1 : pool.num_threads(), total - 1);
-  for (int64_t k = 0; k < helpers; ++k) pool.Schedule([job] { job->Work(); });
+  const int64_t helpers = std::min<int64_t>(threads > 0 ? threads - 1 : pool.num_threads(), total - 1);
+  for (int64_t k = 0; k < helpers; ++k) {
+    try {
+      pool.Schedule([job] { job->Work(); });
+    } catch (const std::exception&) {   // fewer helpers: the caller takes their chunks
+      break;
+    }
+  }
   job->Work();
   std::unique_lock<std::mutex> lock(job->mu);
   job->cv.wait(lock, [&] { return job->done.load() == total; });
