@@ -117,3 +117,28 @@ def test_build_cache_hit_needs_no_compiler(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.delenv("CXX", raising=False)
     assert build.library_path(build.source_path("min_hamming.cc")) == first
+
+
+_CACHED_CHILD = r"""
+import numpy as np, jax
+from dns_jax import native
+from dns_jax.compile_cache import enable_compilation_cache
+enable_compilation_cache(min_compile_secs=0)
+q = np.arange(2 * 9 * 16, dtype=np.uint32).reshape(2, 9, 16)
+print(float(jax.jit(lambda a: native.min_hamming_similarity(a, a, 512))(q)[0, 0]))
+"""
+
+
+@needs_kernel
+def test_persistent_compilation_cache_reloads_the_custom_call(tmp_path):
+    """A second process loads the executable from the XLA cache; the custom call target must be
+    registered by then."""
+    import subprocess
+    import sys
+    env = dict(os.environ, DNS_JAX_COMPILATION_CACHE=str(tmp_path / "xla"), JAX_PLATFORMS="cpu")
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", _CACHED_CHILD], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip().splitlines()[-1] == "1.0"
+    assert any((tmp_path / "xla").iterdir())
