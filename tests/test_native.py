@@ -11,7 +11,7 @@ import pytest
 from dns_jax import native
 from dns_jax.native import build
 from dns_jax.retrieval import kernels
-from dns_jax.retrieval.fine import FineScorer, ScorerOptions
+from dns_jax.retrieval.fine import FineScorer, ScorerOptions, resolve_popcount
 from helpers import network
 
 needs_kernel = pytest.mark.skipif(not native.available(), reason="native kernel not available here (no C++ compiler, no AVX2, or DNS_JAX_NATIVE=off)")
@@ -81,7 +81,7 @@ def test_min_hamming_bad_input():
     z = jnp.zeros((2, 9, 16), jnp.uint32)
     with pytest.raises(ValueError, match="uint32"):
         native.min_hamming_similarity(z.astype(jnp.int32), z, 512)
-    with pytest.raises(ValueError, match="equal W"):
+    with pytest.raises(ValueError, match="same W"):
         native.min_hamming_similarity(z, jnp.zeros((2, 9, 8), jnp.uint32), 512)
     with pytest.raises(ValueError, match="bits=513"):
         native.min_hamming_similarity(z, z, 513)
@@ -96,6 +96,7 @@ def test_disabled_by_environment_falls_back(monkeypatch):
     assert sc.spec_for(64, 64, (9, 9)).popcount == "csa"
     monkeypatch.delenv(native.ENV)
     assert sc.spec_for(64, 64, (9, 9)).popcount == ("ffi" if native.available() else "csa")
+    assert resolve_popcount("auto", "gpu") == "native" and resolve_popcount("swar") == "swar"
 
 
 def test_build_errors_name_the_cause(tmp_path, monkeypatch):

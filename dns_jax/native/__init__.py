@@ -71,7 +71,7 @@ def min_hamming_similarity(q: jax.Array, t: jax.Array, bits: int, threads: int =
         raise RuntimeError("the native FG-Bin kernel is not available on this machine "
                            "(see the log, or unset DNS_JAX_NATIVE)")
     if q.ndim != 3 or t.ndim != 3 or q.shape[2] != t.shape[2] or 0 in q.shape[1:] + t.shape[1:]:
-        raise ValueError(f"expected q [H, Rq, W] and t [N, Rt, W] with equal W, Rq, Rt, W > 0; "
+        raise ValueError(f"expected q [H, Rq, W] and t [N, Rt, W] with the same W (Rq, Rt, W > 0); "
                          f"got {q.shape}, {t.shape}")
     if q.dtype != jnp.uint32 or t.dtype != jnp.uint32:
         raise ValueError(f"packed codes must be uint32, got {q.dtype}, {t.dtype}")

@@ -112,11 +112,14 @@ class ScorerOptions:
         return self.dispatch_threads or min(4, os.cpu_count() or 1)
 
 
-def resolve_popcount(popcount: str) -> str:
-    """'auto' -> 'ffi' where the native CPU kernel is available (built on first call), else 'csa'."""
-    if popcount == "auto":
-        return "ffi" if native.available() else "csa"
-    return popcount
+def resolve_popcount(popcount: str, platform: str = "cpu") -> str:
+    """'auto' -> on CPU 'ffi' where the native kernel is available (built on first call), else
+    'csa'; on accelerators 'native' (the popcount instruction)."""
+    if popcount != "auto":
+        return popcount
+    if platform != "cpu":
+        return "native"
+    return "ffi" if native.available() else "csa"
 
 
 class FineScorer:
@@ -278,7 +281,7 @@ class FineScorer:
                           row_block=rb if rb < hd and not self.packed else 0,      # float products only
                           col_block=cb if cb < wd and not self.packed else 0,
                           tile_rows=tr, tile_cols=tc, tile_batch=o.tile_batch,
-                          popcount=resolve_popcount(o.popcount) if self.packed else "native",
+                          popcount=resolve_popcount(o.popcount, self.devices[0].platform) if self.packed else "native",
                           packed_block=o.packed_block,
                           kernel_threads=o.kernel_threads)
 
