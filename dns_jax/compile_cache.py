@@ -18,9 +18,19 @@ ENV = "DNS_JAX_COMPILATION_CACHE"
 _OFF = ("0", "off", "false", "no", "none")
 
 
-def default_cache_dir() -> str:
+def is_off(setting: str) -> bool:
+    """An environment setting that turns a dns_jax cache or feature off (0, off, false, no, none)."""
+    return setting.strip().lower() in _OFF
+
+
+def user_cache_dir(name: str) -> str:
+    """$XDG_CACHE_HOME/dns_jax/NAME, else ~/.cache/dns_jax/NAME."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "dns_jax", "xla")
+    return os.path.join(base, "dns_jax", name)
+
+
+def default_cache_dir() -> str:
+    return user_cache_dir("xla")
 
 
 def enable_compilation_cache(path: Optional[str] = None, min_compile_secs: float = 0.5) -> Optional[str]:
@@ -30,7 +40,7 @@ def enable_compilation_cache(path: Optional[str] = None, min_compile_secs: float
     on without the cache)."""
     if path is None:
         setting = os.environ.get(ENV, "").strip()
-        if setting.lower() in _OFF:
+        if is_off(setting):
             return None
         path = setting or default_cache_dir()
     try:

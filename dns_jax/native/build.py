@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 from typing import Optional, Sequence
 
+from dns_jax.compile_cache import user_cache_dir
+
 CACHE_ENV = "DNS_JAX_NATIVE_CACHE"
 log = logging.getLogger(__name__)
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
@@ -32,11 +34,7 @@ def source_path(name: str) -> str:
 
 
 def default_cache_dir() -> str:
-    setting = os.environ.get(CACHE_ENV, "").strip()
-    if setting:
-        return setting
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "dns_jax", "native")
+    return os.environ.get(CACHE_ENV, "").strip() or user_cache_dir("native")
 
 
 def find_compiler(cxx: Optional[str] = None) -> str:
