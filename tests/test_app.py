@@ -30,7 +30,7 @@ def test_matching_segments_finds_the_copied_stretch():
 def built(tmp_path_factory):
     """A small collection of real clips with copies and distractors, built with few training steps."""
     from dns_jax.app.build import BuildOptions, run_build
-    from dns_jax.data.video_collection import make_collection
+    from dns_jax.datasets.video_collection import make_collection
 
     root = tmp_path_factory.mktemp("app")
     info = make_collection(str(root / "collection"), seed=0, num_sources=2, edits=("crop", "hflip"),

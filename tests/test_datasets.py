@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from dns_jax.datasets import INDEX_FILE, ArrayRecordFeatures, convert_features
-from dns_jax.datasets import convert as convert_cli
-from dns_jax.training.features import open_features
+from dns_jax import cli
+from dns_jax.datasets.stores import open_features
 
 R, D = 3, 8
 
@@ -95,10 +95,10 @@ def test_command_line(tmp_path, capsys):
     src = str(tmp_path / "f.npz")
     np.savez(src, x=np.ones((2, R, D), np.float32), y=np.zeros((0, R, D), np.float32))
     out = str(tmp_path / "out")
-    assert convert_cli.main([src, out, "--name", "npz_features", "--quiet"]) == 0
+    assert cli.main(["dataset", src, out, "--name", "npz_features", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "1 videos" in text and "skipped 'y'" in text
     np.testing.assert_array_equal(open_features(out)["x"], np.ones((2, R, D)))
-    assert convert_cli.main([src, out, "--name", "npz_features", "--quiet"]) == 2   # exists already
+    assert cli.main(["dataset", src, out, "--name", "npz_features", "--quiet"]) == 2   # exists already
     assert "already holds" in capsys.readouterr().err
-    assert convert_cli.main([src, out, "--name", "Bad-Name", "--quiet"]) == 2
+    assert cli.main(["dataset", src, out, "--name", "Bad-Name", "--quiet"]) == 2

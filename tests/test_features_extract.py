@@ -9,7 +9,8 @@ from media import write_audio
 h5py = pytest.importorskip("h5py")
 av = pytest.importorskip("av")
 
-from dns_jax.features.extract import ATTR, SCRATCH, extract_to_hdf5, list_videos, main  # noqa: E402
+from dns_jax.cli import main as cli_main  # noqa: E402
+from dns_jax.features.extract_folder import ATTR, SCRATCH, extract_to_hdf5, list_videos  # noqa: E402
 
 
 def _write_video(path, n=20, rate=10, level=0):
@@ -104,7 +105,7 @@ def test_cli_offline_backbone(tmp_path, collection, capsys):
     lst = tmp_path / "list.txt"
     lst.write_text(f"a\t{collection / 'a.mp4'}\nbroken\t{collection / 'broken.mp4'}\n"
                    f"gone\t{collection / 'gone.mp4'}\nc\t{collection / 'c.mkv'}\n")
-    rc = main(["--videos", str(lst), "--output", str(out), "--batch-size", "2", "--no-progress",
+    rc = cli_main(["extract", "--videos", str(lst), "--output", str(out), "--batch-size", "2", "--no-progress",
                "--workers", "1"])
     assert rc == 1  # bad videos
     printed = capsys.readouterr().out

@@ -57,19 +57,19 @@ def test_npz_round_trip_and_errors(tmp_path):
 
 def test_fit_from_feature_file_cli(tmp_path):
     h5py = pytest.importorskip("h5py")
-    from dns_jax.features.pca import main
+    from dns_jax.cli import main as cli_main
 
     x = _data(n=600, dim=10, seed=3)
     with h5py.File(tmp_path / "regions.hdf5", "w") as h5:
         h5["v1"] = x[:270].reshape(30, 9, 10)
         h5["set/v2"] = x[270:].reshape(-1, 3, 10)
-    assert main(["--features", str(tmp_path / "regions.hdf5"), "--output", str(tmp_path / "pca.npz")]) == 0
+    assert cli_main(["pca", "--features", str(tmp_path / "regions.hdf5"), "--output", str(tmp_path / "pca.npz")]) == 0
     with np.load(tmp_path / "pca.npz") as z:
         got = {k: z[k] for k in z.files}
     want = fit_pca([x])  # visit order: set/v2 then v1; the sums do not depend on it
     np.testing.assert_allclose(got["d"], want["d"], rtol=1e-5)
     np.testing.assert_allclose(got["mean"], want["mean"], rtol=1e-5)
-    assert main(["--features", str(tmp_path / "regions.hdf5"), "--output", str(tmp_path / "p2.npz"),
+    assert cli_main(["pca", "--features", str(tmp_path / "regions.hdf5"), "--output", str(tmp_path / "p2.npz"),
                  "--max-vectors", "100"]) == 0
     with np.load(tmp_path / "p2.npz") as z:  # h5py visits 'set/v2' before 'v1'
         np.testing.assert_allclose(z["mean"], x[270:370].astype(np.float64).mean(0), rtol=1e-5)

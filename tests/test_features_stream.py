@@ -94,7 +94,7 @@ def test_long_video_is_never_held_whole(tiny, tmp_path, monkeypatch):
     """Through the CLI's path (`extract_to_hdf5`), a 'video' of 60 decoded frames is never held
     whole: at most a few batches of frames are alive at any time."""
     h5py = pytest.importorskip("h5py")
-    from dns_jax.features.extract import extract_to_hdf5
+    from dns_jax.features.extract_folder import extract_to_hdf5
 
     alive, peak = [0], [0]
 

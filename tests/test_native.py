@@ -96,7 +96,11 @@ def test_disabled_by_environment_falls_back(monkeypatch):
     assert sc.spec_for(64, 64, (9, 9)).popcount == "csa"
     monkeypatch.delenv(native.ENV)
     assert sc.spec_for(64, 64, (9, 9)).popcount == ("ffi" if native.available() else "csa")
-    assert resolve_popcount("auto", "gpu") == "native" and resolve_popcount("swar") == "swar"
+    assert resolve_popcount("auto", "gpu") == "lax" and resolve_popcount("swar") == "swar"
+    with pytest.raises(ValueError, match="renamed"):
+        resolve_popcount("native")
+    with pytest.raises(ValueError, match="must be one of"):
+        resolve_popcount("popcnt")
 
 
 def test_build_errors_name_the_cause(tmp_path, monkeypatch):

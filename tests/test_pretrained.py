@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dns_jax import checkpoint, convert, pretrained
+from dns_jax import checkpoint, pretrained
+from dns_jax.models import conversion as convert
 from dns_jax.validation import FeatureError
 from helpers import network, reference
 from reference import assert_close

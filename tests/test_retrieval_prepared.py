@@ -54,8 +54,8 @@ def test_blocked_products_with_shorter_last_block(sim):
 
 
 @pytest.mark.parametrize("bits", [96, 512, 1024])
-@pytest.mark.parametrize("popcount,block", [("native", 0), ("swar", 0), ("swar", 5), ("csa", 0), ("csa", 5),
-                                            ("native", 16), ("ffi", 0)])
+@pytest.mark.parametrize("popcount,block", [("lax", 0), ("swar", 0), ("swar", 5), ("csa", 0), ("csa", 5),
+                                            ("lax", 16), ("ffi", 0)])
 def test_packed_hamming_variants_equal_float(bits, popcount, block):
     """The SWAR popcount (an odd word count falls back to the native one; 1024 bits widen the byte
     counters twice), the carry-save one (3 words: a partial group; 32: two groups) and elementwise blocks with a shorter last block give the float +-1 result."""
@@ -79,7 +79,7 @@ def test_accelerator_defaults_equal_official(name):
     here on CPU: the same official numbers, so only speed depends on the platform."""
     ref, net = network(name)
     opts = dataclasses.replace(ScorerOptions.for_platform("gpu"), max_cols=16)
-    assert opts.threads() == 1 and opts.packed_block == 0 and opts.popcount == "native"
+    assert opts.threads() == 1 and opts.packed_block == 0 and opts.popcount == "lax"
     sc = FineScorer(net, options=opts)
     got = sc.similarities(sc.index(ref.videos("q")), sc.prepare(sc.index(ref.videos("d"))))
     np.testing.assert_allclose(got, ref.out["sim_unbatched"], atol=1e-5)
@@ -147,7 +147,7 @@ def test_bitcount_hamming_counts_extremes(words):
     t[:, 2] = ~q[1]
     expected = np.unpackbits((q[:, :, None] ^ t[None]).view(np.uint8).reshape(5, words, 4, 4), axis=-1)
     expected = expected.reshape(5, words, 4, 32).sum((1, 3))
-    for popcount in ("csa", "swar", "native"):
+    for popcount in ("csa", "swar", "lax"):
         got = np.asarray(kernels._hamming_words(jnp.asarray(q), jnp.asarray(t), popcount))
         np.testing.assert_array_equal(got, expected)
     assert expected[0, 0] == 0 and expected[0, 1] == expected[1, 2] == 32 * words

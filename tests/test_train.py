@@ -11,12 +11,14 @@ import pytest
 from dns_jax import checkpoint, pretrained
 from dns_jax.training import (ConfigError, PairFileError, PairSet, TrainingError, default_config,
                               override, train_and_evaluate, write_pairs)
-from dns_jax.training import synthetic
+from dns_jax.datasets import synthetic
 from dns_jax.training.evaluators import SyntheticEvaluator
-from dns_jax.training.features import MemoryFeatures
-from dns_jax.training.metrics import read_jsonl
+from dns_jax.datasets.stores import MemoryFeatures
+from dns_jax.training.metric_writers import read_jsonl
 from dns_jax.training.step import init_state, make_optimizer
-from dns_jax.training.teacher import TeacherError, load_teacher, select_pairs, teacher_scorer
+from dns_jax.models.registry import NetworkSpecError
+from dns_jax.pretrained import load_teacher
+from dns_jax.training.teacher import select_pairs, teacher_scorer
 
 DIMS, REGIONS = 32, 4
 SYNTHETIC = {"synthetic.dims": DIMS, "synthetic.regions": REGIONS, "synthetic.num_families": 16,
@@ -210,7 +212,7 @@ def test_selector_learns_a_separable_label(selector_run):
 
 
 def test_selector_is_no_teacher(selector_run):
-    with pytest.raises(TeacherError, match="'selector' network"):
+    with pytest.raises(NetworkSpecError, match="'selector' network"):
         load_teacher(selector_run["workdir"])
 
 
@@ -220,7 +222,7 @@ def test_fivr_validation_on_a_tiny_feature_file(tmp_path):
     database videos; an identity-like student ranks the copies first (DSVR > 0)."""
     from dns_jax.evaluation import FIVR
     from dns_jax.training.evaluators import FIVREvaluator
-    from dns_jax.training.features import write_hdf5
+    from dns_jax.datasets.stores import write_hdf5
 
     fivr = FIVR("5k")
     db = set(fivr.get_database())
@@ -243,19 +245,19 @@ def test_fivr_validation_on_a_tiny_feature_file(tmp_path):
 
 
 def test_teacher_job_command_line(tmp_path):
-    """python -m dns_jax.training.teacher writes a pair file the trainer reads."""
+    """`dns-jax pairs` writes a pair file the trainer reads."""
     import subprocess
     import sys
     from dns_jax.training import read_pairs
-    from dns_jax.training.features import write_hdf5
+    from dns_jax.datasets.stores import write_hdf5
 
     rng = np.random.default_rng(0)
     base = rng.standard_normal((6, 9, 2, 16)).astype(np.float32)
     videos = {f"v{i}": base[i // 2] + 0.1 * rng.standard_normal((9, 2, 16)).astype(np.float32) for i in range(12)}
     features = write_hdf5(videos, str(tmp_path / "f.hdf5"))
     out = str(tmp_path / "pairs.npz")
-    proc = subprocess.run([sys.executable, "-m", "dns_jax.training.teacher", f"--features={features}",
-                           f"--out={out}", "--num_candidates=3", "--num_positives=1", "--num_negatives=2"],
+    proc = subprocess.run([sys.executable, "-m", "dns_jax.cli", "pairs", f"--features={features}",
+                           f"--output={out}", "--num-candidates=3", "--num-positives=1", "--num-negatives=2"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     ps = read_pairs(out)

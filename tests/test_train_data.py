@@ -12,7 +12,7 @@ import pytest
 
 from dns_jax.training import config as train_config
 from dns_jax.training.augment import augment, augment_indices
-from dns_jax.training.features import MemoryFeatures, open_features, write_hdf5
+from dns_jax.datasets.stores import MemoryFeatures, open_features, write_hdf5
 from dns_jax.training.pairs import PairFileError, PairSet, drop_missing, read_pairs, write_pairs
 from dns_jax.training.pipeline import (BatchLoader, Position, SelectorSampler, TripletSampler,
                                        bucket_length)
@@ -239,7 +239,7 @@ def test_checkpointed_data_positions(caplog):
     """A checkpoint's data item -> the grain iterator state to resume from: its saved iterator
     state, or (checkpoints before grain) the index of its (epoch, batch)."""
     from types import SimpleNamespace
-    from dns_jax.training.checkpointing import TrainingError
+    from dns_jax.training.resume import TrainingError
     from dns_jax.training.trainer import _restored_position
 
     loader = BatchLoader(TripletSampler(_pairset(), 1), _store(), "student", 1, 1, (8,))   # 2 per epoch
@@ -332,7 +332,7 @@ def _event_scalars(logdir):
 
 def test_clu_metric_writers(tmp_path):
     from clu.metric_writers import AsyncMultiWriter, LoggingWriter, MetricWriter
-    from dns_jax.training import metrics
+    from dns_jax.training import metric_writers as metrics
 
     writer = metrics.create_writer(str(tmp_path / "main"), is_main=True)
     assert isinstance(writer, AsyncMultiWriter)

@@ -20,7 +20,7 @@ DIMS, REGIONS = 16, 2
 
 def _data(root):
     """(HDF5 features, pair file): 8 random videos, each query with random positives/negatives."""
-    from dns_jax.training.features import write_hdf5
+    from dns_jax.datasets.stores import write_hdf5
     from dns_jax.training.pairs import PairSet, write_pairs
 
     rng = np.random.default_rng(0)
@@ -104,7 +104,7 @@ def test_two_processes_train_like_one(tmp_path):
     for k in single.files:
         np.testing.assert_array_equal(host0[k], host1[k], err_msg=k)           # one replicated model
         np.testing.assert_allclose(host0[k], single[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    from dns_jax.training.metrics import read_jsonl
+    from dns_jax.training.metric_writers import read_jsonl
     multi, one = read_jsonl(str(tmp_path / "multi")), read_jsonl(str(tmp_path / "single"))
     assert [m["step"] for m in multi] == [1, 2, 3]                               # process 0 alone writes
     np.testing.assert_allclose([m["loss"] for m in multi], [m["loss"] for m in one], rtol=1e-5)

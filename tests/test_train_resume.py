@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from dns_jax import pretrained
-from dns_jax.training import synthetic
-from dns_jax.training.features import MemoryFeatures, write_hdf5
+from dns_jax.datasets import synthetic
+from dns_jax.datasets.stores import MemoryFeatures, write_hdf5
 from dns_jax.training.teacher import select_pairs, teacher_scorer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""The generated near-duplicate video collection (dns_jax.data.video_collection), at a reduced size:
+"""The generated near-duplicate video collection (dns_jax.datasets.video_collection), at a reduced size:
 2 real sources (bigbuckbunny, bikes_street) cut to 1.5 s at 96 px wide, one copy per edit, and
 4 distractors (the two unused real segments, then procedural videos)."""
 import json
@@ -7,11 +7,13 @@ import subprocess
 import sys
 
 import numpy as np
+
 import pytest
 
 av = pytest.importorskip("av")
 
-from dns_jax.data import video_collection as vc  # noqa: E402
+from dns_jax import cli  # noqa: E402
+from dns_jax.datasets import video_collection as vc  # noqa: E402
 
 try:
     vc.find_real_clips()
@@ -202,13 +204,13 @@ def test_bad_arguments(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    out = subprocess.run([sys.executable, "-m", "dns_jax.data.video_collection", "--help"],
+    out = subprocess.run([sys.executable, "-m", "dns_jax.datasets.video_collection", "--help"],
                          capture_output=True, text=True, check=True)
     assert "OUT_DIR" in out.stdout and "--seed" in out.stdout and not out.stderr
-    assert vc.main([str(tmp_path / "c"), "--num-sources", "1", "--edits", "hflip,trim+color",
+    assert cli.main(["collection", str(tmp_path / "c"), "--num-sources", "1", "--edits", "hflip,trim+color",
                     "--extra-edits", "0", "--num-distractors", "1", "--max-seconds", "1",
                     "--min-seconds", "1", "--width", "64", "-q"]) == 0
     assert "1 queries, 2 copies, 1 distractors" in capsys.readouterr().out
     gt = json.loads((tmp_path / "c" / "ground_truth.json").read_text())
     assert gt == {"s0_bigbuckbunny": ["s0_c0_hflip", "s0_c1_trim-color"]}
-    assert vc.main([str(tmp_path / "c"), "--num-sources", "9"]) == 2
+    assert cli.main(["collection", str(tmp_path / "c"), "--num-sources", "9"]) == 2

@@ -27,38 +27,69 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from dns_jax import pretrained
+from dns_jax.app import coarse_recipe
+from dns_jax.app.coarse_recipe import fit_spread, spread_scores
 from dns_jax.app.workdir import Workdir
+from dns_jax.config_files import apply_overrides, load_config
+from dns_jax.datasets.stores import hdf5_dataset_paths, open_features
+from dns_jax.features import load_extractor
+from dns_jax.features.extract_folder import extract_to_hdf5, list_videos
+from dns_jax.features.offline import OPENNSFW
+from dns_jax.features.pca import apply_whitening, fit_pca_hdf5, whitening_matrices
+from dns_jax.fileio import atomic_savez
+from dns_jax.index import Index, build_index
+from dns_jax.models import registry
+from dns_jax.training import default_config, train_and_evaluate
+from dns_jax.training.pairs import PairSet, read_pairs, write_pairs
+from dns_jax.training.scoring import PairScorer
+from dns_jax.training.teacher import select_pairs, teacher_scorer
 
-OFFLINE_BACKBONE = "resnet50_1by2_opennsfw"
+OFFLINE_BACKBONE = OPENNSFW
 STAGES = ("features", "pca", "whiten", "teacher", "fine", "coarse", "selector", "index")
 
 
 @dataclasses.dataclass
 class BuildOptions:
+    """What `dns-jax build` is asked to do. Fields left at None take their value from the recipe
+    (`recipe`, a file of configs/ such as 'build' or 'build:demo'; see configs/build.py)."""
+
     videos: str
     workdir: str
     backbone: Optional[str] = None      # torchvision ResNet-50 .pth; None: the offline backbone
     pca: Optional[str] = None           # official PCA file; None: fitted on the collection
-    dims: int = 512
-    teacher: str = "visil_f"
+    dims: Optional[int] = None
+    teacher: Optional[str] = None
     fine: Optional[str] = None          # given networks skip their training stage
     coarse: Optional[str] = None
     selector: Optional[str] = None
-    fine_steps: int = 300
-    coarse_steps: int = 300
-    selector_steps: int = 300
-    batch_size: int = 16
-    # CG student size: the official one (64 clusters, 1024-d) suits large collections; a small one
-    # trains much faster on a few hundred videos, e.g. {'netvlad_clusters': 16, 'netvlad_outdims': 256}
-    coarse_model: Optional[Dict] = None
-    seed: int = 0
+    fine_steps: Optional[int] = None
+    coarse_steps: Optional[int] = None
+    selector_steps: Optional[int] = None
+    batch_size: Optional[int] = None
+    coarse_model: Optional[Dict] = None     # CG student options over the recipe's (e.g. a smaller NetVLAD)
+    seed: Optional[int] = None
     progress: bool = True
+    recipe: str = "build"
+
+    def config(self):
+        """The recipe with this build's options written over it."""
+        c = load_config(self.recipe)
+        for value, key in ((self.dims, "features.dims"), (self.teacher, "teacher"), (self.seed, "seed"),
+                           (self.batch_size, "batch_size"), (self.fine_steps, "fine.steps"),
+                           (self.coarse_steps, "coarse.steps"), (self.selector_steps, "selector.steps")):
+            if value is not None:
+                c = apply_overrides(c, {key: value})
+        if self.coarse_model:
+            c = apply_overrides(c, {f"coarse.model.{k}": v for k, v in self.coarse_model.items()})
+        return c
 
     def settings(self) -> Dict:
         """What decides the content of the work directory (a resume must not change it)."""
-        return {"videos": os.path.abspath(self.videos), "backbone": self.backbone or OFFLINE_BACKBONE,
-                "pca": self.pca, "dims": self.dims, "teacher": self.teacher, "seed": self.seed,
-                "coarse_model": dict(self.coarse_model or {})}
+        c = self.config()
+        return {"videos": os.path.abspath(self.videos), "backbone": self.backbone or c.features.backbone,
+                "pca": self.pca, "dims": c.features.dims, "teacher": c.teacher, "seed": c.seed,
+                "coarse_model": c.coarse.model.to_dict()}
 
 
 class BuildInterrupted(RuntimeError):
@@ -77,9 +108,7 @@ def _log_fn(progress: bool) -> Callable[[str], None]:
 # ---------------------------------------------------------------------------------------------
 # stages
 
-def stage_features(opts: BuildOptions, wd: Workdir, log) -> Dict:
-    from dns_jax.features import load_extractor
-    from dns_jax.features.extract import extract_to_hdf5, list_videos
+def stage_features(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
 
     if not os.path.isdir(opts.videos):
         raise BuildError(f"--videos {opts.videos!r} is not a directory")
@@ -101,43 +130,26 @@ def stage_features(opts: BuildOptions, wd: Workdir, log) -> Dict:
 def _dataset_names(path: str) -> List[str]:
     """Every dataset of an HDF5 file by its path, sorted (the whitening order)."""
     import h5py
-    from dns_jax.training.features import hdf5_dataset_paths
     with h5py.File(path, "r") as h5:
         return sorted(hdf5_dataset_paths(h5))
 
 
-def stage_pca(opts: BuildOptions, wd: Workdir, log) -> Dict:
-    from dns_jax.features.pca import fit_pca_hdf5
+def stage_pca(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
 
     if opts.pca:
         return {"pca": os.path.abspath(opts.pca), "fitted": False}
     pca = fit_pca_hdf5(wd.raw_features, progress=False)
     n = int(pca.get("count", 0)) if isinstance(pca, dict) else 0
-    tmp = wd.pca + ".tmp.npz"
-    np.savez(tmp, **{k: np.asarray(v) for k, v in pca.items()})
-    os.replace(tmp, wd.pca)
+    atomic_savez(wd.pca, **{k: np.asarray(v) for k, v in pca.items()})
     log(f"pca: whitening fitted on the collection's region vectors{f' ({n})' if n else ''}")
     return {"pca": wd.pca, "fitted": True}
 
 
-def whitening(pca_source, dims: int):
-    """(mean [D], DVt [D, dims]) of a PCA file/mapping in the official layout."""
-    from dns_jax.features.pca import load_pca
-    p = load_pca(pca_source, dims)
-    return np.asarray(p["mean"], np.float32), np.asarray(p["DVt"], np.float32)
-
-
-def apply_whitening(x: np.ndarray, mean: np.ndarray, dvt: np.ndarray) -> np.ndarray:
-    """[..., D] -> [..., dims]: subtract the mean, project, L2-normalise (official order)."""
-    y = (x - mean) @ dvt
-    return (y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-def stage_whiten(opts: BuildOptions, wd: Workdir, log) -> Dict:
+def stage_whiten(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
     import h5py
 
     pca_source = opts.pca or wd.pca
-    mean, dvt = whitening(pca_source, opts.dims)
+    mean, dvt = whitening_matrices(pca_source, rc.features.dims)
     names = _dataset_names(wd.raw_features)
     tmp = wd.features + ".tmp"
     regions = 0
@@ -156,40 +168,37 @@ def stage_whiten(opts: BuildOptions, wd: Workdir, log) -> Dict:
 
 
 def _store(wd: Workdir):
-    from dns_jax.training.features import open_features
     return open_features(wd.features)
 
 
-def stage_teacher(opts: BuildOptions, wd: Workdir, log) -> Dict:
-    from dns_jax.training.pairs import write_pairs
-    from dns_jax.training.teacher import select_pairs, teacher_scorer
+def stage_teacher(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
 
     store = _store(wd)
     n = len(store.ids())
-    if n < 4:
-        raise BuildError(f"only {n} usable videos: at least 4 are needed to train the students "
+    if n < rc.min_videos:
+        raise BuildError(f"only {n} usable videos: at least {rc.min_videos} are needed to train the students "
                          "(or give trained networks with --fine/--coarse/--selector)")
-    scorer = teacher_scorer(opts.teacher, dims=opts.dims, batch_size=64)
-    pairs = select_pairs(store, scorer, None, num_candidates=min(32, n - 1), num_positives=4,
-                         num_negatives=min(8, max(n - 5, 0)), seed=opts.seed, log=log)
+    job = rc.teacher_job
+    scorer = teacher_scorer(rc.teacher, dims=rc.features.dims, batch_size=job.batch_size)
+    pairs = select_pairs(store, scorer, None, num_candidates=min(job.num_candidates, n - 1),
+                         num_positives=job.num_positives,
+                         num_negatives=min(job.num_negatives, max(n - 5, 0)), seed=rc.seed, log=log)
     os.makedirs(os.path.dirname(wd.pairs("teacher")), exist_ok=True)
     write_pairs(pairs, wd.pairs("teacher"))
-    return {"pairs": pairs.num_pairs(), "teacher": opts.teacher}
+    return {"pairs": pairs.num_pairs(), "teacher": rc.teacher}
 
 
-def _train(network: str, wd: Workdir, opts: BuildOptions, steps: int, extra: Dict) -> str:
-    from dns_jax.training import default_config, train_and_evaluate
-
+def _train(network: str, wd: Workdir, opts: BuildOptions, rc, steps: int, extra: Dict) -> str:
     cfg = default_config(network)
     cfg.dataset = "features"
     cfg.features = wd.features
     cfg.num_train_steps = steps
-    cfg.batch_size = opts.batch_size
-    cfg.seed = opts.seed
-    cfg.checkpoint_every_steps = max(50, steps // 3)
-    cfg.log_every_steps = max(10, steps // 5)
+    cfg.batch_size = rc.batch_size
+    cfg.seed = rc.seed
+    cfg.checkpoint_every_steps = max(rc.min_checkpoint_every, steps // rc.checkpoint_fraction)
+    cfg.log_every_steps = max(rc.min_log_every, steps // rc.log_fraction)
     cfg.progress_bar = opts.progress
-    cfg.model.dims = opts.dims
+    cfg.model.dims = rc.features.dims
     for key, value in extra.items():
         target = cfg
         *parents, leaf = key.split(".")
@@ -203,45 +212,41 @@ def _train(network: str, wd: Workdir, opts: BuildOptions, steps: int, extra: Dic
     return wd.model(network)
 
 
-def stage_fine(opts: BuildOptions, wd: Workdir, log) -> Dict:
+def stage_fine(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
     if opts.fine:
         return {"network": _given("fine", opts.fine), "path": os.path.abspath(opts.fine), "trained": False}
-    log(f"fine: distilling the FG-Att student ({opts.fine_steps} steps)")
-    path = _train("fg_att_student", wd, opts, opts.fine_steps, {"pairs": wd.pairs("teacher")})
-    return {"network": "fg_att_student", "path": path, "trained": True}
+    network = rc.fine.network
+    log(f"fine: distilling the {registry.get(network).label} student ({rc.fine.steps} steps)")
+    path = _train(network, wd, opts, rc, rc.fine.steps,
+                  {"pairs": wd.pairs("teacher"), "learning_rate": rc.fine.learning_rate})
+    return {"network": network, "path": path, "trained": True}
 
 
-def stage_coarse(opts: BuildOptions, wd: Workdir, log) -> Dict:
+def stage_coarse(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
     if opts.coarse:
         return {"network": "cg_student", "path": os.path.abspath(opts.coarse), "trained": False}
-    from dns_jax.app import coarse_recipe
-    from dns_jax.training import default_config
-
-    model = dict(default_config("cg_student").model.to_dict(), dims=opts.dims, **(opts.coarse_model or {}))
+    model = dict(default_config("cg_student").model.to_dict(), dims=rc.features.dims, **rc.coarse.model.to_dict())
     pairs, init, targets = coarse_recipe.prepare(wd.pairs("teacher"), wd.features, model, wd.path("coarse_init"),
-                                        seed=opts.seed, log=log)
-    log(f"coarse: distilling the CG student ({opts.coarse_steps} steps)")
-    # the official 1e-5 is tuned for 300 epochs of DnS-100K; a small collection needs a larger step
-    extra = {"pairs": pairs, "init_from": init, "learning_rate": 1e-4}
-    extra.update({f"model.{k}": v for k, v in (opts.coarse_model or {}).items()})
-    path = _train("cg_student", wd, opts, opts.coarse_steps, extra)
+                                                 seed=rc.seed, max_videos=rc.coarse.init_max_videos,
+                                                 floor=rc.coarse.spread_floor, log=log)
+    log(f"coarse: distilling the CG student ({rc.coarse.steps} steps)")
+    extra = {"pairs": pairs, "init_from": init, "learning_rate": rc.coarse.learning_rate}
+    extra.update({f"model.{k}": v for k, v in rc.coarse.model.items()})
+    path = _train("cg_student", wd, opts, rc, rc.coarse.steps, extra)
     # `targets`: how teacher-scale similarities map to this student's cosines (DnS mixes the two)
     return {"network": "cg_student", "path": path, "trained": True, "targets": targets}
 
 
 def _given(kind: str, path: str) -> str:
-    from dns_jax import checkpoint, pretrained
-    if os.path.isdir(path):
-        return checkpoint.read_meta(path)[1]["network"]
-    name = pretrained.guess_network_name(path)
-    if name is None:
-        raise BuildError(f"--{kind} {path!r}: cannot tell the network from the file name")
-    return name
+    allowed = {"fine": registry.FINE, "coarse": ("cg_student",), "selector": ("selector",)}[kind]
+    try:
+        return registry.resolve_spec(path, allowed, role=f"--{kind}")[0]
+    except registry.NetworkSpecError as e:
+        raise BuildError(str(e)) from None
 
 
 def load_networks(wd: Workdir):
     """(fine, coarse, selector) wrappers of a built work directory."""
-    from dns_jax import pretrained
     nets = []
     for stage in ("fine", "coarse", "selector"):
         info = wd.require(stage)
@@ -254,8 +259,6 @@ def _student_pairs(wd: Workdir, model, name: str, spread: bool = False) -> Tuple
     (pair file, spread parameters or None). `spread`: the scores are put on the scale of a CG
     student trained on spread targets (coarse_recipe.fit_spread on this student's own scores) and
     stored as 2 * spread(s) - 1, so that the selector's s / 2 + 0.5 compares them on that scale."""
-    from dns_jax.training.pairs import PairSet, read_pairs, write_pairs
-    from dns_jax.training.scoring import PairScorer
 
     teacher = read_pairs(wd.pairs("teacher"))
     all_pairs = teacher.all_pairs()
@@ -263,7 +266,6 @@ def _student_pairs(wd: Workdir, model, name: str, spread: bool = False) -> Tuple
     sims = scorer.score(_store(wd), [(teacher.index[q], teacher.index[t]) for q, t, _, _ in all_pairs])
     params = None
     if spread:
-        from dns_jax.app.coarse_recipe import fit_spread, spread_scores
         params = fit_spread(sims)
         sims = 2.0 * spread_scores(sims, params) - 1.0
     pairs: Dict[int, Dict] = {}
@@ -273,10 +275,9 @@ def _student_pairs(wd: Workdir, model, name: str, spread: bool = False) -> Tuple
     return wd.pairs(name), params
 
 
-def stage_selector(opts: BuildOptions, wd: Workdir, log) -> Dict:
+def stage_selector(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
     if opts.selector:
         return {"network": "selector", "path": os.path.abspath(opts.selector), "trained": False}
-    from dns_jax import pretrained
     fine_info, coarse_info = wd.require("fine"), wd.require("coarse")
     fine = pretrained.load(fine_info["network"], fine_info["path"])
     coarse = pretrained.load(coarse_info["network"], coarse_info["path"])
@@ -284,20 +285,19 @@ def stage_selector(opts: BuildOptions, wd: Workdir, log) -> Dict:
     # a CG student trained on spread targets: the fine scores are compared on its scale
     fine_pairs, fine_spread = _student_pairs(wd, fine, "fine", spread=bool(coarse_info.get("targets")))
     coarse_pairs, _ = _student_pairs(wd, coarse, "coarse")
-    log(f"selector: training ({opts.selector_steps} steps)")
-    path = _train("selector", wd, opts, opts.selector_steps,
+    log(f"selector: training ({rc.selector.steps} steps)")
+    path = _train("selector", wd, opts, rc, rc.selector.steps,
                   {"selector.fine_pairs": fine_pairs, "selector.coarse_pairs": coarse_pairs,
-                   "selector.pairs_per_class": 5000})
+                   "selector.pairs_per_class": rc.selector.pairs_per_class,
+                   "selector.threshold": rc.selector.threshold, "learning_rate": rc.selector.learning_rate})
     # `fine_spread`: how DnS puts the fine student's scores on the CG scale (None: official s/2+0.5)
     return {"network": "selector", "path": path, "trained": True, "fine_spread": fine_spread}
 
 
-def stage_index(opts: BuildOptions, wd: Workdir, log) -> Dict:
-    from dns_jax.index import build_index
+def stage_index(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
 
     fine, coarse, selector = load_networks(wd)
     report = build_index(wd.index, [wd.features], fine, coarse, selector, progress=opts.progress, log=log)
-    from dns_jax.index import Index
     return {"videos": len(Index.open(wd.index)), "report": str(report)}
 
 
@@ -309,6 +309,7 @@ _STAGE_FNS = {"features": stage_features, "pca": stage_pca, "whiten": stage_whit
 def run_build(opts: BuildOptions, stages=STAGES) -> Dict:
     """Run (or resume) every stage; returns {stage: info} and prints a summary."""
     log = _log_fn(opts.progress)
+    rc = opts.config()
     wd = Workdir(opts.workdir)
     wd.check_settings(opts.settings())
     timings = {}
@@ -321,7 +322,7 @@ def run_build(opts: BuildOptions, stages=STAGES) -> Dict:
             continue
         t0 = time.time()
         log(f"[{stage}] ...")
-        info = _STAGE_FNS[stage](opts, wd, log)
+        info = _STAGE_FNS[stage](opts, rc, wd, log)
         timings[stage] = time.time() - t0
         info = dict(info, seconds=round(timings[stage], 1))
         wd.mark_done(stage, info)

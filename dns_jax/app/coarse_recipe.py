@@ -25,13 +25,18 @@ None of this changes a layer: names and shapes stay those of the official CG stu
 """
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Dict, Sequence, Tuple
 
-import jax
 import flax.linen as nn
+import jax
 import numpy as np
 
-from dns_jax.training.pairs import PairSet
+from dns_jax import checkpoint
+from dns_jax.datasets.stores import open_features
+from dns_jax.models.registry import build_module
+from dns_jax.training.pairs import PairSet, read_pairs, write_pairs
 
 
 def fit_spread(sims: np.ndarray, floor: float = 3.0) -> Dict:
@@ -164,8 +169,7 @@ def reduction_pca_init(module, variables, videos: Sequence[np.ndarray], seed: in
 def initial_variables(model_config: Dict, videos: Sequence[np.ndarray], seed: int = 0) -> Dict:
     """A freshly initialised CG student (`model_config`: its constructor options) with the
     identity residual branches and the PCA reduction fitted on `videos` ([T, R, D] each)."""
-    from dns_jax import pretrained
-    module = pretrained.build_module("cg_student", model_config)
+    module = build_module("cg_student", model_config)
     init = jax.jit(lambda key: module.init(key, method="init_all"))   # op by op is much slower
     variables = init(jax.random.fold_in(jax.random.PRNGKey(seed), 0))
     variables = identity_residual_init(variables)
@@ -173,20 +177,15 @@ def initial_variables(model_config: Dict, videos: Sequence[np.ndarray], seed: in
 
 
 def prepare(teacher_pairs: str, features: str, model_config: Dict, out_dir: str, seed: int = 0,
-            max_videos: int = 4096, log=print) -> Tuple[str, str, Dict]:
+            max_videos: int = 4096, floor: float = 3.0, log=print) -> Tuple[str, str, Dict]:
     """Write the CG training inputs to `out_dir`: the pair file of spread targets and the initial
     checkpoint (for the trainer's `pairs` and `init_from`). Returns (pairs path, checkpoint dir,
     the spread parameters of the teacher's scores).
     The PCA of the reduction uses at most `max_videos` videos of `features`, drawn at random."""
-    import os
-    import shutil
 
-    from dns_jax import checkpoint
-    from dns_jax.training.features import open_features
-    from dns_jax.training.pairs import read_pairs, write_pairs
 
     os.makedirs(out_dir, exist_ok=True)
-    targets = spread_targets(read_pairs(teacher_pairs))
+    targets = spread_targets(read_pairs(teacher_pairs), floor)
     pairs_path = write_pairs(targets, os.path.join(out_dir, "cg_targets.json.gz"))
     t = targets.meta["cg_targets"]
     log(f"coarse: targets spread against the background of the teacher's scores (median {t['median']:.3f}, "

@@ -1,7 +1,7 @@
 """`dns-jax demo`: the whole system on a collection generated from real clips, as one command.
 
 1. generate near-duplicate copies of real clips (crop, flip, speed, borders, picture-in-picture,
-   colour, re-encoding) plus distractors (dns_jax.data.video_collection);
+   colour, re-encoding) plus distractors (dns_jax.datasets.video_collection);
 2. `dns-jax build` on it: features with the offline backbone, PCA, ViSiL_f teacher, FG-Att and CG
    students, selector, index;
 3. every source clip queries the collection; prints mAP, time per query and storage per video of
@@ -12,33 +12,28 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 
+from dns_jax.app.build import BuildOptions, run_build
+from dns_jax.app.query import Searcher
+from dns_jax.datasets.stores import open_features
+from dns_jax.datasets.video_collection import make_collection
+from dns_jax.evaluation.metrics import ranked_list_average_precision
+from dns_jax.fileio import atomic_write_json
+from dns_jax.pretrained import load_teacher
+from dns_jax.training.scoring import PairScorer
+
 BUDGETS = (0.1, 0.25, 0.5)
-# a CG student sized for a few dozen videos (the official one has 64 clusters and 1024 dims)
-DEMO_COARSE = {"netvlad_clusters": 16, "netvlad_outdims": 256, "transformer_feedforward_dims": 1024}
-
-
-def average_precision(ranked_ids: Sequence[str], relevant: Sequence[str]) -> float:
-    """AP of a ranking (the query itself already removed): mean precision at each relevant hit."""
-    relevant = set(relevant)
-    if not relevant:
-        return float("nan")
-    hits, total = 0, 0.0
-    for k, vid in enumerate(ranked_ids, 1):
-        if vid in relevant:
-            hits += 1
-            total += hits / k
-    return total / len(relevant)
+RECIPE = "build:demo"       # configs/build.py: fewer steps, a CG student sized for a few dozen videos
 
 
 def _map(scores: Dict[str, Dict[str, float]], ground_truth: Dict[str, List[str]]) -> float:
     aps = []
     for q, rel in ground_truth.items():
         ranked = [v for v, _ in sorted(scores[q].items(), key=lambda kv: -kv[1]) if v != q]
-        aps.append(average_precision(ranked, rel))
+        aps.append(ranked_list_average_precision([v in rel for v in ranked], n_relevant=len(rel)))
     return float(np.mean(aps))
 
 
@@ -53,8 +48,6 @@ def _warm_timed(fn):
 
 def evaluate(workdir: str, ground_truth: Dict[str, List[str]], budgets=BUDGETS) -> List[Dict]:
     """Rows (method, mAP, ms per query, bytes per video) for every stage of a built workdir."""
-    from dns_jax.app.query import Searcher
-    from dns_jax.training.teacher import load_teacher
 
     s = Searcher(workdir)
     ids = s.index.ids
@@ -70,8 +63,6 @@ def evaluate(workdir: str, ground_truth: Dict[str, List[str]], budgets=BUDGETS) 
                      "bytes_per_video": storage})
 
     # teacher (ViSiL_f on the same features, no weights): the reference the students learn from
-    from dns_jax.training.features import open_features
-    from dns_jax.training.scoring import PairScorer
     name, teacher = load_teacher(s.settings.get("teacher", "visil_f"), dims=s.settings.get("dims", 512))
     store = open_features(s.wd.features)
     scorer = PairScorer(name, teacher.module, teacher.variables, batch_size=64)
@@ -108,10 +99,9 @@ def format_table(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(workdir: str, steps: int = 200, seed: int = 0, progress: bool = True) -> List[Dict]:
-    from dns_jax.app.build import BuildOptions, run_build
-    from dns_jax.data.video_collection import make_collection
-
+def run_demo(workdir: str, steps: Optional[int] = None, seed: int = 0, progress: bool = True) -> List[Dict]:
+    """Generate the collection, build it with the demo recipe (`steps` per network: the recipe's
+    unless given), print and return the table of every method."""
     log = print if progress else (lambda *_: None)
     t0 = time.time()
     collection = os.path.join(workdir, "collection")
@@ -122,13 +112,12 @@ def run_demo(workdir: str, steps: int = 200, seed: int = 0, progress: bool = Tru
     build = os.path.join(workdir, "build")
     run_build(BuildOptions(videos=os.path.join(collection, "videos"), workdir=build, fine_steps=steps,
                            coarse_steps=steps, selector_steps=steps, seed=seed, progress=progress,
-                           coarse_model=DEMO_COARSE))
+                           recipe=RECIPE))
     rows = evaluate(build, ground_truth)
     n_videos = len(os.listdir(os.path.join(collection, "videos")))
     print(f"\nDnS on a generated collection: {len(ground_truth)} query clips, "
           f"{sum(len(v) for v in ground_truth.values())} near-duplicate copies, {n_videos} videos in all "
           f"({time.time() - t0:.0f} s end to end)")
     print(format_table(rows))
-    with open(os.path.join(workdir, "demo_results.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    atomic_write_json(os.path.join(workdir, "demo_results.json"), rows, indent=1)
     return rows

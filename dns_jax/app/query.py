@@ -8,17 +8,21 @@ recorded by the build, else the official s / 2 + 0.5), writes
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dns_jax.app.build import OFFLINE_BACKBONE, apply_whitening, load_networks, whitening
+from dns_jax.app.build import OFFLINE_BACKBONE, load_networks
+from dns_jax.app.coarse_recipe import spread_scores
 from dns_jax.app.segments import matching_segments
 from dns_jax.app.workdir import Workdir, WorkdirError
-
-STAGES = ("coarse", "fine", "dns")
+from dns_jax.features import load_extractor
+from dns_jax.features.pca import apply_whitening, whitening_matrices
+from dns_jax.fileio import atomic_write_json
+from dns_jax.index import Index
+from dns_jax.index.search import check_search_options, scores_in_index_order, search_index
+from dns_jax.retrieval import DnS
 
 
 class QueryError(ValueError):
@@ -36,9 +40,6 @@ class Searcher:
     """Loads a built work directory once and answers queries."""
 
     def __init__(self, workdir: str):
-        from dns_jax.index import Index
-        from dns_jax.retrieval import DnS
-
         self.wd = Workdir(workdir)
         if not os.path.exists(self.wd.path("state.json")):
             raise WorkdirError(f"{workdir!r} is not a dns-jax work directory (no state.json); "
@@ -56,11 +57,10 @@ class Searcher:
 
     # -- query features -----------------------------------------------------------------------
     def _extract(self, path: str) -> np.ndarray:
-        from dns_jax.features import load_extractor
         if self._extractor is None:
             self._extractor = load_extractor(self.settings.get("backbone", OFFLINE_BACKBONE), None)
             pca = self.settings.get("pca") or self.wd.pca
-            self._whiten = whitening(pca, self.settings.get("dims", 512))
+            self._whiten = whitening_matrices(pca, self.settings.get("dims", 512))
         raw = self._extractor.extract_video(path)
         return apply_whitening(raw, *self._whiten)
 
@@ -76,39 +76,36 @@ class Searcher:
         raise QueryError(f"{query!r} is neither a video file nor the id of an indexed video")
 
     # -- scoring ------------------------------------------------------------------------------
+    def fine_mapping(self):
+        """How DnS puts re-ranked fine scores on the coarse scale: a CG student distilled with
+        spread targets scores on another scale than the official s / 2 + 0.5, so the fine scores
+        are spread with the parameters fitted when the selector was trained (None: official)."""
+        if not self.fine_spread:
+            return None
+        return lambda raw: spread_scores(raw, self.fine_spread)
+
     def search(self, query: str, stage: str = "dns", budget: float = 0.05, top: int = 10,
                segments: int = 5) -> QueryResult:
-        if stage not in STAGES:
-            raise QueryError(f"stage must be one of {STAGES}, got {stage!r}")
+        try:
+            check_search_options(stage, budget, top)
+        except ValueError as e:
+            raise QueryError(str(e)) from None
         qid, x = self.features(query)
         reps = self.dns.index([x], [qid])
         ids = self.index.ids
-        if stage == "coarse":
-            scores = (reps.coarse @ self.index.coarse.T)[0]
-        elif stage == "fine":
-            scores = self.dns.scorer.similarities([reps.fine_rep(0)], self.index.fine_reps(range(len(ids))))[0]
-        else:
-            scores = self.dns_scores(reps, budget)[0]
-        order = np.argsort(-scores, kind="stable")[:top]
+        res = search_index(self.dns, self.index, reps, stage, budget, topk=None,
+                           fine_mapping=self.fine_mapping())
+        scores = scores_in_index_order(res, 0, len(ids))
         best = []
-        for rank, i in enumerate(order):
+        for rank, (i, score) in enumerate(zip(res.ranking[0][:top], res.scores[0][:top])):
             segs = self._segments(x, ids[i]) if rank < segments else []
-            best.append((ids[i], float(scores[i]), segs))
+            best.append((ids[i], float(score), segs))
         return QueryResult(qid, {v: float(s) for v, s in zip(ids, scores)}, best)
 
     def dns_scores(self, reps, budget: float) -> np.ndarray:
-        """DnS scores (Q, N) of indexed queries `reps` against every indexed video, in index order:
-        CG cosine, or for the selector's top `budget` fraction the fine similarity (official
-        s / 2 + 0.5, or spread onto the CG scale when the CG student was trained that way)."""
-        from dns_jax.app.coarse_recipe import spread_scores
-        res = self.dns.search(reps, self.index, budget=budget, topk=None)
-        mixed = res.scores.astype(np.float64)
-        if self.fine_spread:
-            fine = 2.0 * mixed - 1.0                      # undo the official mapping of `rerank`
-            mixed = np.where(res.reranked, spread_scores(fine, self.fine_spread), mixed)
-        scores = np.empty(res.ranking.shape, np.float32)
-        np.put_along_axis(scores, res.ranking, mixed, axis=1)
-        return scores
+        """DnS scores (Q, N) of indexed queries `reps` against every indexed video, in index order."""
+        res = search_index(self.dns, self.index, reps, "dns", budget, topk=None, fine_mapping=self.fine_mapping())
+        return np.stack([scores_in_index_order(res, q, len(self.index)) for q in range(len(reps))])
 
     def _segments(self, query: np.ndarray, video_id: str):
         _, target = self.features(video_id)
@@ -135,10 +132,7 @@ def run_query(workdir: str, queries: Sequence[str], stage: str = "dns", budget: 
             seg = ("  " + "; ".join(str(s) for s in segs)) if segs else ""
             log(f"  {rank:2d}. {vid:40s} {score:7.4f}{seg}")
     if output:
-        tmp = output + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, output)
+        atomic_write_json(output, results, indent=1)
         log(f"\nwrote scores of {len(results)} queries to {output}")
     if failed:
         log(f"{len(failed)} queries failed: " + ", ".join(q for q, _ in failed))

@@ -15,6 +15,8 @@ import json
 import os
 from typing import Any, Dict
 
+from dns_jax.fileio import atomic_write_json
+
 STATE = "state.json"
 
 
@@ -61,12 +63,7 @@ class Workdir:
 
     def write_state(self, state: Dict[str, Any]) -> None:
         os.makedirs(self.root, exist_ok=True)
-        tmp = self.path(STATE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(state, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path(STATE))
+        atomic_write_json(self.path(STATE), state, durable=True, indent=1, sort_keys=True)
 
     def done(self, stage: str) -> bool:
         return stage in self.read_state()["done"]

@@ -10,8 +10,7 @@ The annotations ship with the package (`dns_jax/evaluation/data/`, converted fro
 files; see the README there).
 """
 from .benchmarks import CC_WEB_VIDEO, EVVE, FIVR, SVD
-from .metrics import (average_precision, descending_order, ranked_list_average_precision,
-                      trapezoid_average_precision)
+from .metrics import average_precision, descending_order, ranked_list_average_precision, trapezoid_average_precision
 from .report import EvaluationReport, EvaluationWarning
 
 __all__ = [

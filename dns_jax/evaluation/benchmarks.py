@@ -21,13 +21,12 @@ import itertools
 import os
 import warnings
 from collections.abc import Mapping
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from ._data import load_annotation
-from .metrics import (average_precision, descending_order, ranked_list_average_precision,
-                      trapezoid_average_precision)
+from .metrics import average_precision, descending_order, ranked_list_average_precision, trapezoid_average_precision
 from .report import EvaluationReport, EvaluationWarning
 
 _MISSING = object()
@@ -599,3 +598,16 @@ class SVD:
             print(f"mAP: {_fmt(mAP)}")
         report.emit(verbose)
         return {"mAP": mAP}
+
+
+def benchmark_title(bench) -> str:
+    if isinstance(bench, FIVR):
+        return bench.benchmark
+    return bench.name + (f" ({bench.version})" if isinstance(bench, SVD) else "")
+
+
+def evaluate_similarities(benchmark, similarities, all_db) -> dict:
+    """`benchmark.evaluate` without its per-call warnings (the caller reports problems once)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EvaluationWarning)
+        return {k: float(v) for k, v in benchmark.evaluate(similarities, all_db=all_db).items()}

@@ -7,6 +7,7 @@ import os
 from typing import Dict, List
 
 from dns_jax.evaluation.sweep import tasks
+from dns_jax.fileio import atomic_open
 
 AXES = {"time": ("seconds_per_query", "time per query (s)"),
         "storage": ("bytes_per_video", "storage per video (KB)")}
@@ -37,10 +38,9 @@ def plot_sweep(results: dict, output_dir: str) -> List[str]:
         fig.suptitle(f"{results['benchmark']}: mAP vs {AXES[axis][1]}")
         fig.subplots_adjust(left=0.06, right=0.98, bottom=0.27, top=0.84, wspace=0.28)  # tight_layout: seconds
         path = os.path.join(output_dir, f"sweep_{axis}.png")
-        tmp = f"{path}.tmp-{os.getpid()}.png"
-        fig.savefig(tmp, dpi=110)
+        with atomic_open(path, "wb", suffix=".png") as f:
+            fig.savefig(f, format="png", dpi=110)
         plt.close(fig)
-        os.replace(tmp, path)
         paths.append(path)
     return paths
 

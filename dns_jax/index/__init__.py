@@ -1,7 +1,9 @@
-"""On-disk DnS index (one directory per collection) and its builder. See store.py for the format."""
+"""On-disk DnS index (one directory per collection), its builder, and the one query path
+(`search_index`). See store.py for the format."""
 from dns_jax.index.build import BuildReport, build_index, iter_videos, list_video_ids, read_video
-from dns_jax.index.store import (FORMAT_VERSION, Index, IndexFormatError, NetworkMismatchError,
-                                 network_fingerprint)
+from dns_jax.index.search import STAGES, search_index
+from dns_jax.index.store import FORMAT_VERSION, Index, IndexFormatError, NetworkMismatchError, network_fingerprint
 
 __all__ = ["Index", "IndexFormatError", "NetworkMismatchError", "FORMAT_VERSION", "build_index",
-           "BuildReport", "iter_videos", "list_video_ids", "read_video", "network_fingerprint"]
+           "BuildReport", "iter_videos", "list_video_ids", "read_video", "network_fingerprint",
+           "search_index", "STAGES"]

@@ -1,7 +1,7 @@
 """Build or extend an index from feature files: HDF5 (one dataset per video id, [T, 9, 512] or
 [T, 512]), as published for FIVR-200K, CC_WEB_VIDEO, EVVE, SVD and DnS-100K, or written by
 dns_jax.features; also .npz files, folders of .npy files and the tfds array_record datasets of
-dns_jax.datasets (anything dns_jax.training.features.open_features reads). HDF5 ids are dataset paths, so CC_WEB_VIDEO ids with '/' (nested groups) and SVD ids
+dns_jax.datasets (anything dns_jax.datasets.stores.open_features reads). HDF5 ids are dataset paths, so CC_WEB_VIDEO ids with '/' (nested groups) and SVD ids
 ending in '.mp4' work as they are.
 
 Videos are committed in shards (atomic, see store.py); a killed run leaves a usable index and the
@@ -15,10 +15,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from dns_jax.datasets.stores import FeatureStore, open_features, read_checked
 from dns_jax.index.store import Index
 from dns_jax.retrieval import coarse_index, scorer_for, self_similarities
-from dns_jax.training.features import FeatureStore, open_features, read_checked
-from dns_jax.validation import FeatureError, check_video
+from dns_jax.validation import FeatureError
 
 
 def list_video_ids(path: str) -> List[str]:

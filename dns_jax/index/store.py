@@ -31,6 +31,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 import dns_jax
+from dns_jax.fileio import atomic_write_json, fsync_dir
+from dns_jax.retrieval import Representations
 
 FORMAT = "dns-jax-index"
 FORMAT_VERSION = 1
@@ -66,27 +68,8 @@ def describe_network(model) -> dict:
             "fingerprint": network_fingerprint(model)}
 
 
-def _fsync_dir(path: str):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_json_atomic(path: str, obj):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
+    atomic_write_json(path, obj, durable=True, indent=1, sort_keys=True)
 
 
 def _save_npy(path: str, arr: np.ndarray):
@@ -263,7 +246,6 @@ class Index:
 
     def representations(self, video_ids: Sequence[str]):
         """The stored representations of some indexed videos, as a retrieval.Representations."""
-        from dns_jax.retrieval import Representations
         pos = [self.position(v) for v in video_ids]
         return Representations(ids=[str(v) for v in video_ids], fine=[np.asarray(self.fine_rep(p)) for p in pos],
                                coarse=self.coarse[pos], selfsim=self.selfsim[pos])
@@ -322,10 +304,10 @@ class Index:
             _save_npy(os.path.join(tmp, "lengths.npy"), lengths)
             _save_npy(os.path.join(tmp, "offsets.npy"), offsets)
             _save_npy(os.path.join(tmp, "fine.npy"), np.concatenate(fine, 0))
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             final = os.path.join(self.directory, SHARDS, name)
             os.rename(tmp, final)
-            _fsync_dir(os.path.join(self.directory, SHARDS))
+            fsync_dir(os.path.join(self.directory, SHARDS))
             manifest["shards"].append({"name": name, "count": n, "frames": int(offsets[-1])})
             manifest["count"] = int(manifest["count"]) + n
             manifest["zero_codes"] = int(manifest.get("zero_codes", 0)) + int(zero_codes)

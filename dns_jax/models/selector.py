@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from dns_jax.layers import DEFAULT_PRECISION, Attention, SelectorMLP, VideoComparator
 from dns_jax.similarity import frame_mask_outer

@@ -7,12 +7,19 @@ from __future__ import annotations
 
 from typing import Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
-from dns_jax.layers import (DEFAULT_PRECISION, Attention, Binarization, NetVLAD, TransformerEncoder,
-                            VideoComparator, l2_normalize)
+from dns_jax.layers import (
+    DEFAULT_PRECISION,
+    Attention,
+    Binarization,
+    NetVLAD,
+    TransformerEncoder,
+    VideoComparator,
+    l2_normalize,
+)
 from dns_jax.losses import similarity_regularization_loss
 from dns_jax.similarity import chamfer, frame_mask_outer, frame_to_frame
 from dns_jax.validation import add_batch_axis

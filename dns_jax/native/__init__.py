@@ -3,13 +3,13 @@ code generation does poorly on CPUs.
 
 `min_hamming_similarity` is FG-Bin's frame-to-frame similarity on bit-packed codes: AVX2 has no
 vector popcount and XLA gives no byte shuffle, so its best elementwise formulation ('csa' in
-dns_jax.retrieval.kernels) took 43-47 ms for a 60 x 4096-frame canvas on a 2-core AVX2 VM; the
-hand-written loop here (eight target frames per vector, carry-save adders, vpshufb nibble counts,
-~16 vector operations per region pair) took 24-27 ms. Results are identical (integer distances,
-the same float operations after them).
+dns_jax.retrieval.kernels) is vector-ALU bound; the hand-written loop here (eight target frames per
+vector, carry-save adders, vpshufb nibble counts, ~16 vector operations per region pair) is about
+twice as fast (figures in docs/retrieval.md). Results are identical (integer distances, the same
+float operations after them).
 
 The kernel is compiled on first use (build.py: the system C++ compiler and jaxlib's FFI headers,
-~6 s once, cached under ~/.cache/dns_jax/native). Without a compiler, on a CPU without AVX2, or
+once, cached under ~/.cache/dns_jax/native). Without a compiler, on a CPU without AVX2, or
 with DNS_JAX_NATIVE=off, `available()` is False and callers use the XLA formulation.
 `python -m dns_jax.native` builds it, checks it against numpy and says which kernel is used.
 """

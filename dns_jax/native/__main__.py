@@ -7,11 +7,12 @@ import sys
 
 import numpy as np
 
+from dns_jax import native
+from dns_jax.native.build import default_cache_dir
+
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from dns_jax import native
-    from dns_jax.native.build import default_cache_dir
 
     print(f"cache directory: {default_cache_dir()} (set {native.build.CACHE_ENV} to move it)")
     if not native.available():

@@ -15,8 +15,7 @@ layout.py for how the kernel stays exact and memory-bounded, binary.py for the p
 """
 from dns_jax.retrieval.binary import count_zero_codes, pack_codes, unpack_codes
 from dns_jax.retrieval.coarse import CoarseDatabase, FaissCoarseIndex, faiss_available
-from dns_jax.retrieval.dns import (DnS, Representations, SearchResults, coarse_index, rerank, score,
-                                   selection)
+from dns_jax.retrieval.dns import DnS, Representations, SearchResults, coarse_index, rerank, score, selection
 from dns_jax.retrieval.fine import FineScorer, PreparedDatabase, ScorerOptions, scorer_for
 from dns_jax.retrieval.selector import selector_scores, self_similarities
 

@@ -23,7 +23,8 @@ from typing import Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dns_jax.validation import FeatureError
 
@@ -107,8 +108,8 @@ class CoarseDatabase:
         self.vectors = jax.device_put(padded, NamedSharding(self.mesh, P("db", None)))
         del padded
         # CPU: float16 blocks are converted to float32 before the product, 4096 rows at a time
-        # (measured on a 2-core AVX2 VM, 1e5 vectors: 1.1-1.7x faster than XLA's float16 product,
-        # which converted the whole database into a float32 temporary on every call)
+        # (XLA's float16 product converted the whole database into a float32 temporary on every
+        # call; docs/retrieval.md has the figures)
         self.upcast = all(d.platform == "cpu" for d in devices)
         self.sim_rows = 4096 if self.chunk % 4096 == 0 else self.chunk
         self._topk_fns = {}

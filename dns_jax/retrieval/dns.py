@@ -217,9 +217,12 @@ class DnS:
         return self._coarse_db
 
     def search(self, queries: Representations, database, budget: float = 0.1, topk: Optional[int] = 100,
-               coarse_dtype="float32", progress: Optional[Callable] = None) -> SearchResults:
+               coarse_dtype="float32", progress: Optional[Callable] = None,
+               fine_mapping: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> SearchResults:
         """Coarse similarities to every database video, selector scores, the top `budget` fraction
-        (per query, by selector score) re-scored by the fine student; ranked by the mixed score."""
+        (per query, by selector score) re-scored by the fine student; ranked by the mixed score.
+        `fine_mapping`: raw fine similarities [-1, 1] -> the coarse scale (default: the official
+        s / 2 + 0.5)."""
         n = len(database)
         if n == 0:
             raise FeatureError("empty database")
@@ -237,7 +240,11 @@ class DnS:
             if progress is not None:
                 progress(1)
         t3 = time.perf_counter()
-        mixed = rerank(coarse, fine, sel, budget)
+        if fine_mapping is None:
+            mixed = rerank(coarse, fine, sel, budget)
+        else:
+            mapped = np.where(np.isnan(fine), np.nan, fine_mapping(np.nan_to_num(fine))).astype(np.float32)
+            mixed = rerank(coarse, mapped, sel, budget, fine_mapped=True)
         k = n if topk is None else int(min(topk, n))
         ranking = np.argsort(-mixed, axis=1, kind="stable")[:, :k]
         reranked = np.zeros(coarse.shape, bool)

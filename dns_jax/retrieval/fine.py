@@ -34,7 +34,7 @@ from dns_jax import native
 from dns_jax.models import FineGrainedStudent, ViSiLHead
 from dns_jax.retrieval import binary as codes
 from dns_jax.retrieval.kernels import KernelSpec, canvas_similarity
-from dns_jax.retrieval.layout import Axis, HALO, ladder_size, pack_dense, pack_segments, place, round_up
+from dns_jax.retrieval.layout import HALO, Axis, ladder_size, pack_dense, pack_segments, place, round_up
 from dns_jax.validation import FeatureError, check_video
 
 MIN_FRAMES = 4
@@ -68,11 +68,11 @@ def tile_plan(rows: int, cols: int, o: "ScorerOptions") -> Tuple[int, int]:
 
 @dataclasses.dataclass
 class ScorerOptions:
-    """Tuning knobs (defaults measured on a 2-core AVX2 CPU with jax 0.10: cache-sized f2f blocks
-    run the matrix product near the machine's matmul rate; XLA's convolutions run ~1.35x faster
-    on tiles of >= 1152 columns (or a whole 64 x 4608 canvas) than on 512-column tiles; FG-Bin's
-    elementwise Hamming loop is fastest on 64-frame blocks). Working memory stays ~ rows x cols
-    x 4 B plus a block and a tile (about 128 B per canvas cell at the CNN's widest layer)."""
+    """Tuning knobs. The CPU defaults come from the measurements in docs/retrieval.md: cache-sized
+    f2f blocks run the matrix product near the machine's matmul rate, XLA's convolutions prefer
+    wide tiles, FG-Bin's elementwise Hamming loop prefers 64-frame blocks. Working memory stays
+    ~ rows x cols x 4 B plus a block and a tile (about 128 B per canvas cell at the CNN's widest
+    layer)."""
 
     max_cols: int = 4096              # dense target frames per canvas (FineScorer.prepare)
     max_rows: int = 512               # query frames per canvas (a longer query gets its own)
@@ -83,7 +83,7 @@ class ScorerOptions:
     tile_cols: int = 2560
     tile_batch: int = 1
     popcount: str = "auto"            # FG-Bin Hamming: 'ffi' (native AVX2 kernel), 'csa' (carry-save
-                                      # adders in XLA), 'swar', 'native' (lax.population_count) or
+                                      # adders in XLA), 'swar', 'lax' (lax.population_count) or
                                       # 'auto' ('ffi' where dns_jax.native builds, else 'csa')
     packed_block: int = 64            # FG-Bin target frames per elementwise block (0 = all at once)
     dispatch_threads: int = 0         # canvases run at once from host threads (0 = min(4, CPUs))
@@ -96,12 +96,12 @@ class ScorerOptions:
         blocks, untiled CNN: thousands of small loop steps would leave the chip idle), the
         native popcount instruction, and the same bounded-memory layout (a 512 x 4096-frame
         canvas needs < 1 GiB). FG-Bin on CPU ('auto'): the native kernel of dns_jax.native where it
-        builds (AVX2 and a C++ compiler; ~2x the 'csa' XLA loop), else 'csa'; decided when the
+        builds (AVX2 and a C++ compiler; faster than the 'csa' XLA loop), else 'csa'; decided when the
         first FG-Bin kernel is laid out, so FG-Att scorers never build it."""
         if platform == "cpu":
             return cls()
         return cls(block_bytes=256 << 20, untiled_rows=1 << 12, untiled_cells=1 << 23,
-                   popcount="native", packed_block=0, dispatch_threads=1)
+                   popcount="lax", packed_block=0, dispatch_threads=1)
 
     def threads(self) -> int:
         """Host threads that run canvas calls concurrently. On CPU one canvas leaves cores idle
@@ -112,13 +112,21 @@ class ScorerOptions:
         return self.dispatch_threads or min(4, os.cpu_count() or 1)
 
 
+POPCOUNTS = ("auto", "ffi", "csa", "swar", "lax")
+
+
 def resolve_popcount(popcount: str, platform: str = "cpu") -> str:
     """'auto' -> on CPU 'ffi' where the native kernel is available (built on first call), else
-    'csa'; on accelerators 'native' (the popcount instruction)."""
+    'csa'; on accelerators 'lax' (the popcount instruction)."""
+    if popcount == "native":
+        raise ValueError("popcount='native' was renamed: 'lax' is lax.population_count, 'ffi' the native "
+                         "AVX2 kernel of dns_jax.native")
+    if popcount not in POPCOUNTS:
+        raise ValueError(f"popcount must be one of {', '.join(POPCOUNTS)}, got {popcount!r}")
     if popcount != "auto":
         return popcount
     if platform != "cpu":
-        return "native"
+        return "lax"
     return "ffi" if native.available() else "csa"
 
 
@@ -165,8 +173,8 @@ class FineScorer:
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         """The host threads that run canvases concurrently, started once per scorer (starting them
-        per call cost ~20 ms on a 2-core VM, ~15 % of a DnS query's fine stage) and shut down
-        when the scorer is garbage-collected."""
+        per call was a noticeable part of a DnS query's fine stage) and shut down when the scorer
+        is garbage-collected."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.options.threads(), thread_name_prefix="dns_fine")
             weakref.finalize(self, self._pool.shutdown, wait=False)
@@ -281,7 +289,7 @@ class FineScorer:
                           row_block=rb if rb < hd and not self.packed else 0,      # float products only
                           col_block=cb if cb < wd and not self.packed else 0,
                           tile_rows=tr, tile_cols=tc, tile_batch=o.tile_batch,
-                          popcount=resolve_popcount(o.popcount, self.devices[0].platform) if self.packed else "native",
+                          popcount=resolve_popcount(o.popcount, self.devices[0].platform) if self.packed else "lax",
                           packed_block=o.packed_block,
                           kernel_threads=o.kernel_threads)
 

@@ -44,7 +44,7 @@ class KernelSpec:
     tile_cols: int = 0
     tile_batch: int = 1           # tiles processed together (vmapped) by the CNN
     fuse_conv1: bool = True       # conv1 + ReLU + max-pool as one elementwise loop (see below)
-    popcount: str = "native"      # packed codes: 'native' (lax.population_count), 'csa', 'swar' (see below)
+    popcount: str = "lax"         # packed codes: 'lax' (lax.population_count), 'csa', 'swar', 'ffi' (see below)
                                   # or 'ffi' (dns_jax.native's AVX2 CPU kernel)
     packed_block: int = 0         # packed codes: target frames per elementwise block (0 = all)
     kernel_threads: int = 0       # popcount='ffi': threads of the native kernel (0 = XLA's CPU pool)
@@ -129,11 +129,11 @@ def _hamming_words(qq: Array, tr: Array, popcount: str) -> Array:
     leading axis) -> uint32 [n, c], as an elementwise expression (no reduction op).
 
     AVX2 has no vector popcount (XLA's popcount widens every word). 'csa' (the CPU default where
-    dns_jax.native's kernel, 2x faster again, is not available) adds the
+    dns_jax.native's faster kernel is not available) adds the
     XORed words with carry-save adders, 16 at a time, and counts five words per 16: ~8.6 vector
-    operations per word, ~1.25x faster than 'swar', which counts every word with shifts and masks,
+    operations per word, fewer than 'swar', which counts every word with shifts and masks,
     adds two words' nibble counts, widens to bytes and sums up to 15 word pairs per byte lane
-    before the final widening (~11 per word). 'native': lax.population_count per word."""
+    before the final widening (~11 per word). 'lax': lax.population_count per word."""
     nw = tr.shape[0]
     xor = lambda k: qq[:, k, None] ^ tr[k][None]
     if popcount == "csa":
@@ -258,7 +258,7 @@ def _conv1_relu_pool(xp: Array, layer: Dict[str, Array]) -> Array:
 
     xp [h + 2, w + 2] (already padded), h and w even -> [h/2, w/2, C]. Equal to conv -> relu ->
     max-pool up to float rounding, without materialising the [h, w, C] conv output (a 1-channel
-    convolution is memory-bound in XLA's convolution; this is ~4x faster on CPU)."""
+    convolution is memory-bound in XLA's convolution; this is much faster on CPU)."""
     h, w = xp.shape[0] - 2, xp.shape[1] - 2
     h2, w2 = h // 2, w // 2
     k = layer["kernel"][:, :, 0, :]                                   # [3, 3, C]

@@ -16,7 +16,7 @@ import numpy as np
 from dns_jax.models import SelectorNetwork
 from dns_jax.retrieval.fine import MIN_FRAMES, ScorerOptions, repeat_min_frames, tile_plan
 from dns_jax.retrieval.kernels import KernelSpec, given_similarity_batch
-from dns_jax.retrieval.layout import Axis, HALO, ladder_size, pow2_size
+from dns_jax.retrieval.layout import HALO, Axis, ladder_size, pow2_size
 from dns_jax.validation import check_video
 
 SELECTOR_BATCH_CELLS = 1 << 19     # f2f cells per selector self-similarity call

@@ -8,8 +8,8 @@
 The command line entry point is `train.py` at the repository root.
 """
 from dns_jax.training.config import ConfigError, default_config, override, validate_config
-from dns_jax.training.checkpointing import TrainingError
 from dns_jax.training.pairs import PairFileError, PairSet, read_pairs, write_pairs
+from dns_jax.training.resume import TrainingError
 from dns_jax.training.trainer import TrainResult, train_and_evaluate
 
 __all__ = ["ConfigError", "PairFileError", "PairSet", "TrainResult", "TrainingError", "default_config",

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dns_jax.evaluation import ranked_list_average_precision
+from dns_jax.datasets.stores import FeatureStore, open_features
+from dns_jax.evaluation import FIVR, ranked_list_average_precision
 from dns_jax.pretrained import MIN_FRAMES
-from dns_jax.training.features import FeatureStore, open_features
 from dns_jax.training.pipeline import bucket_length
 from dns_jax.training.scoring import EVAL_BUCKETS, PairScorer, host_variables
 from dns_jax.validation import repeat_to_min_frames
@@ -78,7 +78,6 @@ class FIVREvaluator:
     """FIVR-5K DSVR / CSVR / ISVR mAP of the student on the user's FIVR-5K features."""
 
     def __init__(self, network: str, module, features: str, batch_size: int = 32):
-        from dns_jax.evaluation import FIVR
         self.dataset = FIVR(version="5k")
         self.store = open_features(features)
         self.queries = [q for q in self.dataset.get_queries() if q in self.store]

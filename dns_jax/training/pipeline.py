@@ -28,8 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import grain
 import numpy as np
 
+from dns_jax.datasets.stores import FeatureStore
 from dns_jax.training.augment import augment_indices
-from dns_jax.training.features import FeatureStore
 from dns_jax.training.pairs import PairSet
 from dns_jax.validation import FeatureError
 

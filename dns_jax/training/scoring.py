@@ -15,14 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dns_jax.datasets.stores import FeatureStore
+from dns_jax.models import registry
 from dns_jax.pretrained import MIN_FRAMES, TARGET_CHUNK
-from dns_jax.training.features import FeatureStore
 from dns_jax.training.pipeline import bucket_length
 from dns_jax.validation import repeat_to_min_frames
 
 EVAL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
-SIMILARITY_NETWORKS = ("fg_att_student", "fg_bin_student", "fg_student", "cg_student",
-                       "visil", "visil_symmetric", "visil_f")
+SIMILARITY_NETWORKS = registry.SIMILARITY
 
 
 class ScoringError(ValueError):

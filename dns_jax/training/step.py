@@ -22,7 +22,8 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dns_jax.losses import binary_cross_entropy, distillation_l1
 

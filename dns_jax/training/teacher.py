@@ -14,48 +14,18 @@ the negatives. The file records the teacher and these settings in its `meta`.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import numpy as np
 
-from dns_jax import checkpoint, pretrained
-from dns_jax.training.features import FeatureStore, global_descriptors, open_features
-from dns_jax.training.pairs import PairSet, write_pairs
-from dns_jax.training.scoring import SIMILARITY_NETWORKS, PairScorer
+from dns_jax.datasets.stores import FeatureStore, global_descriptors
+from dns_jax.pretrained import load_teacher
+from dns_jax.training.pairs import PairSet
+from dns_jax.training.scoring import PairScorer
 
 
 class TeacherError(ValueError):
-    pass
-
-
-def load_teacher(spec: str, dims: Optional[int] = None):
-    """(name, wrapper) of a teacher given as 'visil_f' (weightless ViSiL_f), 'NAME:PATH' (a .pth or
-    checkpoint of network NAME), or a checkpoint / training workdir (network read from its meta)."""
-    spec = str(spec)
-    if spec == "visil_f":
-        net = pretrained.init_network("visil_f", attention=False, video_comparator=False,
-                                      symmetric=False, dims=dims or 512)
-        return "visil_f", net
-    name, path = None, spec
-    if ":" in spec and spec.split(":", 1)[0] in pretrained.NETWORKS:
-        name, path = spec.split(":", 1)
-    if not os.path.exists(path):
-        raise TeacherError(f"teacher {spec!r}: expected 'visil_f', NAME:PATH or a checkpoint directory, "
-                           f"and {path!r} does not exist")
-    if name is None:
-        if os.path.isdir(path):
-            _, meta = checkpoint.read_meta(path)
-            name = meta["network"]
-        else:
-            name = pretrained.guess_network_name(path)
-            if name is None:
-                raise TeacherError(f"teacher {spec!r}: cannot tell the network from the file name; "
-                                   "write it as NAME:PATH (e.g. visil:/path/visil.pth)")
-    if name not in SIMILARITY_NETWORKS:
-        raise TeacherError(f"teacher {spec!r} is a {name!r} network, which gives no video similarity; "
-                           f"a teacher must be one of {', '.join(SIMILARITY_NETWORKS)}")
-    return name, pretrained.load(name, path)
+    """A pair-scoring job that cannot run (too few videos, videos missing from the features)."""
 
 
 def teacher_scorer(spec: str, dims: Optional[int] = None, batch_size: int = 64) -> PairScorer:
@@ -113,38 +83,3 @@ def select_pairs(store: FeatureStore, scorer: PairScorer, ids: Optional[Sequence
             "positive_threshold": positive_threshold, "num_negatives": num_negatives, "seed": seed,
             "selection": "descriptor candidates scored by the teacher; top positives, rest + random negatives"}
     return PairSet(list(ids), out, meta)
-
-
-def main(argv=None):
-    from absl import app, flags
-
-    flags.DEFINE_string("features", None, "feature file (HDF5 / .npz / folder of .npy)")
-    flags.DEFINE_string("teacher", "visil_f", "'visil_f', NAME:PATH or a checkpoint directory")
-    flags.DEFINE_string("out", None, "pair file to write (.npz, .json or .json.gz)")
-    flags.DEFINE_string("ids", "", "optional text file of video ids to use (one per line)")
-    flags.DEFINE_integer("num_candidates", 64, "teacher-scored nearest videos per query")
-    flags.DEFINE_integer("num_positives", 8, "positives per query")
-    flags.DEFINE_float("positive_threshold", -1.0, "minimum teacher similarity of a positive")
-    flags.DEFINE_integer("num_negatives", 16, "random negatives per query")
-    flags.DEFINE_integer("batch_size", 64, "pairs per teacher call")
-    flags.DEFINE_integer("seed", 0, "seed of the random negatives")
-    flags.mark_flags_as_required(["features", "out"])
-
-    def run(_):
-        store = open_features(flags.FLAGS.features)
-        ids = None
-        if flags.FLAGS.ids:
-            with open(flags.FLAGS.ids) as f:
-                ids = [line.strip() for line in f if line.strip()]
-        r, d = store.shape()
-        scorer = teacher_scorer(flags.FLAGS.teacher, dims=d, batch_size=flags.FLAGS.batch_size)
-        ps = select_pairs(store, scorer, ids, flags.FLAGS.num_candidates, flags.FLAGS.num_positives,
-                          flags.FLAGS.positive_threshold, flags.FLAGS.num_negatives, flags.FLAGS.seed)
-        write_pairs(ps, flags.FLAGS.out)
-        print(f"wrote {ps.num_pairs()} pairs of {len(ps.pairs)} queries to {flags.FLAGS.out}")
-
-    app.run(run, argv=argv)
-
-
-if __name__ == "__main__":
-    main()

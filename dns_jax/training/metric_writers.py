@@ -41,12 +41,12 @@ def clu_metric_writers():
     """`clu.metric_writers`, importable with or without TensorFlow."""
     if not has_tensorflow() and _SUMMARY_MODULE not in sys.modules:
         placeholder = types.ModuleType(_SUMMARY_MODULE)
-        placeholder.__doc__ = "Placeholder registered by dns_jax.training.metrics: TensorFlow is not installed."
+        placeholder.__doc__ = "Placeholder registered by dns_jax.training.metric_writers: TensorFlow is not installed."
 
         class SummaryWriter:  # noqa: D401 - stands in for clu's TF SummaryWriter
             def __init__(self, *args, **kwargs):
                 raise ImportError("clu's SummaryWriter needs TensorFlow, which is not installed; "
-                                  "use dns_jax.training.metrics.TensorboardXWriter")
+                                  "use dns_jax.training.metric_writers.TensorboardXWriter")
 
         placeholder.SummaryWriter = SummaryWriter
         sys.modules[_SUMMARY_MODULE] = placeholder

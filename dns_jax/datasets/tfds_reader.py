@@ -9,8 +9,8 @@ from typing import List
 
 import numpy as np
 
-from dns_jax.datasets.builder import INDEX_FILE, INDEX_FORMAT, SPLIT, scan_records, write_index
-from dns_jax.training.features import FeatureStore
+from dns_jax.datasets.store_base import FeatureStore
+from dns_jax.datasets.tfds_format import INDEX_FILE, INDEX_FORMAT, SPLIT, scan_records, write_index
 from dns_jax.validation import FeatureError
 
 _INFO = "dataset_info.json"

@@ -14,42 +14,9 @@ from typing import Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 
+from dns_jax.datasets.store_base import FeatureStore, _as_video
+from dns_jax.datasets.tfds_reader import ArrayRecordFeatures, is_tfds_dataset
 from dns_jax.validation import FeatureError, check_video
-
-
-def _as_video(arr: np.ndarray, video_id: str, source: str) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.ndim == 2:  # one region per frame, as the official loader accepts
-        arr = arr[:, None, :]
-    if arr.ndim != 3 or arr.shape[0] == 0:
-        raise FeatureError(f"{source}: video {video_id!r} has shape {arr.shape}; expected [T, R, D] with T > 0")
-    return arr.astype(np.float32, copy=False)
-
-
-class FeatureStore:
-    """Interface: `ids()`, `id in store`, `length(id)`, `store[id] -> float32 [T, R, D]`."""
-
-    source = "features"
-
-    def ids(self) -> List[str]:
-        raise NotImplementedError
-
-    def __contains__(self, video_id) -> bool:
-        raise NotImplementedError
-
-    def length(self, video_id: str) -> int:
-        raise NotImplementedError
-
-    def __getitem__(self, video_id: str) -> np.ndarray:
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        return len(self.ids())
-
-    def shape(self) -> tuple:
-        """(R, D) of the collection (read from its first video)."""
-        first = self[self.ids()[0]]
-        return first.shape[1:]
 
 
 class MemoryFeatures(FeatureStore):
@@ -165,7 +132,6 @@ def open_features(path: str) -> FeatureStore:
     if not os.path.exists(path):
         raise FeatureError(f"no such feature file or folder: {path!r}")
     if os.path.isdir(path):
-        from dns_jax.datasets.reader import ArrayRecordFeatures, is_tfds_dataset
         if is_tfds_dataset(path):
             return ArrayRecordFeatures(path)
         return NpyFolderFeatures(path)

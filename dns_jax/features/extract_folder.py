@@ -1,6 +1,6 @@
 """Extract DnS frame features for a video collection into one HDF5 file.
 
-    python -m dns_jax.features.extract --videos DIR_OR_LIST --output feats.hdf5 \\
+    dns-jax extract --videos DIR_OR_LIST --output feats.hdf5 \\
         --backbone resnet50.pth --pca pca_resnet50_vcdb_1M.pth [--dims 512]
 
 * `--videos`: a directory (every video file below it; id = relative path without extension, so
@@ -26,16 +26,13 @@ need torchvision's ResNet-50 ImageNet weights and the official PCA).
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import json
-import os
 import pathlib
-import sys
 import time
 import uuid
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -175,53 +172,3 @@ def extract_to_hdf5(videos: Sequence, output, extractor: Callable, *, settings: 
     for vid, path, msg in failed:
         log(f"  FAILED {vid} ({path}): {msg}")
     return summary
-
-
-def parse_args(argv: Iterable[str] | None = None):
-    ap = argparse.ArgumentParser(prog="python -m dns_jax.features.extract", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--videos", required=True, help="directory of videos, or a list file (id<TAB>path or path per line)")
-    ap.add_argument("--output", required=True, help="HDF5 file to create or resume")
-    ap.add_argument("--backbone", default=None,
-                    help="torchvision ResNet-50 weights (.pth), an open_nsfw .onnx, or 'resnet50_1by2_opennsfw' (default)")
-    ap.add_argument("--pca", default=None, help="PCA weights: official {mean,V,d} .pth/.npz or a DnS extractor state dict")
-    ap.add_argument("--dims", type=int, default=512, help="PCA components (default 512)")
-    ap.add_argument("--fps", type=float, default=1.0, help="frames kept per second (default 1)")
-    ap.add_argument("--rs-size", type=int, default=256, help="shorter side after resizing (default 256)")
-    ap.add_argument("--cc-size", type=int, default=224, help="centre crop (default 224)")
-    ap.add_argument("--batch-size", type=int, default=32, help="frames per jitted call (default 32)")
-    ap.add_argument("--workers", type=int, default=2, help="videos decoded ahead in threads (default 2)")
-    ap.add_argument("--compression", choices=["none", "gzip", "lzf"], default="none")
-    ap.add_argument("--keep-partial", action="store_true",
-                    help="keep the decodable part of truncated/corrupt videos instead of failing them")
-    ap.add_argument("--precision", choices=["default", "high", "highest"], default="default",
-                    help="conv precision (GPU: 'highest' disables TF32)")
-    ap.add_argument("--no-progress", action="store_true")
-    return ap.parse_args(argv)
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    args = parse_args(argv)
-    from .extractor import load_extractor
-    from .offline import OPENNSFW
-
-    videos = list_videos(args.videos)
-    backbone = args.backbone or OPENNSFW
-    if args.backbone is None:
-        print(f"note: no --backbone given, using the offline {OPENNSFW!r} (1920-d regions); these are not "
-              "the features of the published DnS networks", file=sys.stderr)
-    precision = None if args.precision == "default" else args.precision
-    extractor = load_extractor(backbone, args.pca, dims=args.dims, batch_size=args.batch_size, precision=precision)
-    settings = {"backbone": os.path.basename(os.fspath(backbone)), "pca": os.path.basename(args.pca or ""),
-                "dims": extractor.dims, "fps": args.fps, "rs_size": args.rs_size, "cc_size": args.cc_size}
-    summary = extract_to_hdf5(
-        videos, args.output, extractor, settings=settings,
-        load_kwargs={"fps": args.fps, "rs_size": args.rs_size, "cc_size": args.cc_size,
-                     "strict": not args.keep_partial},
-        chunk_frames=8 * args.batch_size, workers=args.workers,
-        compression=None if args.compression == "none" else args.compression, progress=not args.no_progress)
-    return 1 if summary.failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,73 @@
+"""`dns-jax build`: a DnS system trained on a folder of the user's own videos, with no labels and
+no downloaded weights. Every value the build uses is written out here; the command-line flags of
+`dns-jax build` (--dims, --steps, --batch-size, --teacher, --seed) override the matching fields.
+
+    dns-jax build --videos DIR --workdir WORK                 # this recipe
+    dns-jax build --videos DIR --workdir WORK --recipe build:demo
+
+Arguments: none = own videos (official network sizes), 'demo' = the generated demo collection
+(34 videos: fewer steps, a CG student sized for a few dozen videos).
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+    if arg not in (None, "", "demo"):
+        raise ValueError(f"configs/build.py takes no argument or 'demo', got {arg!r}")
+    demo = arg == "demo"
+    c = ml_collections.ConfigDict()
+
+    # -- features: frames at `fps`, shorter side `rs_size`, centre crop `cc_size`; the offline
+    # ResNet-50-1by2 backbone unless --backbone names torchvision ResNet-50 weights; PCA whitening
+    # fitted on the collection unless --pca names the official file ---------------------------------
+    c.features = ml_collections.ConfigDict(dict(
+        backbone="resnet50_1by2_opennsfw",
+        dims=512,                       # whitened feature dims, the input of every network
+        fps=1.0,
+        rs_size=256,
+        cc_size=224))
+
+    # -- teacher: scores the training pairs; 'visil_f' needs no weights (frame-level Chamfer of
+    # region Chamfer similarities) --------------------------------------------------------------
+    c.teacher = "visil_f"
+    c.teacher_job = ml_collections.ConfigDict(dict(
+        num_candidates=32,              # per query, nearest by mean feature (at most videos - 1)
+        num_positives=4,                # best-scored candidates kept as positives
+        num_negatives=8,                # random others (at most videos - 5)
+        batch_size=64))                 # pairs per teacher call
+    c.min_videos = 4                    # fewer usable videos cannot form training triplets
+
+    # -- students and selector: training steps, triplets (pairs for the selector) per step -------
+    steps = 200 if demo else 300
+    c.batch_size = 16
+    c.seed = 0
+    c.fine = ml_collections.ConfigDict(dict(
+        network="fg_att_student",
+        steps=steps,
+        learning_rate=1e-4))            # the paper's
+    c.coarse = ml_collections.ConfigDict(dict(
+        network="cg_student",
+        steps=steps,
+        # the official 1e-5 is tuned for 300 epochs of DnS-100K; a small collection needs a larger step
+        learning_rate=1e-4,
+        # the official CG student (64 clusters, 1024-d) suits large collections; the demo's few dozen
+        # videos train a smaller one
+        model=ml_collections.ConfigDict(dict(
+            netvlad_clusters=16 if demo else 64,
+            netvlad_outdims=256 if demo else 1024,
+            transformer_feedforward_dims=1024 if demo else 2048)),
+        spread_floor=3.0,               # teacher scores within this many robust stds of the background -> 0
+        init_max_videos=4096))          # videos whose VLAD vectors fit the initial PCA reduction
+    c.selector = ml_collections.ConfigDict(dict(
+        steps=steps,
+        learning_rate=1e-4,
+        threshold=0.2,                  # |fine - coarse| above this: the pair is worth re-ranking
+        pairs_per_class=5000))
+
+    # -- bookkeeping: a checkpoint every third of a stage's steps (at least every 50), a log line
+    # every fifth (at least every 10) ------------------------------------------------------------
+    c.checkpoint_fraction = 3
+    c.min_checkpoint_every = 50
+    c.log_fraction = 5
+    c.min_log_every = 10
+    return c

