@@ -62,6 +62,9 @@ def get_config(arg=None):
         steps=steps,
         learning_rate=1e-4,
         threshold=0.2,                  # |fine - coarse| above this: the pair is worth re-ranking
+        # fewer pairs than this on either side of the threshold (a small collection): the threshold
+        # becomes the median difference (dns_jax/app/build.py selector_threshold)
+        min_pairs_per_class=8,
         pairs_per_class=5000))
 
     # -- bookkeeping: a checkpoint every third of a stage's steps (at least every 50), a log line

@@ -8,6 +8,7 @@ ignored by readers and replaced by the next write.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 from typing import IO, Any, Iterator, List
@@ -74,6 +75,47 @@ def atomic_savez(path: str, durable: bool = False, **arrays) -> str:
     with atomic_open(path, "wb", durable) as f:
         np.savez(f, **arrays)
     return path
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock."""
+
+
+class ProcessLock:
+    """An exclusive advisory lock on `path` (fcntl.flock): held by one process at a time and released
+    by the OS when the holder exits, however it dies (so a killed process never leaves a stale
+    lock). The holder's pid is written into the file for the error message of the next one."""
+
+    def __init__(self, path: str, what: str):
+        self.path, self.fd = path, None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise LockedError(f"{what} is in use by another process" + (f" (pid {holder})" if holder else "")
+                              + "; wait for it to finish") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:
+            pass
 
 
 def read_id_list(path: str) -> List[str]:

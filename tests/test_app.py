@@ -192,7 +192,6 @@ def test_interrupted_training_stage_is_not_marked_done(built, tmp_path, monkeypa
     (BuildInterrupted, exit code 143) and not record the stage as done, so a rerun resumes it."""
     import types
 
-    import dns_jax.training
     from dns_jax import cli
     from dns_jax.app.build import BuildInterrupted, run_build
     from dns_jax.app.workdir import Workdir
@@ -204,7 +203,7 @@ def test_interrupted_training_stage_is_not_marked_done(built, tmp_path, monkeypa
     for stage in ("selector", "index"):
         state["done"].pop(stage)
     wd.write_state(state)
-    monkeypatch.setattr(dns_jax.training, "train_and_evaluate",
+    monkeypatch.setattr("dns_jax.app.build.train_and_evaluate",
                         lambda cfg, workdir: types.SimpleNamespace(preempted=True, step=3))
     with pytest.raises(BuildInterrupted, match="rerun the same command"):
         run_build(opts.__class__(**{**opts.__dict__, "workdir": str(work)}))
@@ -212,7 +211,7 @@ def test_interrupted_training_stage_is_not_marked_done(built, tmp_path, monkeypa
 
     def interrupted(options):
         raise BuildInterrupted("training of selector stopped at step 3 of 10")
-    monkeypatch.setattr("dns_jax.app.build.run_build", interrupted)
+    monkeypatch.setattr("dns_jax.commands.build.run_build", interrupted)
     assert cli.main(["build", "--videos", opts.videos, "--workdir", str(work), "--quiet"]) == 143
 
 

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from dns_jax import pretrained
+from dns_jax import checkpoint, pretrained
 from dns_jax.app import coarse_recipe
 from dns_jax.app.coarse_recipe import fit_spread, spread_scores
-from dns_jax.app.workdir import Workdir
+from dns_jax.app.sources import SourceChanges, current_files, diff, video_id_of
+from dns_jax.app.workdir import Workdir, WorkdirError
 from dns_jax.config_files import apply_overrides, load_config
 from dns_jax.datasets.stores import hdf5_dataset_paths, open_features
 from dns_jax.features import load_extractor
@@ -71,6 +73,8 @@ class BuildOptions:
     seed: Optional[int] = None
     progress: bool = True
     recipe: str = "build"
+    reset: Optional[str] = None         # forget this stage and the later ones, build them again
+    retrain: bool = False               # train the networks again (from the PCA fit on)
 
     def config(self):
         """The recipe with this build's options written over it."""
@@ -108,23 +112,42 @@ def _log_fn(progress: bool) -> Callable[[str], None]:
 # ---------------------------------------------------------------------------------------------
 # stages
 
-def stage_features(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
-
-    if not os.path.isdir(opts.videos):
-        raise BuildError(f"--videos {opts.videos!r} is not a directory")
-    videos = list_videos(opts.videos)
-    if not videos:
-        raise BuildError(f"no video files found under {opts.videos!r}")
-    os.makedirs(os.path.dirname(wd.raw_features), exist_ok=True)
-    backbone = opts.backbone or OFFLINE_BACKBONE
+def _extractor(opts: BuildOptions, rc, log):
+    backbone = opts.backbone or rc.features.backbone
     if opts.backbone is None:
-        log(f"features: offline backbone {OFFLINE_BACKBONE} (1920-d regions; not the features of the "
+        log(f"features: offline backbone {backbone} (1920-d regions; not the features of the "
             "published DnS networks, which need torchvision's ResNet-50 and the official PCA)")
-    extractor = load_extractor(backbone, None)
-    summary = extract_to_hdf5(videos, wd.raw_features, extractor, settings={"backbone": backbone},
-                              progress=opts.progress, log=log)
-    return {"videos": len(videos), "extracted": summary.extracted + summary.skipped,
-            "failed": [[v, p, m] for v, p, m in summary.failed]}
+    return backbone, load_extractor(backbone, None)
+
+
+def stage_features(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) -> Dict:
+    """Extract the videos that are new, changed or fixed since the last build (every video on the
+    first build); record each file's signature and whether it failed."""
+    if not changes.current:
+        raise BuildError(f"no video files found under {opts.videos!r}")
+    todo = changes.to_extract
+    state = wd.read_state()
+    sources = state.get("sources", {})
+    failed = []
+    if todo:
+        os.makedirs(os.path.dirname(wd.raw_features), exist_ok=True)
+        backbone, extractor = _extractor(opts, rc, log)
+        load_kwargs = {"fps": rc.features.fps, "rs_size": rc.features.rs_size, "cc_size": rc.features.cc_size}
+        summary = extract_to_hdf5(todo, wd.raw_features, extractor, settings={"backbone": backbone},
+                                  load_kwargs=load_kwargs, progress=opts.progress, log=log)
+        failed = [[v, wd.relative(p), m] for v, p, m in summary.failed]
+    bad = {v: m for v, _, m in failed}
+    for vid, path in todo:
+        sources[vid] = dict(changes.signatures[vid], path=wd.relative(path),
+                            status="failed" if vid in bad else "ok", **({"error": bad[vid]} if vid in bad else {}))
+    for vid in changes.removed:
+        sources.pop(vid, None)
+    state = wd.read_state()
+    state["sources"] = sources
+    wd.write_state(state)
+    all_failed = [[v, r["path"], r.get("error", "")] for v, r in sorted(sources.items()) if r.get("status") == "failed"]
+    return {"videos": len(changes.current), "extracted": len(changes.current) - len(all_failed),
+            "failed": all_failed, "last_update": changes.describe()}
 
 
 def _dataset_names(path: str) -> List[str]:
@@ -134,10 +157,12 @@ def _dataset_names(path: str) -> List[str]:
         return sorted(hdf5_dataset_paths(h5))
 
 
-def stage_pca(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
+def stage_pca(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) -> Dict:
 
     if opts.pca:
         return {"pca": os.path.abspath(opts.pca), "fitted": False}
+    if os.path.exists(wd.features):         # a refit whitens every video again
+        os.remove(wd.features)
     pca = fit_pca_hdf5(wd.raw_features, progress=False)
     n = int(pca.get("count", 0)) if isinstance(pca, dict) else 0
     atomic_savez(wd.pca, **{k: np.asarray(v) for k, v in pca.items()})
@@ -145,22 +170,29 @@ def stage_pca(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
     return {"pca": wd.pca, "fitted": True}
 
 
-def stage_whiten(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
+def stage_whiten(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) -> Dict:
+    """Whitened features of every extracted video not whitened yet (all of them the first time)."""
     import h5py
 
     pca_source = opts.pca or wd.pca
     mean, dvt = whitening_matrices(pca_source, rc.features.dims)
     names = _dataset_names(wd.raw_features)
-    tmp = wd.features + ".tmp"
     regions = 0
-    with h5py.File(wd.raw_features, "r") as src, h5py.File(tmp, "w") as dst:
-        for name in names:
+    with h5py.File(wd.raw_features, "r") as src, h5py.File(wd.features, "a") as dst:
+        have = set(hdf5_dataset_paths(dst))
+        todo = [n for n in names if n not in have]
+        for name in todo:
             x = src[name][:]
             regions += int(np.prod(x.shape[:-1]))
-            dst.create_dataset(name, data=apply_whitening(x, mean, dvt))
-    os.replace(tmp, wd.features)
-    log(f"whiten: {len(names)} videos -> {dvt.shape[1]}-d features in {wd.features}")
-    if not opts.pca and regions < 2 * dvt.shape[1]:
+            tmp = f"{name}.__partial__"
+            if tmp in dst:
+                del dst[tmp]
+            dst.create_dataset(tmp, data=apply_whitening(x, mean, dvt))
+            dst.move(tmp, name)             # the id exists only once its features are complete
+            dst.flush()
+    log(f"whiten: {len(todo)} videos -> {dvt.shape[1]}-d features in {wd.features}")
+    first = not wd.done("whiten")
+    if first and not opts.pca and regions < 2 * dvt.shape[1]:
         log(f"whiten: WARNING only {regions} region vectors for a {dvt.shape[1]}-d whitening fitted on "
             f"them: whitened videos become nearly equidistant; use --dims {max(32, regions // 4 // 32 * 32)} "
             "or fewer for a collection this small")
@@ -171,7 +203,7 @@ def _store(wd: Workdir):
     return open_features(wd.features)
 
 
-def stage_teacher(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
+def stage_teacher(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) -> Dict:
 
     store = _store(wd)
     n = len(store.ids())
@@ -185,7 +217,7 @@ def stage_teacher(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
                          num_negatives=min(job.num_negatives, max(n - 5, 0)), seed=rc.seed, log=log)
     os.makedirs(os.path.dirname(wd.pairs("teacher")), exist_ok=True)
     write_pairs(pairs, wd.pairs("teacher"))
-    return {"pairs": pairs.num_pairs(), "teacher": rc.teacher}
+    return {"pairs": pairs.num_pairs(), "teacher": rc.teacher, "videos": n}
 
 
 def _train(network: str, wd: Workdir, opts: BuildOptions, rc, steps: int, extra: Dict) -> str:
@@ -209,10 +241,24 @@ def _train(network: str, wd: Workdir, opts: BuildOptions, rc, steps: int, extra:
     if result.preempted:
         raise BuildInterrupted(f"training of {network} stopped at step {result.step} of {steps} "
                                f"(checkpoint saved in {wd.model(network)}); rerun the same command to resume")
+    keep_parameters_only(network, wd.model(network))
     return wd.model(network)
 
 
-def stage_fine(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
+def keep_parameters_only(network: str, directory: str) -> None:
+    """Replace a finished training work directory (optimizer state, data iterator, several steps)
+    by a checkpoint of the network's variables alone: a fraction of the size, loaded the same way."""
+    model = pretrained.load(network, directory)
+    tmp, old = directory + ".params-tmp", directory + ".training-old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    checkpoint.save_network(tmp, network, model.config, model.variables)
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(directory, old)
+    os.rename(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def stage_fine(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) -> Dict:
     if opts.fine:
         return {"network": _given("fine", opts.fine), "path": os.path.abspath(opts.fine), "trained": False}
     network = rc.fine.network
@@ -222,7 +268,7 @@ def stage_fine(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
     return {"network": network, "path": path, "trained": True}
 
 
-def stage_coarse(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
+def stage_coarse(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) -> Dict:
     if opts.coarse:
         return {"network": "cg_student", "path": os.path.abspath(opts.coarse), "trained": False}
     model = dict(default_config("cg_student").model.to_dict(), dims=rc.features.dims, **rc.coarse.model.to_dict())
@@ -275,7 +321,7 @@ def _student_pairs(wd: Workdir, model, name: str, spread: bool = False) -> Tuple
     return wd.pairs(name), params
 
 
-def stage_selector(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
+def stage_selector(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) -> Dict:
     if opts.selector:
         return {"network": "selector", "path": os.path.abspath(opts.selector), "trained": False}
     fine_info, coarse_info = wd.require("fine"), wd.require("coarse")
@@ -285,20 +331,61 @@ def stage_selector(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
     # a CG student trained on spread targets: the fine scores are compared on its scale
     fine_pairs, fine_spread = _student_pairs(wd, fine, "fine", spread=bool(coarse_info.get("targets")))
     coarse_pairs, _ = _student_pairs(wd, coarse, "coarse")
+    threshold = selector_threshold(read_pairs(fine_pairs), read_pairs(coarse_pairs), rc.selector.threshold,
+                                   rc.selector.min_pairs_per_class, log)
     log(f"selector: training ({rc.selector.steps} steps)")
     path = _train("selector", wd, opts, rc, rc.selector.steps,
                   {"selector.fine_pairs": fine_pairs, "selector.coarse_pairs": coarse_pairs,
                    "selector.pairs_per_class": rc.selector.pairs_per_class,
-                   "selector.threshold": rc.selector.threshold, "learning_rate": rc.selector.learning_rate})
+                   "selector.threshold": threshold, "learning_rate": rc.selector.learning_rate})
     # `fine_spread`: how DnS puts the fine student's scores on the CG scale (None: official s/2+0.5)
-    return {"network": "selector", "path": path, "trained": True, "fine_spread": fine_spread}
+    return {"network": "selector", "path": path, "trained": True, "fine_spread": fine_spread,
+            "threshold": threshold}
 
 
-def stage_index(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
+def selector_threshold(fine: PairSet, coarse: PairSet, threshold: float, min_per_class: int, log) -> float:
+    """The selector learns which pairs the coarse student gets wrong: |fine / 2 + 0.5 - coarse| >
+    threshold. On a small collection the recipe's threshold can leave one class (almost) empty,
+    and there is nothing to learn: then the threshold becomes the median difference, which splits
+    the pairs in two halves (the pairs the coarse student gets most wrong are still the positives)."""
+    c = {(coarse.index[q], coarse.index[t]): s for q, t, s, _ in coarse.all_pairs()}
+    diffs = np.array([abs(s / 2 + 0.5 - c[(fine.index[q], fine.index[t])]) for q, t, s, _ in fine.all_pairs()
+                      if (fine.index[q], fine.index[t]) in c])
+    if diffs.size < 2:
+        raise BuildError(f"the selector needs at least 2 scored pairs, got {diffs.size}; the collection is too "
+                         "small: add videos or give a trained selector with --selector")
+    positives = int((diffs > threshold).sum())
+    if min(positives, diffs.size - positives) >= min(min_per_class, diffs.size // 2):
+        return float(threshold)
+    adapted = float(np.median(diffs))
+    if not (diffs > adapted).any():         # ties at the median: anything strictly below the top
+        adapted = float(np.nextafter(diffs.max(), -np.inf))
+    log(f"selector: threshold {threshold:g} leaves {positives} of {diffs.size} pairs in one class; using the "
+        f"median difference {adapted:.4g} instead (small collection)")
+    return adapted
+
+
+def stage_index(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) -> Dict:
 
     fine, coarse, selector = load_networks(wd)
     report = build_index(wd.index, [wd.features], fine, coarse, selector, progress=opts.progress, log=log)
     return {"videos": len(Index.open(wd.index)), "report": str(report)}
+
+
+INCREMENTAL = ("features", "whiten", "index")     # rerun on every build: they pick up new videos
+# the first stage each setting affects (a changed setting means: redo from that stage)
+_SETTING_STAGE = (("backbone", "features"), ("features.", "features"), ("pca", "pca"), ("dims", "whiten"),
+                  ("teacher", "teacher"), ("seed", "teacher"), ("min_videos", "teacher"), ("batch_size", "fine"),
+                  ("fine", "fine"), ("coarse", "coarse"), ("selector", "selector"))
+SPEED_ONLY = ("teacher_job.batch_size", "checkpoint_fraction", "min_checkpoint_every", "log_fraction",
+              "min_log_every")
+RETRAIN_GROWTH = 2.0    # a collection grown past this factor of the videos the networks saw is retrained
+# what each stage leaves in the work directory (removed when the stage is reset)
+_OUTPUTS = {"features": ("features/raw.hdf5",), "pca": ("features/pca.npz",), "whiten": ("features/features.hdf5",),
+            "teacher": ("pairs/teacher.json.gz",), "fine": ("models/fg_att_student", "models/fg_bin_student",
+                                                            "models/fg_student", "pairs/fine.json.gz"),
+            "coarse": ("models/cg_student", "coarse_init", "pairs/coarse.json.gz"),
+            "selector": ("models/selector",), "index": ("index",)}
 
 
 _STAGE_FNS = {"features": stage_features, "pca": stage_pca, "whiten": stage_whiten,
@@ -306,29 +393,229 @@ _STAGE_FNS = {"features": stage_features, "pca": stage_pca, "whiten": stage_whit
               "selector": stage_selector, "index": stage_index}
 
 
+def _flatten(d: Dict, prefix: str = "") -> Dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def decisive_settings(opts: BuildOptions, rc) -> Dict:
+    """The settings that decide the results (the recipe with the options written over it, the
+    given files and networks); speed-only ones are left out. `videos` is recorded apart: a moved
+    folder is no change."""
+    flat = {k: v for k, v in _flatten(rc.to_dict()).items() if k not in SPEED_ONLY}
+    flat["backbone"] = opts.backbone or flat.pop("features.backbone")
+    flat.pop("features.backbone", None)
+    flat["dims"] = flat.pop("features.dims")
+    flat["pca"] = os.path.abspath(opts.pca) if opts.pca else None
+    for kind in ("fine", "coarse", "selector"):
+        given = getattr(opts, kind)
+        flat[f"{kind}.given"] = os.path.abspath(given) if given else None
+    return flat
+
+
+def stage_of_setting(key: str) -> str:
+    for prefix, stage in _SETTING_STAGE:
+        if key == prefix or key.startswith(prefix + ".") or (prefix.endswith(".") and key.startswith(prefix)):
+            return stage
+    return STAGES[0]
+
+
+def reset_stages(wd: Workdir, stage: str, log) -> None:
+    """Forget `stage` and every later one, and remove what they wrote."""
+    if stage not in STAGES:
+        raise BuildError(f"--reset {stage!r}: expected one of {', '.join(STAGES)}")
+    later = list(STAGES[STAGES.index(stage):])
+    for s in later:
+        for rel in _OUTPUTS[s]:
+            path = wd.path(rel)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+    wd.forget(later)
+    state = wd.read_state()
+    if stage == "features":
+        state["sources"] = {}
+        wd.write_state(state)
+    log(f"reset: {', '.join(later)} will be built again")
+
+
+def _check_settings(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
+    """The settings of this run; a changed setting is an error unless a reset covers its stage."""
+    settings = decisive_settings(opts, rc)
+    changed = wd.changed_settings(settings)
+    reset = opts.reset or ("pca" if opts.retrain else None)
+    if changed:
+        first = min((stage_of_setting(k) for k in changed), key=STAGES.index)
+        if reset is None or STAGES.index(reset) > STAGES.index(first):
+            lines = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise WorkdirError(f"{wd.root} was built with other settings ({lines}); to rebuild with the new ones "
+                               f"from the first stage they affect, add --reset {first} (or use another --workdir)")
+    if reset:
+        reset_stages(wd, reset, log)
+    return settings
+
+
+def _sync_sources(opts: BuildOptions, wd: Workdir, log) -> SourceChanges:
+    """What changed in the collection's files since the last build; the features and index entries
+    of removed and changed videos are deleted here (the changed ones are extracted again)."""
+    import h5py
+
+    state = wd.read_state()
+    added = {v: wd.resolve(p) for v, p in state.get("added", {}).items()}
+    if opts.videos and not os.path.isdir(opts.videos) and not added:
+        raise BuildError(f"--videos {opts.videos!r} is not a directory")
+    changes = diff(state.get("sources", {}), current_files(opts.videos, added, state.get("excluded", [])))
+    gone = changes.to_delete
+    if gone:
+        for path in (wd.raw_features, wd.features):
+            if os.path.exists(path):
+                with h5py.File(path, "a") as h5:
+                    for v in gone:
+                        if v in h5:
+                            del h5[v]
+        if Index.exists(wd.index):
+            index = Index.open(wd.index, writable=True)
+            try:
+                index.remove(gone)
+            finally:
+                index.close()
+    if wd.done("features"):
+        log(f"collection: {changes.describe()}")
+    return changes
+
+
+def _maybe_retrain(opts: BuildOptions, wd: Workdir, changes: SourceChanges, log) -> None:
+    teacher = wd.info("teacher") or {}
+    trained_on = teacher.get("videos")
+    if (trained_on and not (opts.fine or opts.coarse or opts.selector)
+            and len(changes.current) > RETRAIN_GROWTH * trained_on):
+        log(f"collection: {len(changes.current)} videos, more than {RETRAIN_GROWTH:g}x the {trained_on} the "
+            "networks were trained on: retraining them (PCA, teacher, students, selector, index)")
+        reset_stages(wd, "pca" if not opts.pca else "teacher", log)
+
+
 def run_build(opts: BuildOptions, stages=STAGES) -> Dict:
-    """Run (or resume) every stage; returns {stage: info} and prints a summary."""
+    """Build the collection, or bring an existing work directory up to date: new videos are
+    extracted and indexed with the trained networks, removed ones leave the index, changed ones are
+    extracted again. Training stages run once (again only after --reset/--retrain, or when the
+    collection has grown past RETRAIN_GROWTH times what they were trained on). Returns the
+    records of the stages and prints a summary."""
     log = _log_fn(opts.progress)
     rc = opts.config()
-    wd = Workdir(opts.workdir)
-    wd.check_settings(opts.settings())
-    timings = {}
-    for stage in stages:
-        if wd.done(stage):
-            log(f"[{stage}] already done, skipping")
-            continue
-        if stage == "teacher" and opts.fine and opts.coarse and opts.selector:
-            wd.mark_done(stage, {"skipped": "all networks given"})
-            continue
-        t0 = time.time()
-        log(f"[{stage}] ...")
-        info = _STAGE_FNS[stage](opts, rc, wd, log)
-        timings[stage] = time.time() - t0
-        info = dict(info, seconds=round(timings[stage], 1))
-        wd.mark_done(stage, info)
-    state = wd.read_state()["done"]
-    _print_summary(state, log)
-    return state
+    wd = Workdir(opts.workdir).lock()
+    try:
+        settings = _check_settings(opts, rc, wd, log)
+        changes = _sync_sources(opts, wd, log)
+        _maybe_retrain(opts, wd, changes, log)
+        state = wd.read_state()
+        state["options"] = recorded_options(opts, wd)
+        wd.write_state(state)
+        for stage in stages:
+            if wd.done(stage) and (stage not in INCREMENTAL or not changes):
+                log(f"[{stage}] already done, skipping")
+                continue
+            if stage == "teacher" and opts.fine and opts.coarse and opts.selector:
+                wd.mark_done(stage, {"skipped": "all networks given"})
+                continue
+            t0 = time.time()
+            log(f"[{stage}] ...")
+            info = _STAGE_FNS[stage](opts, rc, wd, log, changes)
+            info = dict(info, seconds=round(time.time() - t0, 1))
+            wd.mark_done(stage, info)
+            wd.record_settings(settings)     # only once a stage succeeded: a failed first run locks nothing
+        done = wd.read_state()["done"]
+        _print_summary(done, log)
+        return done
+    finally:
+        wd.unlock()
+
+
+_OPTION_PATHS = ("videos", "pca", "fine", "coarse", "selector")
+_RECORDED = ("videos", "backbone", "pca", "dims", "teacher", "fine", "coarse", "selector", "fine_steps",
+             "coarse_steps", "selector_steps", "batch_size", "coarse_model", "seed", "recipe")
+
+
+def recorded_options(opts: BuildOptions, wd: Workdir) -> Dict:
+    """The options of this build as stored in state.json (paths relative to the work directory)."""
+    out = {k: getattr(opts, k) for k in _RECORDED}
+    for k in _OPTION_PATHS:
+        out[k] = wd.relative(out[k]) if out[k] else out[k]
+    if opts.backbone and os.path.exists(opts.backbone):
+        out["backbone"] = {"path": wd.relative(opts.backbone)}
+    return out
+
+
+def update_options(workdir: str, progress: bool = True) -> BuildOptions:
+    """The options of the build that made `workdir`, to bring it up to date (dns-jax add/remove)."""
+    wd = Workdir(workdir)
+    if not wd.exists():
+        raise WorkdirError(f"{workdir!r} is not a dns-jax work directory; run `dns-jax build` first")
+    state = wd.read_state()
+    recorded = state.get("options")
+    if not recorded:
+        raise WorkdirError(f"{workdir!r} was built by an older dns-jax; rerun `dns-jax build` on it once")
+    options = {k: (wd.resolve(v) if k in _OPTION_PATHS and v else v) for k, v in recorded.items()}
+    if isinstance(options.get("backbone"), dict):
+        options["backbone"] = wd.resolve(options["backbone"]["path"])
+    return BuildOptions(**dict(options, workdir=wd.root, progress=progress))
+
+
+def add_videos(workdir: str, paths: List[str], ids: Optional[List[str]] = None, progress: bool = True) -> Dict:
+    """Add video files to a built collection (ids: their names without the extension, unless given)
+    and bring it up to date. An id already used by another file is an error naming both."""
+    wd = Workdir(workdir)
+    opts = update_options(workdir, progress)
+    ids = list(ids) if ids else [video_id_of(p) for p in paths]
+    if len(ids) != len(paths):
+        raise BuildError(f"{len(paths)} files but {len(ids)} ids")
+    if len(set(ids)) != len(ids):
+        raise BuildError(f"repeated video ids: {sorted(v for v in set(ids) if ids.count(v) > 1)}")
+    for p in paths:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"no such video file: {p!r}")
+    wd.lock()
+    try:
+        state = wd.read_state()
+        added = dict(state.get("added", {}))
+        in_folder = dict(list_videos(opts.videos)) if opts.videos and os.path.isdir(opts.videos) else {}
+        for vid, p in zip(ids, paths):
+            other = added.get(vid) or in_folder.get(vid)
+            if other and os.path.abspath(wd.resolve(other) if vid in added else other) != os.path.abspath(p):
+                raise BuildError(f"video id {vid!r} is already taken by {other!r}; remove it first or give "
+                                 f"{p!r} another id")
+            added[vid] = wd.relative(p)
+        state["added"] = added
+        state["excluded"] = [v for v in state.get("excluded", []) if v not in ids]
+        wd.write_state(state)
+    finally:
+        wd.unlock()
+    return run_build(opts)
+
+
+def remove_videos(workdir: str, ids: List[str], progress: bool = True) -> Dict:
+    """Take videos out of a built collection (their features and index entries); an id that is not
+    in the collection is an error naming it. A removed video of the folder stays out on later
+    builds until it is added again."""
+    wd = Workdir(workdir)
+    opts = update_options(workdir, progress)
+    wd.lock()
+    try:
+        state = wd.read_state()
+        unknown = [v for v in ids if v not in state.get("sources", {})]
+        if unknown:
+            raise BuildError(f"not in the collection at {wd.root}: {', '.join(map(repr, unknown))}")
+        state["excluded"] = sorted(set(state.get("excluded", [])) | set(ids))
+        state["added"] = {v: p for v, p in state.get("added", {}).items() if v not in ids}
+        wd.write_state(state)
+    finally:
+        wd.unlock()
+    return run_build(opts)
 
 
 def _print_summary(done: Dict, log) -> None:

@@ -45,7 +45,7 @@ class Searcher:
             raise WorkdirError(f"{workdir!r} is not a dns-jax work directory (no state.json); "
                                "run `dns-jax build --videos DIR --workdir WORK` first")
         self.wd.require("index")
-        self.settings = self.wd.read_state()["settings"]
+        self.settings = self.wd.settings()
         self.fine, self.coarse, self.selector = load_networks(self.wd)
         self.index = Index.open(self.wd.index)
         self.dns = DnS(self.fine, self.coarse, self.selector)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dns_jax.app.build import BuildInterrupted, BuildOptions, run_build
+from dns_jax.app.build import RETRAIN_GROWTH, STAGES, BuildInterrupted, BuildOptions, run_build
 from dns_jax.commands.common import add_quiet
 
 NAME = "build"
@@ -12,7 +12,10 @@ DESCRIPTION = (
     "Extract frame features, fit PCA whitening, score training pairs with a teacher that needs no "
     "weights (ViSiL_f), distill the FG-Att and CG students, train the selector and index the "
     "collection. Values not given on the command line come from the recipe (configs/build.py). "
-    "Every stage is resumable: rerun the same command after an interruption.")
+    "Every stage is resumable: rerun the same command after an interruption. On an existing work "
+    "directory the build brings the collection up to date with the folder: new videos are "
+    "extracted and indexed with the trained networks, removed ones leave the index, changed ones are "
+    "extracted again.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="training steps per network (recipe: 300)")
     p.add_argument("--batch-size", type=int, help="triplets (students) / pairs (selector) per step (recipe: 16)")
     p.add_argument("--seed", type=int, help="(recipe: 0)")
+    p.add_argument("--reset", metavar="STAGE", choices=STAGES,
+                   help="build this stage and the later ones again (after changing a setting they depend on): "
+                        + ", ".join(STAGES))
+    p.add_argument("--retrain", action="store_true",
+                   help="train the networks again on the collection as it is now (PCA, teacher, students, "
+                        f"selector, index); done automatically once it has grown past {RETRAIN_GROWTH:g}x")
     add_quiet(p)
 
 
@@ -50,5 +59,6 @@ def _run(args) -> int:
         videos=args.videos, workdir=args.workdir, backbone=args.backbone, pca=args.pca, dims=args.dims,
         teacher=args.teacher, fine=args.fine, coarse=args.coarse, selector=args.selector,
         fine_steps=args.steps, coarse_steps=args.steps, selector_steps=args.steps,
-        batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, recipe=args.recipe))
+        batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, recipe=args.recipe,
+        reset=args.reset, retrain=args.retrain))
     return 0

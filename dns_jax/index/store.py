@@ -3,7 +3,8 @@
 Layout (format version FORMAT_VERSION):
 
     <dir>/index.json            manifest: format, version, networks (name, config, fingerprint),
-                                representation kinds, list of committed shards, skipped videos
+                                representation kinds, list of committed shards (each with the ids
+                                removed from it since), skipped videos
     <dir>/shards/000000/        one immutable shard per commit:
         ids.json                video ids, in order
         coarse.npy   (n, E)     CG vectors, float32
@@ -31,7 +32,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 import dns_jax
-from dns_jax.fileio import atomic_write_json, fsync_dir
+from dns_jax.fileio import LockedError, ProcessLock, atomic_write_json, fsync_dir
 from dns_jax.retrieval import Representations
 
 FORMAT = "dns-jax-index"
@@ -119,19 +120,15 @@ class Index:
 
     def _lock(self):
         """One writer at a time (an advisory lock the OS releases if the writer dies)."""
-        import fcntl
-        fd = os.open(os.path.join(self.directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise IndexFormatError(f"the index at {self.directory!r} is being written by another process") from None
-        self._lock_fd = fd
+            self._lock_fd = ProcessLock(os.path.join(self.directory, ".lock"), f"the index at {self.directory!r}")
+        except LockedError as e:
+            raise IndexFormatError(f"{e} (another process is writing it)") from None
 
     def close(self):
         """Release the writer lock (also released when the process exits)."""
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
+            self._lock_fd.release()
             self._lock_fd = None
 
     def __del__(self):
@@ -187,19 +184,21 @@ class Index:
         return index
 
     def _load(self):
+        """Read the listed shards; videos a shard entry lists as `removed` are left out."""
         self.shards = [Shard(os.path.join(self.directory, SHARDS, s["name"])) for s in self.manifest["shards"]]
-        self.ids: List[str] = [i for s in self.shards for i in s.ids]
+        keep = []
+        for entry, shard in zip(self.manifest["shards"], self.shards):
+            removed = set(entry.get("removed", ()))
+            keep.append(np.array([v not in removed for v in shard.ids], bool))
+        self.ids: List[str] = [v for shard, k in zip(self.shards, keep) for v, kept in zip(shard.ids, k) if kept]
+        self._where = [(si, li) for si, k in enumerate(keep) for li in np.flatnonzero(k).tolist()]
         self._pos: Dict[str, int] = {v: i for i, v in enumerate(self.ids)}
-        self._starts = np.cumsum([0] + [len(s.ids) for s in self.shards])
-        dims = None
-        for s in self.shards:
-            if s.coarse.shape[0]:
-                dims = s.coarse.shape[1]
-        self.coarse = (np.concatenate([s.coarse for s in self.shards if s.coarse.shape[0]], 0)
-                       if any(s.coarse.shape[0] for s in self.shards) else np.zeros((0, dims or 0), np.float32))
-        self.selfsim = (np.concatenate([s.selfsim for s in self.shards], 0) if self.shards
+        dims = next((s.coarse.shape[1] for s in self.shards if s.coarse.ndim == 2 and s.coarse.shape[0]), 0)
+        self.coarse = (np.concatenate([s.coarse[k] for s, k in zip(self.shards, keep)], 0).astype(np.float32, copy=False)
+                       if self.ids else np.zeros((0, dims), np.float32))
+        self.selfsim = (np.concatenate([s.selfsim[k] for s, k in zip(self.shards, keep)], 0) if self.ids
                         else np.zeros(0, np.float32))
-        self.lengths = (np.concatenate([s.lengths for s in self.shards], 0) if self.shards
+        self.lengths = (np.concatenate([s.lengths[k] for s, k in zip(self.shards, keep)], 0) if self.ids
                         else np.zeros(0, np.int64))
 
     def _clean_leftovers(self):
@@ -238,8 +237,8 @@ class Index:
                            f"({len(self.ids)} videos)") from None
 
     def fine_rep(self, i: int) -> np.ndarray:
-        s = int(np.searchsorted(self._starts, i, side="right") - 1)
-        return self.shards[s].fine_rep(int(i - self._starts[s]))
+        s, local = self._where[int(i)]
+        return self.shards[s].fine_rep(local)
 
     def fine_reps(self, idx) -> List[np.ndarray]:
         return [self.fine_rep(int(i)) for i in idx]
@@ -319,9 +318,33 @@ class Index:
         if n:
             self._load()
 
+    def remove(self, ids: Sequence[str]) -> List[str]:
+        """Take videos out of the index (atomically: one manifest write marks them removed in the
+        shard that holds them; the shard files stay immutable). Unknown ids are ignored; returns
+        the ids removed. A removed id can be added again (a changed video)."""
+        if not self.writable:
+            raise PermissionError("index opened read-only; use Index.open(dir, writable=True)")
+        gone = [str(v) for v in dict.fromkeys(ids) if str(v) in self._pos]
+        manifest = json.loads(json.dumps(self.manifest))
+        for v in gone:
+            entry = manifest["shards"][self._where[self._pos[v]][0]]
+            entry["removed"] = sorted(set(entry.get("removed", [])) | {v})
+        dropped_skips = [v for v in ids if str(v) in manifest["skipped"]]
+        for v in dropped_skips:
+            manifest["skipped"].pop(str(v), None)
+        if not gone and not dropped_skips:
+            return []
+        manifest["count"] = int(manifest["count"]) - len(gone)
+        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        _write_json_atomic(os.path.join(self.directory, MANIFEST), manifest)
+        self.manifest = manifest
+        self._load()
+        return gone
+
     # -- accounting -------------------------------------------------------------------------
     def bytes_per_video(self) -> Dict[str, float]:
         """Average stored bytes per video for each representation (array payload only)."""
         n = max(len(self), 1)
-        fine = sum(s.fine.nbytes for s in self.shards)
+        per_frame = [s.fine[0].nbytes if s.fine.shape[0] else 0 for s in self.shards]
+        fine = sum(per_frame[si] * int(self.shards[si].lengths[li]) for si, li in self._where)
         return {"fine": fine / n, "coarse": self.coarse.nbytes / n, "selector": self.selfsim.nbytes / n}

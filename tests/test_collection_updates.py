@@ -1,0 +1,151 @@
+"""Collections that live: a built work directory follows its videos (added, removed, changed, fixed
+files), settings changes need an explicit --reset, one process at a time, movable work directories.
+
+The networks are given (random, saved as checkpoints) so that no training runs: what is tested is
+the bookkeeping, and "the same trained networks" in both builds is exactly true.
+"""
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("av")
+
+from dns_jax import checkpoint, cli, pretrained  # noqa: E402
+from dns_jax.app.build import BuildOptions, add_videos, remove_videos, run_build  # noqa: E402
+from dns_jax.app.query import Searcher  # noqa: E402
+from dns_jax.app.workdir import Workdir, WorkdirError  # noqa: E402
+from dns_jax.datasets.video_collection import make_collection  # noqa: E402
+from dns_jax.index import Index  # noqa: E402
+
+DIMS = 32
+NETS = {"fine": ("fg_att_student", dict(dims=DIMS, indexing="att")),
+        "coarse": ("cg_student", dict(dims=DIMS, netvlad_clusters=4, netvlad_outdims=32,
+                                      transformer_feedforward_dims=64, transformer_heads=4)),
+        "selector": ("selector", dict(dims=DIMS, hidden_size=16, num_layers=1))}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("updates")
+    info = make_collection(str(root / "collection"), seed=1, num_sources=2, edits=("crop", "hflip"),
+                           extra_edits=0, num_distractors=3, min_seconds=3, max_seconds=4, width=96)
+    all_videos = sorted((root / "collection" / "videos").glob("*.mp4"))
+    nets = {}
+    for i, (role, (name, cfg)) in enumerate(NETS.items()):
+        net = pretrained.init_network(name, jax.random.PRNGKey(i), **cfg)
+        checkpoint.save_network(str(root / f"net_{role}"), name, net.config, net.variables)
+        nets[role] = str(root / f"net_{role}")
+    return root, info, all_videos, nets
+
+
+def _opts(videos, work, nets, **kw):
+    return BuildOptions(videos=str(videos), workdir=str(work), dims=DIMS, fine=nets["fine"], coarse=nets["coarse"],
+                        selector=nets["selector"], progress=False, **kw)
+
+
+def _scores(work, query):
+    return Searcher(str(work)).search(str(query), "dns", 0.5, top=3).scores
+
+
+@pytest.mark.slow
+def test_updates_give_what_a_fresh_build_of_the_final_folder_gives(setup, tmp_path, capsys):
+    root, info, videos, nets = setup
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    later = tmp_path / "later"
+    later.mkdir()
+    first, extra = videos[:-2], videos[-2:]
+    for v in first:
+        shutil.copy(v, folder / v.name)
+    for v in extra:
+        shutil.copy(v, later / v.name)
+    (folder / "broken.mp4").write_bytes(b"not a video at all")
+    work = tmp_path / "work"
+
+    state = run_build(_opts(folder, work, nets))
+    assert [f[0] for f in state["features"]["failed"]] == ["broken"]
+    assert sorted(Index.open(str(work / "index")).ids) == sorted(v.stem for v in first)
+
+    # a rerun with nothing changed does no work and changes nothing
+    before = json.load(open(work / "index" / "index.json"))["shards"]
+    run_build(_opts(folder, work, nets))
+    assert json.load(open(work / "index" / "index.json"))["shards"] == before
+
+    # two videos added one by one, one removed, the bad file fixed in the folder
+    add_videos(str(work), [str(later / v.name) for v in extra], progress=False)
+    gone = first[0].stem
+    remove_videos(str(work), [gone], progress=False)
+    shutil.copy(first[1], folder / "broken.mp4")             # now a readable video
+    state = run_build(_opts(folder, work, nets))
+    assert state["features"]["failed"] == []
+    final_ids = sorted({v.stem for v in first[1:]} | {v.stem for v in extra} | {"broken"})
+    assert sorted(Index.open(str(work / "index")).ids) == final_ids
+
+    # a fresh build of the final folder with the same networks and the same whitening
+    final = tmp_path / "final"
+    final.mkdir()
+    for v in first[1:] + extra:
+        shutil.copy(v, final / v.name)
+    shutil.copy(folder / "broken.mp4", final / "broken.mp4")
+    fresh = tmp_path / "fresh"
+    run_build(_opts(final, fresh, nets, pca=str(work / "features" / "pca.npz")))
+    assert sorted(Index.open(str(fresh / "index")).ids) == final_ids
+    query = videos[0]
+    got, want = _scores(work, query), _scores(fresh, query)
+    assert set(got) == set(want) == set(final_ids)
+    np.testing.assert_allclose([got[v] for v in final_ids], [want[v] for v in final_ids], rtol=1e-5, atol=1e-6)
+
+    # the work directory stores relative paths: moved together with its videos, it still answers
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.move(str(work), moved / "work")
+    shutil.move(str(folder), moved / "videos")
+    shutil.move(str(later), moved / "later")
+    np.testing.assert_allclose([_scores(moved / "work", query)[v] for v in final_ids],
+                               [got[v] for v in final_ids], rtol=1e-6)
+    assert cli.main(["build", "--videos", str(moved / "videos"), "--workdir", str(moved / "work"), "--dims",
+                     str(DIMS), "--fine", nets["fine"], "--coarse", nets["coarse"], "--selector", nets["selector"],
+                     "--quiet"]) == 0
+
+    # a changed file (same id, other content) is extracted again
+    shutil.copy(videos[2], moved / "videos" / first[1].name)
+    run_build(_opts(moved / "videos", moved / "work", nets))
+    rec = Workdir(str(moved / "work")).read_state()["sources"][first[1].stem]
+    assert rec["size"] == os.path.getsize(videos[2])
+
+
+def test_cli_add_and_remove_errors(setup, tmp_path, capsys):
+    assert cli.main(["remove", "--workdir", str(tmp_path / "nothing"), "x"]) == 2
+    assert "not a dns-jax work directory" in capsys.readouterr().err
+    assert cli.main(["add", "--workdir", str(tmp_path / "nothing"), str(tmp_path / "v.mp4")]) == 2
+
+
+def test_settings_need_a_reset_and_a_failed_first_run_locks_nothing(setup, tmp_path):
+    root, info, videos, nets = setup
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for v in videos[:4]:
+        shutil.copy(v, folder / v.name)
+    work = tmp_path / "work"
+    # a mistyped folder first: the corrected run is not refused
+    with pytest.raises(ValueError, match="is not a directory"):
+        run_build(_opts(tmp_path / "vidoes", work, nets))
+    assert not Workdir(str(work)).settings()
+    run_build(_opts(folder, work, nets))
+    with pytest.raises(WorkdirError, match=r"dims: 32 -> 16.*--reset whiten"):
+        run_build(BuildOptions(**{**_opts(folder, work, nets).__dict__, "dims": 16}))
+    with pytest.raises(WorkdirError, match="--reset fine"):
+        run_build(BuildOptions(**{**_opts(folder, work, nets).__dict__, "fine_steps": 5}))
+    # the lock: a second process (here: a second lock) is refused while the first works
+    wd = Workdir(str(work)).lock()
+    try:
+        with pytest.raises(WorkdirError, match="in use by another process"):
+            run_build(_opts(folder, work, nets))
+    finally:
+        wd.unlock()
+    state = run_build(BuildOptions(**{**_opts(folder, work, nets).__dict__, "fine_steps": 5, "reset": "fine"}))
+    assert state["index"]["videos"] == 4
