@@ -23,7 +23,7 @@ import numpy as np
 
 from dns_jax import checkpoint
 from dns_jax.convert import ConversionError, state_dict_to_variables
-from dns_jax.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork, ViSiLHead
+from dns_jax.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork, ViSiLHead, s2vs
 from dns_jax.validation import FeatureError, check_batch, check_video, repeat_to_min_frames
 
 # Evaluation-path constants of the official code.
@@ -31,9 +31,10 @@ MIN_FRAMES = 4          # shorter videos are concatenated with themselves
 TARGET_CHUNK = 2048     # longer targets are scored by chunks of this many frames, then averaged
 
 NETWORKS = ("fg_att_student", "fg_bin_student", "fg_student", "cg_student", "selector",
-            "visil", "visil_symmetric", "visil_f")
+            "visil", "visil_symmetric", "visil_f", s2vs.NAME)
 
 _FILE_NAMES = [  # official file name stem -> network
+    (s2vs.FILE_NAME_PATTERN, s2vs.NAME),
     (r"dns_fg_att_student", "fg_att_student"), (r"dns_fg_bin_student", "fg_bin_student"),
     (r"dns_cg_student", "cg_student"), (r"dns_selector", "selector"),
     (r"visil_symmetric", "visil_symmetric"), (r"visil_f\b", "visil_f"), (r"visil", "visil"),
@@ -58,6 +59,9 @@ def _has_prefix(state, prefix):
 
 def describe_state_dict(state: Mapping[str, Any]) -> str:
     """A guess at which network a state dict belongs to, for error messages."""
+    s2vs_only = s2vs.describe_state_dict(state)
+    if s2vs_only:
+        return s2vs_only
     if "binarization.W" in state:
         return "a fine-grained binarization student (fg_bin_student)"
     if _has_prefix(state, "mlp.model."):
@@ -68,7 +72,7 @@ def describe_state_dict(state: Mapping[str, Any]) -> str:
                                                    and "attention.transform.weight" not in state):
         return "a ViSiL head (visil / visil_symmetric / visil_f)"
     if "attention.transform.weight" in state:
-        return "a fine-grained attention student (fg_att_student)"
+        return "a fine-grained attention student (fg_att_student, or the S2VS network s2vs)"
     if _has_prefix(state, "visil_head."):
         return "a fine-grained student without indexing layer (fg_student)"
     if _has_prefix(state, "cnn.") or "conv1.weight" in state:
@@ -119,6 +123,8 @@ def infer_config(name: str, state: Mapping[str, Any]) -> Dict[str, Any]:
         if cfg["attention"]:
             cfg["dims"] = shape("attention.context_vector.weight")[1]
         return cfg
+    if name == s2vs.NAME:
+        return s2vs.config_from_state_dict(state)
     raise ValueError(f"unknown network {name!r}; expected one of {NETWORKS}")
 
 
@@ -132,6 +138,8 @@ def build_module(name: str, config: Mapping[str, Any]):
         return SelectorNetwork(**config)
     if name in ("visil", "visil_symmetric", "visil_f"):
         return ViSiLHead(**config)
+    if name == s2vs.NAME:
+        return s2vs.S2VS(**config)
     raise ValueError(f"unknown network {name!r}; expected one of {NETWORKS}")
 
 
@@ -152,7 +160,7 @@ def init_network(name: str, rng=None, **config):
 # user-facing wrappers
 
 def _family(name):
-    if name.startswith("fg_"):
+    if name.startswith("fg_") or name == s2vs.NAME:
         return "fine"
     if name.startswith("visil"):
         return "visil"
@@ -212,17 +220,19 @@ class FineGrainedNetwork(PretrainedNetwork):
     # index_video: region features -> stored representation [T, R, D'] (attention-weighted
     # features or +-1 codes), see PretrainedNetwork.index_video
 
-    def calculate_video_similarity(self, query, target, query_mask=None, target_mask=None):
+    def calculate_video_similarity(self, query, target, query_mask=None, target_mask=None, **options):
         """Indexed query [Tq, R, D'] and target [Tt, R, D'] -> scalar similarity in [-1, 1]
-        (targets over 2048 frames: mean over chunks). 4-d inputs: official all-pairs [A, B]."""
+        (targets over 2048 frames: mean over chunks). 4-d inputs: official all-pairs [A, B].
+        `options`: pooling=False, apply_visil=False (see FineGrainedStudent)."""
         if np.ndim(query) == 4 or np.ndim(target) == 4:
-            return self.apply("calculate_video_similarity", query, target, query_mask, target_mask)
-        fn = lambda q, t: self.apply("calculate_video_similarity", q, t)
+            return self.apply("calculate_video_similarity", query, target, query_mask, target_mask, **options)
+        fn = lambda q, t: self.apply("calculate_video_similarity", q, t, **options)
         return _chunked_mean(fn, jnp.asarray(query), jnp.asarray(target))
 
-    def similarity_matrix(self, query, target):
-        """Indexed query/target -> comparator output after hard tanh [Tq//4, Tt//4]."""
-        return self.apply("similarity_matrix", query, target)
+    def similarity_matrix(self, query, target, **options):
+        """Indexed query/target -> comparator output after hard tanh [Tq//4, Tt//4]
+        (`options`: pooling=False -> [Tq, Tt]; apply_visil=False -> frame-to-frame [Tq, Tt])."""
+        return self.apply("similarity_matrix", query, target, **options)
 
     def frame_to_frame_similarity(self, query, target):
         """Indexed query/target -> frame-to-frame similarity [Tq, Tt]."""
