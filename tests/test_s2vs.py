@@ -189,6 +189,20 @@ def test_forward_ignores_padded_cells():
     assert_close(sim4, sim, 1e-5)
 
 
+def test_fine_scorer_takes_the_s2vs_options_or_refuses_them():
+    from dns_jax.retrieval.fine import FineScorer
+    ref = _case("att_sym")
+    net = _load(ref)
+    sc = FineScorer(net)
+    got = sc.similarities(sc.index(ref.videos("q")), sc.index(ref.videos("d")))
+    want = [[ref.out[f"sim/q{i}_d{j}"] for j in range(2)] for i in range(2)]
+    np.testing.assert_allclose(got, np.array(want), atol=2e-6, rtol=0)     # symmetric Chamfer kept
+    with pytest.raises(ValueError, match="batch-norm comparator"):
+        FineScorer(_load(_case("attnorm_bn")))
+    with pytest.raises(ValueError, match="binary='float'"):
+        FineScorer(pretrained.load("s2vs", _case("bin").state, symmetric=True))
+
+
 # -- parity, dims 512: the project's shared reference (plain attention, the published layout) -----
 
 def _shared_att_outputs(net, ref, dtype):
