@@ -174,10 +174,10 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m dns_jax.convert",
-        description="Convert an official DnS / ViSiL PyTorch checkpoint (.pth) into an orbax checkpoint "
+        description="Convert an official DnS / ViSiL / S2VS PyTorch checkpoint (.pth) into an orbax checkpoint "
                     "directory, without PyTorch. The network is recognised from the file name or given "
                     "with --network; its options (e.g. NetVLAD size) are read from the weight shapes.")
-    parser.add_argument("pth", help="official .pth file (e.g. dns_fg_att_student.pth, visil.pth)")
+    parser.add_argument("pth", help="official .pth file (e.g. dns_fg_att_student.pth, visil.pth, s2vs_dns.pth)")
     parser.add_argument("out_dir", help="output directory for the orbax checkpoint")
     parser.add_argument("--network", choices=sorted(pretrained.NETWORKS),
                         help="network name; default: guessed from the file name")

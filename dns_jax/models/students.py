@@ -118,7 +118,8 @@ class FineGrainedStudent(nn.Module):
 
         Unbatched [Tq, R, D], [Tt, R, D] -> [1, 1]; batched [A, Tq, R, D], [B, Tt, R, D] with masks
         [A, Tq], [B, Tt] -> [A, B] using the official padded rule (exact only for lengths that are
-        multiples of 4; use `padded_pair_similarity` for an exact padded path).
+        multiples of 4, and with pooling=False only for unpadded videos; use `padded_pair_similarity`
+        for an exact padded path).
         """
         query, query_mask = add_batch_axis(query, query_mask)
         target, target_mask = add_batch_axis(target, target_mask)
@@ -131,7 +132,8 @@ class FineGrainedStudent(nn.Module):
     def padded_pair_similarity(self, query: Array, target: Array, query_len: Array, target_len: Array,
                                pooling: bool = True) -> Array:
         """Exact similarity of one zero-padded pair: indexed [Tq, R, D], [Tt, R, D] with true lengths
-        -> scalar, equal to the unpadded `calculate_video_similarity` for every length >= 4."""
+        -> scalar, equal to the unpadded `calculate_video_similarity` (same `pooling`) for every
+        length >= 4."""
         sim = self.frame_to_frame_similarity(query, target)
         lengths = jnp.stack([query_len, target_len]).astype(jnp.int32)[None]
         out, valid = self.visil_head(sim[None], lengths=lengths, pooling=pooling)
