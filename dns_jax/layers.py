@@ -37,14 +37,23 @@ class Attention(nn.Module):
     """DnS region attention: w = sigmoid(c . tanh(W x + b)); returns (x * w, w).
 
     x: [..., D] -> ([..., D], [..., 1]). The weighted features are not re-normalised.
+    `norm=True` is the official `Attention(norm=True)` (S2VS `attention_norm`): no transform,
+    w = (c . x) / ||c|| / 2 + 0.5.
     """
 
     dims: int = 512
     precision: Optional[str] = DEFAULT_PRECISION
+    norm: bool = False
 
     @nn.compact
     def __call__(self, x: Array):
         xavier = nn.initializers.xavier_uniform()
+        if self.norm:
+            context = nn.Dense(1, use_bias=False, kernel_init=_unit_normal_context_init,
+                               precision=self.precision, name="context_vector")
+            w = context(x) / jnp.linalg.norm(context.variables["params"]["kernel"])
+            w = w / 2.0 + 0.5
+            return x * w, w
         h = nn.Dense(self.dims, kernel_init=xavier, precision=self.precision, name="transform")(x)
         w = nn.Dense(1, use_bias=False, kernel_init=xavier, precision=self.precision,
                      name="context_vector")(jnp.tanh(h))
@@ -115,12 +124,34 @@ def _fill_outside(x: Array, valid: Array, mode: str) -> Array:
     return jnp.take_along_axis(x, cols[:, None, :, None], axis=2)
 
 
+class _ConvBatchNorm(nn.Module):
+    """The official batch-norm comparator block, torch `nn.Sequential(Conv2d(3x3, padding=1, no
+    bias), BatchNorm2d)` (children `seq_0`, `seq_1`, see convert.py). [B, H, W, C] -> [B, H, W, F]
+    (the conv's own zero padding keeps the size). BatchNorm uses its running statistics."""
+
+    features: int
+    precision: Optional[str] = DEFAULT_PRECISION
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                    kernel_init=nn.initializers.xavier_uniform(), precision=self.precision, name="seq_0")(x)
+        return nn.BatchNorm(use_running_average=True, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
+                            name="seq_1")(x)
+
+
 class VideoComparator(nn.Module):
     """The CNN over the frame-to-frame similarity matrix ("VideoComperator" officially).
 
     sim: [B, Tq, Tt] -> [B, Tq', Tt'] with Tq' = floor(floor(Tq/2)/2). Layers: pad 1, conv3x3(32),
     ReLU, maxpool 2x2/2, pad 1, conv3x3(64), ReLU, maxpool, pad 1, conv3x3(128), ReLU, conv1x1(1).
     `padding` is 'zero' (DnS students and selector) or 'replicate' (ViSiL teacher).
+
+    S2VS options: `pooling=False` (call argument) is the official full-resolution path: replicate
+    padding whatever `padding` says and no max-pooling, so Tq' = Tq. `batch_norm=True` is the
+    official batch-norm comparator: each conv is a bias-free conv with its own zero padding of 1
+    after the explicit pad, then BatchNorm, so every conv grows the matrix by 2 (as officially);
+    masks and lengths do not fit that shape and are refused.
 
     Two ways to run padded batches:
     - `mask` [B, Tq, Tt] (official training rule): conv outputs outside the mask are zeroed before
@@ -133,28 +164,37 @@ class VideoComparator(nn.Module):
 
     padding: str = "zero"
     precision: Optional[str] = DEFAULT_PRECISION
+    batch_norm: bool = False
 
     @nn.compact
-    def __call__(self, sim: Array, mask: Optional[Array] = None, lengths: Optional[Array] = None):
+    def __call__(self, sim: Array, mask: Optional[Array] = None, lengths: Optional[Array] = None,
+                 pooling: bool = True):
         if self.padding not in ("zero", "replicate"):
             raise ValueError(f"padding must be 'zero' or 'replicate', got {self.padding!r}")
         if mask is not None and lengths is not None:
             raise ValueError("give either mask or lengths, not both")
-        pad_mode = "constant" if self.padding == "zero" else "edge"
+        if self.batch_norm and (mask is not None or lengths is not None):
+            raise ValueError("the batch-norm comparator grows the matrix by 2 per conv, so a frame mask "
+                             "does not fit it (the official code fails too): score padded batches pair by pair")
+        padding = self.padding if pooling else "replicate"
+        pad_mode = "constant" if padding == "zero" else "edge"
         xavier = nn.initializers.xavier_uniform()
         x = sim[..., None].astype(jnp.float32)
         m = None if mask is None else mask[..., None].astype(x.dtype)
         valid = None if lengths is None else jnp.asarray(lengths, jnp.int32)
         for i, feats in enumerate((32, 64, 128)):
             if valid is not None:
-                x = _fill_outside(x, valid, self.padding)
+                x = _fill_outside(x, valid, padding)
             x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=pad_mode)
-            x = nn.Conv(feats, (3, 3), padding="VALID", kernel_init=xavier, precision=self.precision,
-                        name=f"conv{i + 1}")(x)
+            if self.batch_norm:
+                x = _ConvBatchNorm(feats, self.precision, name=f"conv{i + 1}")(x)
+            else:
+                x = nn.Conv(feats, (3, 3), padding="VALID", kernel_init=xavier, precision=self.precision,
+                            name=f"conv{i + 1}")(x)
             if m is not None:
                 x = jnp.where(m > 0, x, 0.0)
             x = jax.nn.relu(x)
-            if i < 2:
+            if i < 2 and pooling:
                 x = _max_pool_2x2(x)
                 if m is not None:
                     m = _max_pool_2x2(m)

@@ -46,3 +46,35 @@ def binary_cross_entropy(prob: Array, label: Array, weights: Array | None = None
 def triplet_loss(sim_pos: Array, sim_neg: Array, gamma: float = 1.0) -> Array:
     """ViSiL triplet loss on similarities: mean(max(0, s_neg - s_pos + gamma))."""
     return jnp.mean(jnp.maximum(sim_neg - sim_pos + gamma, 0.0))
+
+
+# -- S2VS (self-supervised video similarity learning, official model/losses.py) ----------------
+
+def infonce_loss(similarity: Array, labels: Array, temperature: float = 0.07) -> Array:
+    """S2VS InfoNCE over a batch similarity matrix [N, N] with labels [N, N] (> 0: match, 0:
+    non-match; the diagonal is ignored as a positive) -> scalar.
+
+    For every positive (i, j): -log(e_ij / (e_ij + sum_{k non-match of i} e_ik + 1e-6)) with
+    e = exp(similarity / temperature), weighted by labels[i, j] and averaged per row over the row's
+    label mass, then over rows (a row without positives gives NaN, as officially). Computed in the
+    log domain, so a small temperature cannot overflow exp.
+    """
+    logits = similarity / temperature
+    non_matches = labels == 0
+    positives = labels * (1 - jnp.eye(labels.shape[0], dtype=labels.dtype))
+    # log of the partition's non-match part: log(sum_k exp(logit_ik) + 1e-6) per row
+    log_negatives = jnp.logaddexp(jax.nn.logsumexp(logits, axis=1, where=non_matches),
+                                  jnp.log(jnp.asarray(1e-6, logits.dtype)))
+    neg_log_prob = jnp.logaddexp(logits, log_negatives[:, None]) - logits
+    return jnp.mean(jnp.sum(neg_log_prob * positives, axis=1) / jnp.sum(positives, axis=1))
+
+
+def sshn_loss(similarity: Array, labels: Array, eps: float = 1e-3):
+    """S2VS self-similarity + hardest-negative loss on [N, N] similarities in [0, 1] and labels
+    (0 = non-match) -> (hard-negative term, self-similarity term), both scalars:
+    -mean_i log(max(1 - max_{j non-match} s_ij, eps)) and -mean_i log(max(s_ii, eps)). A row with
+    no non-match uses -100 as its hardest negative, as officially."""
+    hardest = jnp.max(jnp.where(labels == 0, similarity, -100.0), axis=1)
+    hardneg = -jnp.mean(jnp.log(jnp.maximum(1.0 - hardest, eps)))
+    self_sim = -jnp.mean(jnp.log(jnp.maximum(jnp.diagonal(similarity), eps)))
+    return hardneg, self_sim

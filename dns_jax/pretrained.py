@@ -109,17 +109,19 @@ class FineGrainedNetwork(PretrainedNetwork):
     # index_video: region features -> stored representation [T, R, D'] (attention-weighted
     # features or +-1 codes), see PretrainedNetwork.index_video
 
-    def calculate_video_similarity(self, query, target, query_mask=None, target_mask=None):
+    def calculate_video_similarity(self, query, target, query_mask=None, target_mask=None, **options):
         """Indexed query [Tq, R, D'] and target [Tt, R, D'] -> scalar similarity in [-1, 1]
-        (targets over 2048 frames: mean over chunks). 4-d inputs: official all-pairs [A, B]."""
+        (targets over 2048 frames: mean over chunks). 4-d inputs: official all-pairs [A, B].
+        `options`: pooling=False, apply_visil=False (see FineGrainedStudent)."""
         if np.ndim(query) == 4 or np.ndim(target) == 4:
-            return self.apply("calculate_video_similarity", query, target, query_mask, target_mask)
-        fn = lambda q, t: self.apply("calculate_video_similarity", q, t)
+            return self.apply("calculate_video_similarity", query, target, query_mask, target_mask, **options)
+        fn = lambda q, t: self.apply("calculate_video_similarity", q, t, **options)
         return _chunked_mean(fn, jnp.asarray(query), jnp.asarray(target))
 
-    def similarity_matrix(self, query, target):
-        """Indexed query/target -> comparator output after hard tanh [Tq//4, Tt//4]."""
-        return self.apply("similarity_matrix", query, target)
+    def similarity_matrix(self, query, target, **options):
+        """Indexed query/target -> comparator output after hard tanh [Tq//4, Tt//4]
+        (`options`: pooling=False -> [Tq, Tt]; apply_visil=False -> frame-to-frame [Tq, Tt])."""
+        return self.apply("similarity_matrix", query, target, **options)
 
     def frame_to_frame_similarity(self, query, target):
         """Indexed query/target -> frame-to-frame similarity [Tq, Tt]."""

@@ -34,6 +34,9 @@ def _official_module_path(parts):
         m = re.fullmatch(r"layers_(\d+)", p)
         if m:
             p = f"layers.{m.group(1)}"
+        m = re.fullmatch(r"seq_(\d+)", p)  # child of a torch nn.Sequential: just its index
+        if m:
+            p = m.group(1)
         m = re.fullmatch(r"(dense|bn)_(\d+)", p)
         if m and i > 0 and parts[i - 1] == "mlp":
             k = int(m.group(2))

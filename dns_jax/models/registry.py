@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from dns_jax import checkpoint
+from dns_jax.models import s2vs
 from dns_jax.models.selector import SelectorNetwork
 from dns_jax.models.students import CoarseGrainedStudent, FineGrainedStudent
 from dns_jax.models.teacher import ViSiLHead
@@ -44,6 +45,7 @@ class NetworkInfo:
     compares: bool = True
     selects: bool = False
     needs_weights: bool = True
+    distilled: bool = False     # a DnS student or the selector: trained by dns_jax.training from a recipe
 
 
 def _has_prefix(state: StateDict, prefix: str) -> bool:
@@ -103,19 +105,24 @@ def _visil_options(name: str, state: StateDict) -> Dict[str, Any]:
 
 
 _TABLE = (
-    NetworkInfo("fg_att_student", "fine", FineGrainedStudent, _fine_options, "FG-Att", r"dns_fg_att_student"),
-    NetworkInfo("fg_bin_student", "fine", FineGrainedStudent, _fine_options, "FG-Bin", r"dns_fg_bin_student"),
-    NetworkInfo("fg_student", "fine", FineGrainedStudent, _fine_options, "FG"),
-    NetworkInfo("cg_student", "coarse", CoarseGrainedStudent, _coarse_options, "CG", r"dns_cg_student"),
+    NetworkInfo("fg_att_student", "fine", FineGrainedStudent, _fine_options, "FG-Att", r"dns_fg_att_student",
+                distilled=True),
+    NetworkInfo("fg_bin_student", "fine", FineGrainedStudent, _fine_options, "FG-Bin", r"dns_fg_bin_student",
+                distilled=True),
+    NetworkInfo("fg_student", "fine", FineGrainedStudent, _fine_options, "FG", distilled=True),
+    NetworkInfo("cg_student", "coarse", CoarseGrainedStudent, _coarse_options, "CG", r"dns_cg_student", distilled=True),
     NetworkInfo("selector", "selector", SelectorNetwork, _selector_options, "selector", r"dns_selector",
-                compares=False, selects=True),
+                compares=False, selects=True, distilled=True),
     NetworkInfo("visil", "visil", ViSiLHead, _visil_options, "ViSiL", r"visil"),
     NetworkInfo("visil_symmetric", "visil", ViSiLHead, _visil_options, "ViSiL_sym", r"visil_symmetric"),
     NetworkInfo("visil_f", "visil", ViSiLHead, _visil_options, "ViSiL_f", r"visil_f\b", needs_weights=False),
+    # S2VS is the FG-Att student's network trained self-supervised (dns_jax/models/s2vs.py)
+    NetworkInfo(s2vs.NAME, "fine", s2vs.S2VS, lambda name, state: s2vs.config_from_state_dict(state), "S2VS",
+                s2vs.FILE_NAME_PATTERN),
 )
 REGISTRY: Dict[str, NetworkInfo] = {info.name: info for info in _TABLE}
 # Official file name stems, most specific first ('visil_symmetric' before 'visil').
-_FILE_ORDER = ("fg_att_student", "fg_bin_student", "cg_student", "selector", "visil_symmetric", "visil_f", "visil")
+_FILE_ORDER = ("s2vs", "fg_att_student", "fg_bin_student", "cg_student", "selector", "visil_symmetric", "visil_f", "visil")
 
 # Options of the weightless teacher: frame-to-frame Chamfer on raw region features.
 WEIGHTLESS_OPTIONS = {"visil_f": dict(attention=False, video_comparator=False, symmetric=False)}
@@ -131,6 +138,7 @@ def names(family: Optional[str] = None, *, compares: Optional[bool] = None,
 
 
 NETWORKS = names()
+DISTILLED = tuple(n for n, i in REGISTRY.items() if i.distilled)   # what configs/<network>.py trains
 FINE = names("fine")
 SIMILARITY = names(compares=True)      # networks that give a video similarity (teachers, fine students)
 
@@ -169,6 +177,9 @@ def guess_network_name(path: str) -> Optional[str]:
 
 def describe_state_dict(state: StateDict) -> str:
     """A guess at which network a state dict belongs to, for error messages."""
+    s2vs_only = s2vs.describe_state_dict(state)
+    if s2vs_only:
+        return s2vs_only
     if "binarization.W" in state:
         return "a fine-grained binarization student (fg_bin_student)"
     if _has_prefix(state, "mlp.model."):
@@ -179,7 +190,7 @@ def describe_state_dict(state: StateDict) -> str:
                                                    and "attention.transform.weight" not in state):
         return "a ViSiL head (visil / visil_symmetric / visil_f)"
     if "attention.transform.weight" in state:
-        return "a fine-grained attention student (fg_att_student)"
+        return "a fine-grained attention student (fg_att_student, or the S2VS network s2vs)"
     if _has_prefix(state, "visil_head."):
         return "a fine-grained student without indexing layer (fg_student)"
     if _has_prefix(state, "cnn.") or "conv1.weight" in state:

@@ -21,7 +21,7 @@ from dns_jax.layers import (
     l2_normalize,
 )
 from dns_jax.losses import similarity_regularization_loss
-from dns_jax.similarity import chamfer, frame_mask_outer, frame_to_frame
+from dns_jax.similarity import chamfer, frame_mask_outer, frame_to_frame, symmetric_chamfer
 from dns_jax.validation import add_batch_axis
 
 Array = jax.Array
@@ -31,21 +31,32 @@ FINE_INDEXING = ("att", "bin", "none")
 
 class FineGrainedStudent(nn.Module):
     """Fine-grained student: indexing layer ('att' attention, 'bin' binarization or 'none'),
-    region Chamfer, the zero-padded comparator CNN, hard tanh, video Chamfer."""
+    region Chamfer, the zero-padded comparator CNN, hard tanh, video Chamfer.
+
+    The same network is S2VS's (models/s2vs.py); its options, all off for the DnS students:
+    `symmetric` (both Chamfer steps average the two directions), `attention_norm` (the official
+    `Attention(norm=True)`) and `batch_norm` (the official batch-norm comparator, see
+    VideoComparator). Similarity methods also take `pooling=False` (full-resolution comparator)
+    and `apply_visil=False` (frame-to-frame Chamfer only, no comparator)."""
 
     dims: int = 512
     indexing: str = "att"
     bits: Optional[int] = None
     precision: Optional[str] = DEFAULT_PRECISION
+    symmetric: bool = False
+    attention_norm: bool = False
+    batch_norm: bool = False
 
     def setup(self):
         if self.indexing not in FINE_INDEXING:
             raise ValueError(f"indexing must be one of {FINE_INDEXING}, got {self.indexing!r}")
+        if self.attention_norm and self.indexing != "att":
+            raise ValueError("attention_norm needs indexing='att'")
         if self.indexing == "att":
-            self.attention = Attention(self.dims, self.precision)
+            self.attention = Attention(self.dims, self.precision, norm=self.attention_norm)
         elif self.indexing == "bin":
             self.binarization = Binarization(self.dims, self.bits, precision=self.precision)
-        self.visil_head = VideoComparator("zero", self.precision)
+        self.visil_head = VideoComparator("zero", self.precision, batch_norm=self.batch_norm)
 
     # -- indexing ---------------------------------------------------------------------------
     def index_video(self, x: Array, mask: Optional[Array] = None, train: bool = False) -> Array:
@@ -68,27 +79,27 @@ class FineGrainedStudent(nn.Module):
     # -- similarity -------------------------------------------------------------------------
     def frame_to_frame_similarity(self, query: Array, target: Array) -> Array:
         """Indexed [Tq, R, D], [Tt, R, D] -> [Tq, Tt] (for 'bin', the dot of codes / bits)."""
-        sim = frame_to_frame(query, target, precision=self.precision)
+        sim = frame_to_frame(query, target, symmetric=self.symmetric, precision=self.precision)
         if self.indexing == "bin":
             sim = sim / target.shape[-1]
         return sim
 
-    def similarity_matrix(self, query: Array, target: Array) -> Array:
-        """Indexed [Tq, R, D], [Tt, R, D] -> comparator output after hard tanh [Tq//4, Tt//4]."""
+    def similarity_matrix(self, query: Array, target: Array, pooling: bool = True,
+                          apply_visil: bool = True) -> Array:
+        """Indexed [Tq, R, D], [Tt, R, D] -> comparator output after hard tanh [Tq//4, Tt//4]
+        ([Tq, Tt] with pooling=False; the frame-to-frame matrix with apply_visil=False)."""
         sim = self.frame_to_frame_similarity(query, target)
-        out, _ = self.visil_head(sim[None])
+        if not apply_visil:
+            return sim
+        out, _ = self.visil_head(sim[None], pooling=pooling)
         return jnp.clip(out[0], -1.0, 1.0)
 
-    def calculate_video_similarity(self, query: Array, target: Array,
-                                   query_mask: Optional[Array] = None, target_mask: Optional[Array] = None):
-        """Similarity of every query with every target, official semantics.
-
-        Unbatched [Tq, R, D], [Tt, R, D] -> [1, 1]; batched [A, Tq, R, D], [B, Tt, R, D] with masks
-        [A, Tq], [B, Tt] -> [A, B] using the official padded rule (exact only for lengths that are
-        multiples of 4; use `padded_pair_similarity` for an exact padded path).
-        """
-        query, query_mask = add_batch_axis(query, query_mask)
-        target, target_mask = add_batch_axis(target, target_mask)
+    def pairwise_similarity_matrices(self, query: Array, target: Array, query_mask: Optional[Array] = None,
+                                     target_mask: Optional[Array] = None, pooling: bool = True,
+                                     apply_visil: bool = True):
+        """Every query against every target: indexed [A, Tq, R, D], [B, Tt, R, D] (masks [A, Tq],
+        [B, Tt] or None) -> (raw comparator output [A*B, H, W] (before the hard tanh; the
+        frame-to-frame matrices with apply_visil=False), its mask [A*B, H, W] or None)."""
         a, b = query.shape[0], target.shape[0]
         pair_f2f = jax.vmap(jax.vmap(self.frame_to_frame_similarity, (None, 0)), (0, None))
         sim = pair_f2f(query, target).reshape((a * b,) + (query.shape[1], target.shape[1]))
@@ -96,17 +107,44 @@ class FineGrainedStudent(nn.Module):
         if query_mask is not None and target_mask is not None:
             sim_mask = frame_mask_outer(query_mask[:, None], target_mask[None]).reshape(sim.shape)
             sim = jnp.where(sim_mask > 0, sim, 0.0)
-        out, out_mask = self.visil_head(sim, sim_mask)
-        out = jnp.clip(out, -1.0, 1.0)
-        return chamfer(out, 2, 1, out_mask).reshape(a, b)
+        if not apply_visil:
+            return sim, sim_mask
+        return self.visil_head(sim, sim_mask, pooling=pooling)
 
-    def padded_pair_similarity(self, query: Array, target: Array, query_len: Array, target_len: Array) -> Array:
+    def video_chamfer(self, sim: Array, mask: Optional[Array] = None) -> Array:
+        """Video-level Chamfer of [..., H, W] matrices (max over target frames, mean over query
+        frames; both directions averaged if `symmetric`) -> [...]."""
+        if self.symmetric:
+            return symmetric_chamfer(sim, -1, -2, mask)
+        return chamfer(sim, -1, -2, mask)
+
+    def calculate_video_similarity(self, query: Array, target: Array,
+                                   query_mask: Optional[Array] = None, target_mask: Optional[Array] = None,
+                                   pooling: bool = True, apply_visil: bool = True):
+        """Similarity of every query with every target, official semantics.
+
+        Unbatched [Tq, R, D], [Tt, R, D] -> [1, 1]; batched [A, Tq, R, D], [B, Tt, R, D] with masks
+        [A, Tq], [B, Tt] -> [A, B] using the official padded rule (exact only for lengths that are
+        multiples of 4, and with pooling=False only for unpadded videos; use `padded_pair_similarity`
+        for an exact padded path).
+        """
+        query, query_mask = add_batch_axis(query, query_mask)
+        target, target_mask = add_batch_axis(target, target_mask)
+        out, out_mask = self.pairwise_similarity_matrices(query, target, query_mask, target_mask,
+                                                          pooling, apply_visil)
+        if apply_visil:
+            out = jnp.clip(out, -1.0, 1.0)
+        return self.video_chamfer(out, out_mask).reshape(query.shape[0], target.shape[0])
+
+    def padded_pair_similarity(self, query: Array, target: Array, query_len: Array, target_len: Array,
+                               pooling: bool = True) -> Array:
         """Exact similarity of one zero-padded pair: indexed [Tq, R, D], [Tt, R, D] with true lengths
-        -> scalar, equal to the unpadded `calculate_video_similarity` for every length >= 4."""
+        -> scalar, equal to the unpadded `calculate_video_similarity` (same `pooling`) for every
+        length >= 4."""
         sim = self.frame_to_frame_similarity(query, target)
         lengths = jnp.stack([query_len, target_len]).astype(jnp.int32)[None]
-        out, valid = self.visil_head(sim[None], lengths=lengths)
-        return chamfer(jnp.clip(out[0], -1.0, 1.0), 1, 0, valid[0])
+        out, valid = self.visil_head(sim[None], lengths=lengths, pooling=pooling)
+        return self.video_chamfer(jnp.clip(out[0], -1.0, 1.0), valid[0])
 
     # -- training ---------------------------------------------------------------------------
     def __call__(self, anchors: Array, positives: Array, negatives: Array,
@@ -123,7 +161,7 @@ class FineGrainedStudent(nn.Module):
         sim = jnp.where(mask > 0, sim, 0.0)
         out, out_mask = self.visil_head(sim, mask)
         reg_loss = similarity_regularization_loss(out)
-        sims = chamfer(jnp.clip(out, -1.0, 1.0), 2, 1, out_mask)[:, None]
+        sims = self.video_chamfer(jnp.clip(out, -1.0, 1.0), out_mask)[:, None]
         pos, neg = jnp.split(sims, 2, axis=0)
         return pos, neg, reg_loss
 

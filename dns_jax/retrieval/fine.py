@@ -150,7 +150,10 @@ class FineScorer:
         self.options = options or ScorerOptions.for_platform(jax.default_backend())
         params = model.variables["params"]
         if isinstance(module, FineGrainedStudent):
-            self.padding, self.symmetric, self.comparator = "zero", False, True
+            if module.batch_norm:
+                raise ValueError(f"FineScorer has no kernel for the batch-norm comparator of {model.name!r}; "
+                                 "score it with its calculate_video_similarity")
+            self.padding, self.symmetric, self.comparator = "zero", module.symmetric, True
             self.conv_params = params["visil_head"]
             self.bits = (module.bits or module.dims) if module.indexing == "bin" else 0
         elif isinstance(module, ViSiLHead):
@@ -164,6 +167,8 @@ class FineScorer:
         if binary not in ("packed", "float"):
             raise ValueError(f"binary must be 'packed' or 'float', got {binary!r}")
         self.packed = bool(self.bits) and binary == "packed"
+        if self.packed and self.symmetric:
+            raise ValueError("packed codes have no symmetric frame-to-frame kernel; pass binary='float'")
         if self.packed:
             codes.check_bits(self.bits)
         self.precision = module.precision

@@ -16,7 +16,7 @@ import ml_collections
 from dns_jax.config_files import load_config
 from dns_jax.models import registry
 
-NETWORKS = registry.names("fine") + registry.names("coarse") + registry.names("selector")   # trainable
+NETWORKS = registry.DISTILLED       # the networks a recipe of configs/ trains by distillation
 STUDENTS = tuple(n for n in NETWORKS if n != "selector")
 
 
