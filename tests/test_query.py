@@ -148,6 +148,7 @@ def test_reported_times_never_exceed_a_video(workdir):
     # and through a search: every segment printed for the 1-frame query stays inside it
     res = searcher.search("one", stage="fine", top=3)
     assert all(s.query_end <= 1 for _, _, segs in res.top for s in segs)
+    assert len(searcher.search("a", stage="coarse", top=0, segments=0).top) == len(videos)   # 0: all
 
 
 def test_cli_exit_codes_and_one_line_errors(workdir, tmp_path, capsys):
