@@ -14,6 +14,11 @@ class FeatureError(ValueError):
     """Video features that a network cannot take (wrong rank or size, empty, NaN)."""
 
 
+class FeatureWarning(UserWarning):
+    """Video features a network takes but that are almost surely not region features (integer
+    values, all zero); the message names the video."""
+
+
 def add_batch_axis(x, mask=None):
     """[T, R, D] -> [1, T, R, D] (mask [T] -> [1, T]); [N, T, R, D] passes. Other ranks: FeatureError."""
     if x.ndim == 4:

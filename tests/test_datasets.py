@@ -102,3 +102,41 @@ def test_command_line(tmp_path, capsys):
     assert cli.main(["dataset", src, out, "--name", "npz_features", "--quiet"]) == 2   # exists already
     assert "already holds" in capsys.readouterr().err
     assert cli.main(["dataset", src, out, "--name", "Bad-Name", "--quiet"]) == 2
+
+
+@pytest.mark.parametrize("suffix", [".hdf5", ".npz", "_npy"])
+def test_integer_and_all_zero_videos_are_read_with_a_warning_naming_them(tmp_path, suffix):
+    """Not errors (the official loader takes them), but almost surely not region features."""
+    import warnings
+
+    from dns_jax.datasets.stores import read_checked
+    from dns_jax.validation import FeatureWarning
+
+    rng = np.random.default_rng(0)
+    videos = {"fine": rng.standard_normal((4, R, D)).astype(np.float32),
+              "counts": rng.integers(0, 5, (4, R, D)).astype(np.int32),
+              "blank": np.zeros((3, R, D), np.float32)}
+    path = str(tmp_path / f"f{suffix}")
+    if suffix == ".npz":
+        np.savez(path, **videos)
+    elif suffix == "_npy":
+        os.makedirs(path)
+        for k, v in videos.items():
+            np.save(os.path.join(path, f"{k}.npy"), v)
+    else:
+        with h5py.File(path, "w") as f:
+            for k, v in videos.items():
+                f.create_dataset(k, data=v)
+    store = open_features(path)
+    for vid in videos:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            x = read_checked(store, vid, D)
+        messages = [str(w.message) for w in caught]
+        assert x.dtype == np.float32 and x.shape == videos[vid].shape
+        if vid == "fine":
+            assert messages == []
+        else:
+            assert len(messages) == 1 and repr(vid) in messages[0], messages
+            assert caught[0].category is FeatureWarning
+            assert ("int32" if vid == "counts" else "all zero") in messages[0]

@@ -4,27 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from media import write_audio
+from media import write_audio, write_video
 
 h5py = pytest.importorskip("h5py")
 av = pytest.importorskip("av")
 
 from dns_jax.cli import main as cli_main  # noqa: E402
 from dns_jax.features.extract_folder import ATTR, SCRATCH, extract_to_hdf5, list_videos  # noqa: E402
-
-
-def _write_video(path, n=20, rate=10, level=0):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=rate)
-        s.height, s.width, s.pix_fmt = 64, 80, "yuv420p"
-        for i in range(n):
-            img = np.full((64, 80, 3), (level + 5 * i) % 200, np.uint8)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
 
 
 def mean_colour(frames):
@@ -35,9 +21,9 @@ def mean_colour(frames):
 @pytest.fixture
 def collection(tmp_path):
     d = tmp_path / "videos"
-    _write_video(d / "a.mp4", n=20, level=10)                 # 2 frames at 1 fps
-    _write_video(d / "set1" / "b.avi", n=35, level=60)        # 4 frames
-    _write_video(d / "c.mkv", n=5, level=120)                 # 1 frame
+    write_video(d / "a.mp4", n=20, level=10)                 # 2 frames at 1 fps
+    write_video(d / "set1" / "b.avi", n=35, level=60)        # 4 frames
+    write_video(d / "c.mkv", n=5, level=120)                 # 1 frame
     (d / "broken.mp4").write_bytes(b"\x00not a video" * 100)
     (d / "notes.txt").write_text("not a video")
     return d
@@ -124,12 +110,12 @@ def bad_collection(tmp_path):
     """Good videos (one shorter than a second) among every kind of bad input of the issue."""
     d = tmp_path / "bad"
     d.mkdir()
-    _write_video(d / "good.mp4", n=20, level=10)                       # 2 frames
-    _write_video(d / "short.mp4", n=10, rate=25, level=40)             # 0.4 s -> 1 frame
+    write_video(d / "good.mp4", n=20, level=10)                       # 2 frames
+    write_video(d / "short.mp4", n=10, rate=25, level=40)             # 0.4 s -> 1 frame
     (d / "zero.mp4").touch()
-    full = _write_video(tmp_path / "full.mkv", n=100, level=0).read_bytes()
+    full = write_video(tmp_path / "full.mkv", n=100, level=0).read_bytes()
     (d / "cut_mkv.mkv").write_bytes(full[: len(full) // 3])            # decodes in part
-    cut = _write_video(tmp_path / "full.mp4", n=100).read_bytes()
+    cut = write_video(tmp_path / "full.mp4", n=100).read_bytes()
     (d / "cut_mp4.mp4").write_bytes(cut[: len(cut) // 2])              # no index left: unreadable
     (d / "corrupt.avi").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     write_audio(d / "audio_only.m4a")

@@ -283,3 +283,22 @@ def test_bad_input():
     _, sel = network("selector")
     with pytest.raises(TypeError):
         retrieval.score(sel, q[0], d)
+
+
+def test_weightless_teacher_scores_through_every_public_function():
+    """`pretrained.load_teacher('visil_f')` has no parameters at all (no 'params' collection); the
+    scoring functions must take it like the visil_f loaded from a .pth (whose attention has weights,
+    so the two differ only in those weights: the weightless one is ViSiL_f without attention)."""
+    from dns_jax import pretrained
+    name, teacher = pretrained.load_teacher("visil_f")
+    assert name == "visil_f" and "params" not in teacher.variables
+    rng = np.random.default_rng(0)
+    videos = [rng.standard_normal((t, 9, 512)).astype(np.float32) for t in (3, 5, 1, 8)]
+    expected = [float(teacher.calculate_video_similarity(teacher.index_video(videos[0]), teacher.index_video(t)))
+                for t in videos[1:]]
+    np.testing.assert_allclose(retrieval.score(teacher, videos[0], videos[1:]), expected, atol=1e-5)
+    scorer = retrieval.scorer_for(teacher)
+    reps = scorer.index(videos)
+    db = scorer.prepare(reps[1:])
+    np.testing.assert_allclose(scorer.similarities(reps[:1], db)[0], expected, atol=1e-5)
+    np.testing.assert_allclose(FineScorer(teacher).similarities(reps[:1], reps[1:])[0], expected, atol=1e-5)

@@ -32,6 +32,7 @@ from dns_jax import checkpoint, pretrained
 from dns_jax.app import coarse_recipe
 from dns_jax.app.coarse_recipe import fit_spread, spread_scores
 from dns_jax.app.sources import SourceChanges, current_files, diff, video_id_of
+from dns_jax.app.summary import format_build_summary
 from dns_jax.app.workdir import Workdir, WorkdirError
 from dns_jax.config_files import apply_overrides, load_config
 from dns_jax.datasets.stores import hdf5_dataset_paths, open_features
@@ -43,6 +44,7 @@ from dns_jax.fileio import atomic_savez
 from dns_jax.index import Index, build_index
 from dns_jax.models import registry
 from dns_jax.training import default_config, train_and_evaluate
+from dns_jax.training.metric_writers import read_jsonl
 from dns_jax.training.pairs import PairSet, read_pairs, write_pairs
 from dns_jax.training.scoring import PairScorer
 from dns_jax.training.teacher import select_pairs, teacher_scorer
@@ -241,8 +243,14 @@ def _train(network: str, wd: Workdir, opts: BuildOptions, rc, steps: int, extra:
     if result.preempted:
         raise BuildInterrupted(f"training of {network} stopped at step {result.step} of {steps} "
                                f"(checkpoint saved in {wd.model(network)}); rerun the same command to resume")
+    losses = [h["loss"] for h in read_jsonl(wd.model(network)) if "loss" in h]
     keep_parameters_only(network, wd.model(network))
-    return wd.model(network)
+    how = {"steps": int(result.step)}
+    if losses:
+        how.update(first_loss=round(float(losses[0]), 4), loss=round(float(losses[-1]), 4))
+    if result.validation:
+        how["validation"] = {k: round(float(v), 4) for k, v in result.validation.items()}
+    return wd.model(network), how
 
 
 def keep_parameters_only(network: str, directory: str) -> None:
@@ -252,6 +260,9 @@ def keep_parameters_only(network: str, directory: str) -> None:
     tmp, old = directory + ".params-tmp", directory + ".training-old"
     shutil.rmtree(tmp, ignore_errors=True)
     checkpoint.save_network(tmp, network, model.config, model.variables)
+    metrics = os.path.join(directory, "metrics.jsonl")      # the training curve stays with the network
+    if os.path.exists(metrics):
+        shutil.copy(metrics, os.path.join(tmp, "metrics.jsonl"))
     shutil.rmtree(old, ignore_errors=True)
     os.rename(directory, old)
     os.rename(tmp, directory)
@@ -263,9 +274,9 @@ def stage_fine(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges)
         return {"network": _given("fine", opts.fine), "path": os.path.abspath(opts.fine), "trained": False}
     network = rc.fine.network
     log(f"fine: distilling the {registry.get(network).label} student ({rc.fine.steps} steps)")
-    path = _train(network, wd, opts, rc, rc.fine.steps,
-                  {"pairs": wd.pairs("teacher"), "learning_rate": rc.fine.learning_rate})
-    return {"network": network, "path": path, "trained": True}
+    path, how = _train(network, wd, opts, rc, rc.fine.steps,
+                       {"pairs": wd.pairs("teacher"), "learning_rate": rc.fine.learning_rate})
+    return {"network": network, "path": path, "trained": True, **how}
 
 
 def stage_coarse(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) -> Dict:
@@ -278,9 +289,9 @@ def stage_coarse(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChange
     log(f"coarse: distilling the CG student ({rc.coarse.steps} steps)")
     extra = {"pairs": pairs, "init_from": init, "learning_rate": rc.coarse.learning_rate}
     extra.update({f"model.{k}": v for k, v in rc.coarse.model.items()})
-    path = _train("cg_student", wd, opts, rc, rc.coarse.steps, extra)
+    path, how = _train("cg_student", wd, opts, rc, rc.coarse.steps, extra)
     # `targets`: how teacher-scale similarities map to this student's cosines (DnS mixes the two)
-    return {"network": "cg_student", "path": path, "trained": True, "targets": targets}
+    return {"network": "cg_student", "path": path, "trained": True, "targets": targets, **how}
 
 
 def _given(kind: str, path: str) -> str:
@@ -334,13 +345,13 @@ def stage_selector(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChan
     threshold = selector_threshold(read_pairs(fine_pairs), read_pairs(coarse_pairs), rc.selector.threshold,
                                    rc.selector.min_pairs_per_class, log)
     log(f"selector: training ({rc.selector.steps} steps)")
-    path = _train("selector", wd, opts, rc, rc.selector.steps,
-                  {"selector.fine_pairs": fine_pairs, "selector.coarse_pairs": coarse_pairs,
-                   "selector.pairs_per_class": rc.selector.pairs_per_class,
-                   "selector.threshold": threshold, "learning_rate": rc.selector.learning_rate})
+    path, how = _train("selector", wd, opts, rc, rc.selector.steps,
+                       {"selector.fine_pairs": fine_pairs, "selector.coarse_pairs": coarse_pairs,
+                        "selector.pairs_per_class": rc.selector.pairs_per_class,
+                        "selector.threshold": threshold, "learning_rate": rc.selector.learning_rate})
     # `fine_spread`: how DnS puts the fine student's scores on the CG scale (None: official s/2+0.5)
     return {"network": "selector", "path": path, "trained": True, "fine_spread": fine_spread,
-            "threshold": threshold}
+            "threshold": threshold, **how}
 
 
 def selector_threshold(fine: PairSet, coarse: PairSet, threshold: float, min_per_class: int, log) -> float:
@@ -619,15 +630,4 @@ def remove_videos(workdir: str, ids: List[str], progress: bool = True) -> Dict:
 
 
 def _print_summary(done: Dict, log) -> None:
-    log("\nbuild summary")
-    for stage in STAGES:
-        info = done.get(stage)
-        if info is None:
-            log(f"  {stage:9s} not done")
-            continue
-        parts = {k: v for k, v in info.items() if k not in ("report", "failed")} if isinstance(info, dict) else {}
-        log(f"  {stage:9s} " + ", ".join(f"{k}={v}" for k, v in parts.items()))
-        if isinstance(info, dict) and info.get("failed"):
-            log(f"            skipped {len(info['failed'])} unreadable video(s):")
-            for vid, path, msg in info["failed"]:
-                log(f"              {vid}: {msg}")
+    log("\n" + format_build_summary(done, STAGES))

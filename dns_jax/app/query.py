@@ -4,12 +4,18 @@ Scores every indexed video with the coarse student, the fine student, or DnS (co
 selector's top `budget` fraction re-scored by the fine student, its scores put on the CG scale as
 recorded by the build, else the official s / 2 + 0.5), writes
 `{query_id: {video_id: score}}` and prints the top results with their best-matching segments.
+
+No query loses the others' results: the options are checked before anything is read or written;
+a query that fails (an unreadable file, an unknown id) is reported and the others are answered and
+written; `output` is written atomically and never replaced by an empty result; two queries with the
+same name (`a/clip.mp4`, `b/clip.mp4`) get distinct ids (`clip`, `clip#2`).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+import sys
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,6 +25,7 @@ from dns_jax.app.segments import matching_segments
 from dns_jax.app.workdir import Workdir, WorkdirError
 from dns_jax.features import load_extractor
 from dns_jax.features.pca import apply_whitening, whitening_matrices
+from dns_jax.features.video import VideoError
 from dns_jax.fileio import atomic_write_json
 from dns_jax.index import Index
 from dns_jax.index.search import check_search_options, scores_in_index_order, search_index
@@ -64,15 +71,27 @@ class Searcher:
         raw = self._extractor.extract_video(path)
         return apply_whitening(raw, *self._whiten)
 
+    @staticmethod
+    def query_id(query: str) -> str:
+        """The id a query's results are written under: a file's name without its extension, or
+        the indexed id itself."""
+        if os.path.isfile(query):
+            return os.path.splitext(os.path.basename(query))[0]
+        return query
+
     def features(self, query: str) -> Tuple[str, np.ndarray]:
         """(query id, [T, R, D] features) of a video file path or an indexed video id."""
         if os.path.isfile(query):
-            qid = os.path.splitext(os.path.basename(query))[0]
-            return qid, self._extract(query)
+            return self.query_id(query), self._extract(query)
         import h5py
         with h5py.File(self.wd.features, "r") as f:
-            if query in f:
-                return query, f[query][:]
+            item = f.get(query) if query else None
+            if isinstance(item, h5py.Dataset):
+                return query, item[()]
+            if isinstance(item, h5py.Group):
+                inside = sorted(f"{query}/{k}" for k in item.keys())
+                raise QueryError(f"{query!r} names a folder of indexed videos, not one video; give one of its "
+                                 f"videos ({', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''})")
         raise QueryError(f"{query!r} is neither a video file nor the id of an indexed video")
 
     # -- scoring ------------------------------------------------------------------------------
@@ -85,19 +104,23 @@ class Searcher:
         return lambda raw: spread_scores(raw, self.fine_spread)
 
     def search(self, query: str, stage: str = "dns", budget: float = 0.05, top: int = 10,
-               segments: int = 5) -> QueryResult:
+               segments: int = 5, query_id: Optional[str] = None) -> QueryResult:
+        """Scores of every indexed video for one query; `top` results (0: all) with the matching
+        segments of the first `segments`. `query_id` overrides the id the result is filed under."""
         try:
             check_search_options(stage, budget, top)
         except ValueError as e:
             raise QueryError(str(e)) from None
         qid, x = self.features(query)
+        qid = query_id or qid
         reps = self.dns.index([x], [qid])
         ids = self.index.ids
         res = search_index(self.dns, self.index, reps, stage, budget, topk=None,
                            fine_mapping=self.fine_mapping())
         scores = scores_in_index_order(res, 0, len(ids))
         best = []
-        for rank, (i, score) in enumerate(zip(res.ranking[0][:top], res.scores[0][:top])):
+        shown = top or len(ids)
+        for rank, (i, score) in enumerate(zip(res.ranking[0][:shown], res.scores[0][:shown])):
             segs = self._segments(x, ids[i]) if rank < segments else []
             best.append((ids[i], float(score), segs))
         return QueryResult(qid, {v: float(s) for v, s in zip(ids, scores)}, best)
@@ -108,32 +131,100 @@ class Searcher:
         return np.stack([scores_in_index_order(res, q, len(self.index)) for q in range(len(reps))])
 
     def _segments(self, query: np.ndarray, video_id: str):
+        """Best-matching segments of a query and an indexed video, in seconds (1 frame/s).
+
+        The fine student indexes a video shorter than 4 frames repeated to 4 frames; the frame
+        similarities are cut back to the real frames, so a reported time never exceeds a video."""
         _, target = self.features(video_id)
         q, t = self.fine.index_video(query), self.fine.index_video(target)
         f2f = np.asarray(self.fine.frame_to_frame_similarity(q, t))
-        return matching_segments(f2f)
+        return matching_segments(f2f[:len(query), :len(target)])
 
 
-def run_query(workdir: str, queries: Sequence[str], stage: str = "dns", budget: float = 0.05,
-              output: Optional[str] = None, top: int = 10, log=print) -> Dict[str, Dict[str, float]]:
-    """Answer every query; write `{query_id: {video_id: score}}` to `output` (atomically)."""
+def check_query_options(stage: str, budget: float, top: int, output: Optional[str] = None) -> None:
+    """ValueError naming the first bad option (a budget outside [0, 1] or NaN, a negative `top`,
+    an `output` that is a folder or lies in a missing one): checked before any work is done."""
+    check_search_options(stage, budget, top)
+    if output:
+        path = os.path.abspath(output)
+        if os.path.isdir(path):
+            raise ValueError(f"--output {output!r} is a folder; give a file name (e.g. scores.json)")
+        if not os.path.isdir(os.path.dirname(path)):
+            raise ValueError(f"--output {output!r}: the folder {os.path.dirname(path)!r} does not exist")
+
+
+def unique_query_ids(names: Sequence[str]) -> List[str]:
+    """Distinct ids for the queries, in order: a name met again becomes `name#2`, `name#3`, ..."""
+    used, out = set(), []
+    for name in names:
+        qid, k = name, 1
+        while qid in used:
+            k += 1
+            qid = f"{name}#{k}"
+        used.add(qid)
+        out.append(qid)
+    return out
+
+
+# A query that fails for these reasons is the query's fault (a bad file or id); anything else is
+# reported with its type, so that a bug is not mistaken for bad input. Either way the other
+# queries are answered.
+_QUERY_ERRORS = (QueryError, VideoError, ValueError, KeyError, OSError)
+
+
+def _reason(e: Exception) -> str:
+    msg = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
+    return msg if isinstance(e, _QUERY_ERRORS) and msg else f"{type(e).__name__}: {msg}"
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@dataclasses.dataclass
+class QueryRun:
+    results: Dict[str, Dict[str, float]]     # {query id: {video id: score}} of the answered queries
+    failed: List[Tuple[str, str]]            # (query as given, why it failed)
+
+
+def answer_queries(workdir: str, queries: Sequence[str], stage: str = "dns", budget: float = 0.05,
+                   output: Optional[str] = None, top: int = 10, log: Callable[[str], None] = print,
+                   warn: Callable[[str], None] = _stderr) -> QueryRun:
+    """Answer every query (or report why it cannot be answered); write the answered ones'
+    `{query_id: {video_id: score}}` to `output` atomically, leaving an existing file alone when
+    no query was answered. `log` gets the ranked results, `warn` one line per failed query and a
+    last line counting them. Bad options raise ValueError before anything is read or written."""
+    check_query_options(stage, budget, top, output)
+    if not queries:
+        raise ValueError("no query given: name video files or ids of indexed videos")
     searcher = Searcher(workdir)
+    ids = unique_query_ids([searcher.query_id(q) for q in queries])
     results, failed = {}, []
-    for q in queries:
+    for q, qid in zip(queries, ids):
         try:
-            res = searcher.search(q, stage, budget, top)
-        except (QueryError, ValueError, OSError) as e:
-            failed.append((q, str(e)))
-            log(f"query {q}: FAILED: {e}")
+            res = searcher.search(q, stage, budget, top, query_id=qid)
+        except Exception as e:  # noqa: BLE001 -- every query is answered or reported, see _reason
+            failed.append((q, _reason(e)))
+            warn(f"query {q}: FAILED: {failed[-1][1]}")
             continue
         results[res.query_id] = res.scores
-        log(f"\nquery {res.query_id} ({stage}{f', budget {budget}' if stage == 'dns' else ''}):")
+        named = f" (query {q})" if res.query_id != searcher.query_id(q) else ""
+        log(f"\nquery {res.query_id}{named} ({stage}{f', budget {budget}' if stage == 'dns' else ''}):")
         for rank, (vid, score, segs) in enumerate(res.top, 1):
             seg = ("  " + "; ".join(str(s) for s in segs)) if segs else ""
             log(f"  {rank:2d}. {vid:40s} {score:7.4f}{seg}")
-    if output:
+    if output and results:
         atomic_write_json(output, results, indent=1)
         log(f"\nwrote scores of {len(results)} queries to {output}")
+    elif output:
+        warn(f"no query was answered: {output} is left as it was")
     if failed:
-        log(f"{len(failed)} queries failed: " + ", ".join(q for q, _ in failed))
-    return results
+        warn(f"{len(failed)} of {len(queries)} queries failed: " + ", ".join(q for q, _ in failed))
+    return QueryRun(results, failed)
+
+
+def run_query(workdir: str, queries: Sequence[str], stage: str = "dns", budget: float = 0.05,
+              output: Optional[str] = None, top: int = 10, log: Callable[[str], None] = print,
+              warn: Callable[[str], None] = _stderr) -> Dict[str, Dict[str, float]]:
+    """`answer_queries`, returning the scores of the answered queries only."""
+    return answer_queries(workdir, queries, stage, budget, output, top, log, warn).results

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import argparse
 
-from dns_jax.app.query import run_query
+from dns_jax.app.query import answer_queries
 from dns_jax.commands.common import add_quiet
 from dns_jax.index.search import STAGES
 
 DESCRIPTION = (
     "Score every indexed video for each query and print the top results with their best-matching "
     "time segments. Queries are video files (features are extracted as at build time) or ids of "
-    "indexed videos (file names without the extension).")
+    "indexed videos (file names without the extension; a name met again gets an id NAME#2). A query "
+    "that fails is reported on stderr and the others are still answered and written; the exit status "
+    "is then 1. A bad option is refused before anything is read or written (exit status 2).")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,12 +22,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, default=0.05,
                    help="DnS: fraction of the collection re-scored by the fine student (default 0.05)")
     p.add_argument("--output", metavar="JSON", help="write {query_id: {video_id: score}} here")
-    p.add_argument("--top", type=int, default=10, help="results printed per query (default 10)")
+    p.add_argument("--top", type=int, default=10, help="results printed per query (0: all; default 10)")
     add_quiet(p)
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files or indexed video ids")
 
 
 def run(args) -> int:
+    """Exit status 0 when every query was answered, 1 when some failed (each is reported on
+    stderr and the others' scores are still written), 2 for a bad option (nothing is touched)."""
     log = (lambda *a, **k: None) if args.quiet else print
-    results = run_query(args.workdir, args.videos, args.stage, args.budget, args.output, args.top, log=log)
-    return 0 if results else 1
+    outcome = answer_queries(args.workdir, args.videos, args.stage, args.budget, args.output, args.top, log=log)
+    return 1 if outcome.failed else 0

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from typing import Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 
 from dns_jax.datasets.store_base import FeatureStore, _as_video
 from dns_jax.datasets.tfds_reader import ArrayRecordFeatures, is_tfds_dataset
-from dns_jax.validation import FeatureError, check_video
+from dns_jax.validation import FeatureError, FeatureWarning, check_video
 
 
 class MemoryFeatures(FeatureStore):
@@ -142,7 +143,9 @@ def open_features(path: str) -> FeatureStore:
 
 def read_checked(store: FeatureStore, video_id: str, dims: Optional[int] = None) -> np.ndarray:
     """One video's features `(T, R, D)` float32, checked; FeatureError naming the id and the reason
-    (missing, unreadable, wrong shape, empty, NaN/inf) otherwise."""
+    (missing, unreadable, wrong shape, empty, NaN/inf) otherwise. Integer arrays (see `_as_video`)
+    and all-zero videos are read with a warning naming the video: valid input, almost surely not
+    region features."""
     if video_id not in store:
         raise FeatureError(f"{video_id}: not in {store.source}")
     try:
@@ -151,7 +154,11 @@ def read_checked(store: FeatureStore, video_id: str, dims: Optional[int] = None)
         raise FeatureError(f"{video_id}: {e}") from None
     except Exception as e:  # a corrupt chunk, an unsupported dtype, a group instead of a dataset
         raise FeatureError(f"{video_id}: unreadable ({type(e).__name__}: {e})") from None
-    return check_video(arr, dims, video_id)
+    arr = check_video(arr, dims, video_id)
+    if not arr.any():
+        warnings.warn(f"{store.source}: video {video_id!r} has features that are all zero (shape {arr.shape}); "
+                      "it matches nothing (was its extraction interrupted?)", FeatureWarning, stacklevel=2)
+    return arr
 
 
 def write_hdf5(videos: Mapping[str, np.ndarray], path: str) -> str:

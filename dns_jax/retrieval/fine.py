@@ -148,7 +148,9 @@ class FineScorer:
         if not self.devices:
             raise ValueError("FineScorer needs at least one device")
         self.options = options or ScorerOptions.for_platform(jax.default_backend())
-        params = model.variables["params"]
+        # a weightless network (`pretrained.load_teacher('visil_f')`: no attention, no comparator)
+        # has no 'params' collection at all
+        params = model.variables.get("params", {})
         if isinstance(module, FineGrainedStudent):
             if module.batch_norm:
                 raise ValueError(f"FineScorer has no kernel for the batch-norm comparator of {model.name!r}; "
