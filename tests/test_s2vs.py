@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dns_jax import convert, losses, pretrained, pth
+from dns_jax.models import conversion
 from dns_jax.models import S2VS, FineGrainedStudent
 from helpers import reference
 from reference import assert_close, pad_batch
@@ -283,7 +284,7 @@ def test_convert_cli_round_trip(tmp_path, capsys):
 @pytest.mark.parametrize("case", CASES)
 def test_state_dict_round_trip_is_lossless(case):
     ref = _case(case)
-    back = convert.variables_to_state_dict(_load(ref).variables)
+    back = conversion.variables_to_state_dict(_load(ref).variables)
     expected = {k: v for k, v in ref.state.items() if not k.endswith("num_batches_tracked")}
     assert set(back) == set(expected)
     for k, v in expected.items():
@@ -293,23 +294,23 @@ def test_state_dict_round_trip_is_lossless(case):
 # -- bad input ------------------------------------------------------------------------------
 
 def test_other_networks_weights_given_as_s2vs_are_named():
-    with pytest.raises(convert.ConversionError) as e:
+    with pytest.raises(conversion.ConversionError) as e:
         pretrained.load("s2vs", reference("cg_student").state)
     assert "as 's2vs'" in str(e.value) and "coarse-grained student" in str(e.value)
-    with pytest.raises(convert.ConversionError, match="ViSiL head"):
+    with pytest.raises(conversion.ConversionError, match="ViSiL head"):
         pretrained.load("s2vs", reference("visil_head_sym512").state)
 
 
 def test_s2vs_weights_given_as_another_network_are_named():
-    with pytest.raises(convert.ConversionError) as e:
+    with pytest.raises(conversion.ConversionError) as e:
         pretrained.load("fg_att_student", PTH_FILE)
     msg = str(e.value)
     assert "batch-norm comparator" in msg and "s2vs" in msg and "visil_head.conv1.0.weight" in msg
-    with pytest.raises(convert.ConversionError, match=r"fg_att_student, or the S2VS network s2vs"):
+    with pytest.raises(conversion.ConversionError, match=r"fg_att_student, or the S2VS network s2vs"):
         pretrained.load("cg_student", reference("s2vs/s2vs_att").state)
     state = dict(_case("att_sym").state)
     state["attention.transform.weight"] = state["attention.transform.weight"][:, :32]
-    with pytest.raises(convert.ConversionError, match="attention.transform.weight"):
+    with pytest.raises(conversion.ConversionError, match="attention.transform.weight"):
         pretrained.load("s2vs", state)
 
 
