@@ -52,7 +52,7 @@ keeps every file whose recorded recipe is unchanged, regenerates the rest, and d
 an earlier recipe that the new one no longer has. A call that finds everything in place writes
 nothing. Run one generator per directory at a time (a call deletes the temporary files it finds).
 
-    python -m dns_jax.datasets.video_collection OUT_DIR [--seed 0] [--num-sources 4] ...
+    dns-jax collection OUT_DIR [--seed 0] [--num-sources 4] ...
 """
 from __future__ import annotations
 

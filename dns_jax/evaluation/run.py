@@ -254,7 +254,7 @@ class EvaluationRun:
             diff = [k for k in want if have.get(k) != want[k]]
             if diff:
                 raise ValueError(f"{self.output_dir} holds results of another run ({', '.join(diff)} "
-                                 "differ); use another --output_dir, or --overwrite to discard them")
+                                 "differ); use another --output-dir, or --overwrite to discard them")
             return
         if overwrite:
             for name in os.listdir(os.path.join(self.output_dir, "rows")):

@@ -1,10 +1,9 @@
 """The teacher-similarity job: select training pairs from an unlabeled collection, score them with
 a teacher (ViSiL, or a trained student for iterative distillation) and write a pair file.
 
-    python -m dns_jax.training.teacher --features dns100k.hdf5 --teacher visil:visil.pth \\
-        --out pairs_teacher.npz
-    python -m dns_jax.training.teacher --features dns100k.hdf5 --teacher WORKDIR_OF_FG_ATT \\
-        --out pairs_fg_att_iter1.npz           # iterative distillation
+    dns-jax pairs --features dns100k.hdf5 --teacher visil:visil.pth --output pairs_teacher.npz
+    dns-jax pairs --features dns100k.hdf5 --teacher WORKDIR_OF_FG_ATT \\
+        --output pairs_fg_att_iter1.npz        # iterative distillation
 
 Selection (ours; the official pair files were made by code that is not public): for every query,
 the `num_candidates` nearest videos by a cheap global descriptor (mean of its region features)
