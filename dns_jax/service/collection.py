@@ -129,7 +129,7 @@ class Collection:
     outside it.
     """
 
-    def __init__(self, workdir: str, log: Callable[[str], None] = lambda *_: None):
+    def __init__(self, workdir: str, log: Callable[[str], None] = lambda *_: None, max_extractions: int = 2):
         self.log = log
         self._engine = _Engine(workdir, self)       # raises WorkdirError for an unbuilt directory
         self.workdir = self._engine.wd.root
@@ -141,6 +141,7 @@ class Collection:
         os.makedirs(self._uploads, exist_ok=True)
         self._lock = threading.RLock()               # the engine: networks, index snapshot
         self._extract_lock = threading.Lock()        # lazy extractor construction
+        self._extract_slots = threading.BoundedSemaphore(max_extractions)   # uploads decoded at once
         self._manifest_stamp = self._stamp()
         self._records: Dict[str, dict] = {}          # video id -> record of an added video
         self._recovered: Dict[str, Tuple[str, str]] = {}
@@ -273,7 +274,8 @@ class Collection:
         from dns_jax.app.build import apply_whitening
         extractor, whiten = self._extractor()
         try:
-            raw = extractor.extract_video(path, strict=True)
+            with self._extract_slots:
+                raw = extractor.extract_video(path, strict=True)
             return check_video(apply_whitening(raw, *whiten), self.dims, "upload")
         except (VideoError, FeatureError) as e:
             raise CollectionError(str(e).replace(path, "the upload")) from None

@@ -44,6 +44,7 @@ class Jobs:
         self.collection = collection
         self.log = log
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()      # snapshot and write together: no stale overwrite
         self._jobs: Dict[str, Job] = {}
         self._queue: "queue.Queue[Optional[tuple]]" = queue.Queue()
         self._thread: Optional[threading.Thread] = None
@@ -71,13 +72,14 @@ class Jobs:
         self._save()
 
     def _save(self):
-        with self._lock:
-            jobs = sorted(self._jobs.values(), key=lambda j: j.created)
-            finished = [j for j in jobs if j.state in ("done", "failed")]
-            for j in finished[:max(0, len(finished) - HISTORY)]:
-                del self._jobs[j.id]
-            data = [j.as_dict() for j in self._jobs.values()]
-        self.collection.write_json(STATE_FILE, data)
+        with self._save_lock:
+            with self._lock:
+                jobs = sorted(self._jobs.values(), key=lambda j: j.created)
+                finished = [j for j in jobs if j.state in ("done", "failed")]
+                for j in finished[:max(0, len(finished) - HISTORY)]:
+                    del self._jobs[j.id]
+                data = [j.as_dict() for j in self._jobs.values()]
+            self.collection.write_json(STATE_FILE, data)
 
     # -- the table ----------------------------------------------------------------------------
     def get(self, job_id: str) -> Optional[Job]:
