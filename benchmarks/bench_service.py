@@ -178,7 +178,9 @@ def main(argv=None):
 
     tmp = tempfile.mkdtemp(prefix="bench_service_")
     work = os.path.join(tmp, "work")
-    shutil.copytree(args.workdir, work, ignore=shutil.ignore_patterns("service"))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from dns_jax.service.collection import resolve_workdir
+    shutil.copytree(resolve_workdir(args.workdir), work, ignore=shutil.ignore_patterns("service"))
     port = free_port()
     log = open(os.path.join(tmp, "server.log"), "wb")
     proc, start_s = start_server(work, port, log)

@@ -559,3 +559,12 @@ def test_searches_during_an_addition_match_sequential_ones(fresh, service_collec
         assert a == before[k] or a == after[k], k
     # the batch overlapped the addition (it started once the job was running)
     assert state_after_batch["started"] is not None
+
+
+def test_the_demo_folder_is_served_from_its_build(tmp_path):
+    from dns_jax.service.collection import resolve_workdir
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "state.json").write_text("{}")
+    assert resolve_workdir(str(tmp_path)) == str(tmp_path / "build")
+    assert resolve_workdir(str(tmp_path / "build")) == str(tmp_path / "build")
+    assert resolve_workdir(str(tmp_path / "nope")) == str(tmp_path / "nope")

@@ -121,6 +121,14 @@ def _file_size(path: Optional[str]) -> Optional[int]:
         return None
 
 
+def resolve_workdir(path: str) -> str:
+    """A work directory, or the folder `dns-jax demo` wrote (its build is in `build/`)."""
+    from dns_jax.app.workdir import STATE
+    if not os.path.exists(os.path.join(path, STATE)) and os.path.exists(os.path.join(path, "build", STATE)):
+        return os.path.join(path, "build")
+    return path
+
+
 class Collection:
     """A built work directory, loaded once: the networks, the index and the added-video store.
 
@@ -131,6 +139,7 @@ class Collection:
 
     def __init__(self, workdir: str, log: Callable[[str], None] = lambda *_: None, max_extractions: int = 2):
         self.log = log
+        workdir = resolve_workdir(workdir)
         self._engine = _Engine(workdir, self)       # raises WorkdirError for an unbuilt directory
         self.workdir = self._engine.wd.root
         self.dims = int(self._engine.settings.get("dims", 512))
