@@ -23,15 +23,21 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 
 
 def _chromium():
+    """The browser's path; skip the module (before the collection is built) when there is none."""
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.skip("browser tests skipped: the playwright package is not installed (pip install playwright)")
+        pytest.skip("browser tests skipped: the playwright package is not installed (pip install playwright)",
+                    allow_module_level=True)
     for name in CHROMIUM_NAMES:
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip("browser tests skipped: no Chromium executable on PATH (Debian: apt-get install chromium)")
+    pytest.skip("browser tests skipped: no Chromium executable on PATH (Debian: apt-get install chromium)",
+                allow_module_level=True)
+
+
+CHROMIUM = _chromium()
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +65,7 @@ def served(service_collection, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    executable = _chromium()
+    executable = CHROMIUM
     from playwright.sync_api import Error, sync_playwright
     with sync_playwright() as p:
         try:
@@ -70,7 +76,7 @@ def browser():
         b.close()
 
 
-def test_upload_a_copy_see_the_original_first_and_compare(served, browser, service_collection, tmp_path,
+def test_upload_a_copy_see_the_original_first_and_compare(browser, served, service_collection, tmp_path,
                                                           tmp_path_factory):
     from playwright.sync_api import expect
     original = service_collection.info.queries[0]
@@ -130,7 +136,7 @@ def test_upload_a_copy_see_the_original_first_and_compare(served, browser, servi
     page.close()
 
 
-def test_bad_upload_shows_the_reason(served, browser, tmp_path):
+def test_bad_upload_shows_the_reason(browser, served, tmp_path):
     from playwright.sync_api import expect
     bad = tmp_path / "notes.mp4"
     bad.write_bytes(b"not a video\n" * 100)
