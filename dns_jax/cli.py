@@ -3,6 +3,7 @@
     dns-jax build --videos DIR --workdir WORK        # folder of videos -> searchable DnS system
     dns-jax query --workdir WORK VIDEO...            # rank the collection for query videos
     dns-jax add --workdir WORK VIDEO... / remove --workdir WORK ID...   # keep it up to date
+    dns-jax serve --workdir WORK                     # search it from a web page / HTTP API
     dns-jax demo                                     # generated collection, build, mAP table
     dns-jax index / retrieve / evaluate / train      # feature files, official networks, benchmarks
     dns-jax extract / pca / dataset / pairs / collection / convert / native
@@ -29,6 +30,7 @@ COMMANDS = {
     "query": "rank the indexed videos of a build for query videos (files or indexed ids)",
     "add": "add video files to a built collection (extracted, indexed, appended atomically)",
     "remove": "take videos out of a built collection",
+    "serve": "the retrieval service and its web page over a built collection (HTTP, 127.0.0.1 by default)",
     "demo": "the whole system on a generated collection; prints mAP per stage",
     "index": "build or extend a DnS index from feature files",
     "retrieve": "rank the videos of a DnS index for indexed or feature-file queries",

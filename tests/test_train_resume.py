@@ -35,7 +35,7 @@ def _steps(workdir):
 def _command(workdir, data):
     features, pairs = data
     return [sys.executable, os.path.join(REPO, "train.py"),
-            "--config", os.path.join(REPO, "configs", "fg_att_student.py"), "--workdir", workdir,
+            "--config", os.path.join(REPO, "configs", "fg_att_student.py") + ":synthetic", "--workdir", workdir,
             "--config.dataset=features", f"--config.features={features}", f"--config.pairs={pairs}",
             f"--config.num_train_steps={STEPS}", "--config.model.dims=32",
             "--config.checkpoint_every_steps=10", "--config.keep_checkpoints=2", "--config.batch_size=4",

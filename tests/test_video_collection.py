@@ -204,7 +204,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    out = subprocess.run([sys.executable, "-m", "dns_jax.datasets.video_collection", "--help"],
+    out = subprocess.run([sys.executable, "-m", "dns_jax.cli", "collection", "--help"],
                          capture_output=True, text=True, check=True)
     assert "OUT_DIR" in out.stdout and "--seed" in out.stdout and not out.stderr
     assert cli.main(["collection", str(tmp_path / "c"), "--num-sources", "1", "--edits", "hflip,trim+color",

@@ -77,6 +77,7 @@ class BuildOptions:
     recipe: str = "build"
     reset: Optional[str] = None         # forget this stage and the later ones, build them again
     retrain: bool = False               # train the networks again (from the PCA fit on)
+    auto_retrain: bool = True           # retrain when the collection grew past RETRAIN_GROWTH (build only)
 
     def config(self):
         """The recipe with this build's options written over it."""
@@ -506,6 +507,10 @@ def _maybe_retrain(opts: BuildOptions, wd: Workdir, changes: SourceChanges, log)
     trained_on = teacher.get("videos")
     if (trained_on and not (opts.fine or opts.coarse or opts.selector)
             and len(changes.current) > RETRAIN_GROWTH * trained_on):
+        if not opts.auto_retrain:
+            log(f"collection: {len(changes.current)} videos, more than {RETRAIN_GROWTH:g}x the {trained_on} the "
+                "networks were trained on: `dns-jax build --retrain` would train them on it")
+            return
         log(f"collection: {len(changes.current)} videos, more than {RETRAIN_GROWTH:g}x the {trained_on} the "
             "networks were trained on: retraining them (PCA, teacher, students, selector, index)")
         reset_stages(wd, "pca" if not opts.pca else "teacher", log)
@@ -574,7 +579,7 @@ def update_options(workdir: str, progress: bool = True) -> BuildOptions:
     options = {k: (wd.resolve(v) if k in _OPTION_PATHS and v else v) for k, v in recorded.items()}
     if isinstance(options.get("backbone"), dict):
         options["backbone"] = wd.resolve(options["backbone"]["path"])
-    return BuildOptions(**dict(options, workdir=wd.root, progress=progress))
+    return BuildOptions(**dict(options, workdir=wd.root, progress=progress, auto_retrain=False))
 
 
 def add_videos(workdir: str, paths: List[str], ids: Optional[List[str]] = None, progress: bool = True) -> Dict:

@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec", default="auto", help="auto (libx264, else mpeg4) or an encoder")
     p.add_argument("--overwrite", action="store_true", help="regenerate every file")
     p.add_argument("--workers", type=int, default=None, help="videos made at a time (default: the CPU count)")
-    p.add_argument("--quiet", action="store_true", help="no line per video")
+    p.add_argument("-q", "--quiet", action="store_true", help="no line per video")
 
 
 def run(args) -> int:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dns_jax.features.offline import OPENNSFW, convert_opennsfw_onnx, resnet50_1by2
-from dns_jax.pth import load_state_dict
+from dns_jax import pth
 
 from .backbone import ResNet, convert_torchvision_resnet, detect_prefix, resnet50
 from .pca import PCAWhitening, load_pca
@@ -222,7 +222,7 @@ def _backbone(weights: Any, precision: Any):
         if path.endswith(".onnx"):
             model = resnet50_1by2(precision=precision)
             return model, "caffe_bgr", convert_opennsfw_onnx(path, model)[0], os.path.basename(path)
-        state, name = load_state_dict(path), os.path.basename(path)
+        state, name = pth.load_state_dict(path), os.path.basename(path)
     elif isinstance(weights, Mapping):
         state, name = weights, "resnet50"
     else:

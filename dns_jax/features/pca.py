@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dns_jax.pth import load_state_dict
+from dns_jax import pth
 
 from .regions import l2_normalize
 
@@ -95,7 +95,7 @@ def load_pca(source: Any, dims: int | None = 512) -> dict:
             with np.load(path) as z:
                 source = {k: z[k] for k in z.files}
         else:
-            source = load_state_dict(path)
+            source = pth.load_state_dict(path)
     if not isinstance(source, Mapping):
         raise TypeError(f"PCA weights must be a path or a mapping, got {type(source).__name__}")
     p = _find_prefix(source.keys(), "DVt", "mean")
