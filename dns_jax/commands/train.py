@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from absl import flags as absl_flags
 from absl import logging as absl_logging
 
 from dns_jax.config_files import apply_overrides, load_config
@@ -31,9 +32,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     config = apply_overrides(load_config(args.config), getattr(args, OVERRIDES, {}) or {})
     config = validate_config(config)            # before anything is written to the workdir
+    # progress lines (resumed from step N, stop requested, validation) on stderr; orbax logs every
+    # file it writes at INFO: keep its warnings only
+    absl_flags.FLAGS.mark_as_parsed()           # absl's log handler without absl's flag parsing
+    handler = absl_logging.get_absl_handler()
+    handler.addFilter(lambda r: r.levelno >= logging.WARNING or "orbax" not in r.pathname)
+    absl_logging.use_absl_handler()
     absl_logging.set_verbosity(absl_logging.INFO)
-    # orbax logs every file it writes at INFO; keep its warnings only
-    absl_logging.get_absl_handler().addFilter(
-        lambda r: r.levelno >= logging.WARNING or "orbax" not in r.pathname)
+    logging.getLogger().setLevel(logging.INFO)
     train_and_evaluate(config, args.workdir)
     return 0
