@@ -218,7 +218,7 @@ def test_annotations(fivr5k, ccweb, evve, svd_labeled):
 def test_annotation_files_are_plain_json():
     files = sorted((PACKAGE / "data").glob("*.json.gz"))
     assert [f.name for f in files] == ["cc_web_video.json.gz", "evve.json.gz", "fivr.json.gz",
-                                       "svd_test_groundtruth.json.gz"]
+                                       "fivr_s2vs.json.gz", "svd_test_groundtruth.json.gz"]
     for f in files:
         doc = json.loads(gzip.decompress(f.read_bytes()))
         assert doc["format"].startswith("dns_jax.evaluation/")

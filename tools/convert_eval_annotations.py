@@ -4,13 +4,24 @@ Reads the four annotation files published with mever-team/distill-and-select (fo
 `datasets/`, commit f81a7eb) and writes plain JSON (gzip, deterministic: mtime 0, sorted
 where the source is an unordered set) into `dns_jax/evaluation/data/`. The package never
 unpickles anything at run time; this script is the only place a pickle is opened, and it
-uses an unpickler that refuses every global except the built-in `set`/`frozenset`.
+uses an unpickler that refuses every global except the built-in `set`/`frozenset` (and, for
+S2VS's VCDB file only, `collections.defaultdict`).
 
 Usage:
     python tools/convert_eval_annotations.py SOURCE_DIR [OUT_DIR]
+    python tools/convert_eval_annotations.py --s2vs S2VS_DATA_DIR [OUT_DIR]
+    python tools/convert_eval_annotations.py --vcdb VCDB_PICKLE OUT_JSON_GZ
 
 SOURCE_DIR holds fivr.pickle, cc_web_video.pickle, evve.pickle and test_groundtruth.
+
+--s2vs: S2VS_DATA_DIR is the `data/` folder of gkordo/s2vs (fivr_audio.pickle,
+fivr_easy_duplicates.txt); writes fivr_s2vs.json.gz (the easy duplicates and the ND/DS/CS/IS
+labels where S2VS's FIVR annotation differs from fivr.json.gz, which must exist in OUT_DIR).
+
+--vcdb: S2VS's `data/vcdb.pickle` (not shipped: a user converts it once and passes the JSON to
+`dns_jax.evaluation.VCDB(annotation=...)` or `dns-jax evaluate --vcdb-annotation`).
 """
+import collections
 import gzip
 import hashlib
 import io
@@ -32,9 +43,18 @@ class _AnnotationUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
 
 
-def _load_pickle(path):
+class _DefaultdictUnpickler(_AnnotationUnpickler):
+    """Also admits `collections.defaultdict` (a dict whose factory is itself looked up here)."""
+
+    def find_class(self, module, name):
+        if (module, name) == ("collections", "defaultdict"):
+            return collections.defaultdict
+        return super().find_class(module, name)
+
+
+def _load_pickle(path, unpickler=_AnnotationUnpickler):
     with open(path, "rb") as f:
-        return _AnnotationUnpickler(f, encoding="latin1").load()
+        return unpickler(f, encoding="latin1").load()
 
 
 def _write(path, obj):
@@ -129,8 +149,103 @@ def convert_svd(src):
     }
 
 
+FIVR_LABELS = ("ND", "DS", "CS", "IS")
+
+
+def _read_id_lines(path):
+    """One id per line (S2VS reads the file with numpy.loadtxt: blank lines skipped)."""
+    ids = []
+    with open(path, "r") as f:
+        for n, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 1 or fields[0].startswith("#"):
+                raise ValueError(f"{path}:{n}: expected one id per line, got {line!r}")
+            ids.append(fields[0])
+    return ids
+
+
+def convert_s2vs_fivr(s2vs_dir, base_json):
+    """S2VS's FIVR annotation as differences from the DnS one (fivr.json.gz), plus the list of
+    easy duplicates. The queries and databases must be identical; labels other than ND/DS/CS/IS
+    (DA, audio) are not converted."""
+    s2vs_dir = pathlib.Path(s2vs_dir)
+    src, easy_src = s2vs_dir / "fivr_audio.pickle", s2vs_dir / "fivr_easy_duplicates.txt"
+    d = _load_pickle(src)
+    base = json.loads(gzip.decompress(pathlib.Path(base_json).read_bytes()).decode("ascii"))
+    for version in ("5k", "200k"):
+        for key in ("queries", "database"):
+            if sorted(_str_list(d[version][key])) != sorted(base[version][key]):
+                raise ValueError(f"S2VS's FIVR {version} {key} differ from {base_json}")
+    if set(d["annotation"]) != set(base["annotation"]):
+        raise ValueError(f"S2VS's FIVR annotation has other queries than {base_json}")
+    remove, add = {}, {}
+    for query in sorted(d["annotation"]):
+        theirs, ours = d["annotation"][query], base["annotation"][query]
+        for label in FIVR_LABELS:
+            t, o = set(_str_list(theirs.get(label, []))), set(ours.get(label, []))
+            if o - t:
+                remove.setdefault(query, {})[label] = sorted(o - t)
+            if t - o:
+                add.setdefault(query, {})[label] = sorted(t - o)
+    easy = _read_id_lines(easy_src)
+    if len(set(easy)) != len(easy):
+        raise ValueError(f"{easy_src}: repeated ids")
+    database = set(base["200k"]["database"])
+    outside = [v for v in easy if v not in database]
+    if outside:
+        raise ValueError(f"{easy_src}: {len(outside)} ids are not FIVR-200K videos, e.g. {outside[:3]}")
+    return {
+        "format": "dns_jax.evaluation/fivr_s2vs/1",
+        "source_sha256": {"fivr_audio.pickle": _sha256(src),
+                          "fivr_easy_duplicates.txt": _sha256(easy_src)},
+        "base_source_sha256": base["source_sha256"],
+        # S2VS labels = fivr.json.gz labels - remove + add (per query and label)
+        "remove": remove,
+        "add": add,
+        "easy_duplicates": sorted(easy),
+    }
+
+
+def convert_s2vs_vcdb(src):
+    """S2VS's vcdb.pickle: `queries` (the core videos, list order kept), `positives` ({video: set
+    of videos}, written sorted) and `dataset` (the distractors, list order kept)."""
+    d = _load_pickle(src, _DefaultdictUnpickler)
+    missing = [k for k in ("queries", "positives", "dataset") if k not in d]
+    if missing:
+        raise ValueError(f"{src}: no {', '.join(missing)}; expected S2VS's data/vcdb.pickle")
+    queries, distractors = _str_list(d["queries"]), _str_list(d["dataset"])
+    positives = {}
+    for video, pos in d["positives"].items():
+        assert isinstance(video, str)
+        positives[video] = sorted(_str_list(pos))
+    self_positive = [v for v, pos in positives.items() if v in pos]
+    if self_positive:
+        print(f"note: {len(self_positive)} videos are listed among their own positives "
+              "(kept: S2VS counts them as positives never retrieved)")
+    return {
+        "format": "dns_jax.evaluation/vcdb/1",
+        "source_sha256": _sha256(src),
+        "queries": queries,
+        "positives": positives,
+        "distractors": distractors,
+    }
+
+
 def main(argv):
     if len(argv) < 2:
+        print(__doc__)
+        return 2
+    default_out = pathlib.Path(__file__).resolve().parents[1] / "dns_jax" / "evaluation" / "data"
+    if argv[1] == "--s2vs" and len(argv) in (3, 4):
+        out = pathlib.Path(argv[3]) if len(argv) > 3 else default_out
+        _write(out / "fivr_s2vs.json.gz", convert_s2vs_fivr(argv[2], out / "fivr.json.gz"))
+        return 0
+    if argv[1] == "--vcdb" and len(argv) == 4:
+        _write(pathlib.Path(argv[3]), convert_s2vs_vcdb(argv[2]))
+        return 0
+    if argv[1].startswith("--"):
         print(__doc__)
         return 2
     src = pathlib.Path(argv[1])

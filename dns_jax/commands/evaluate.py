@@ -7,7 +7,8 @@ from dns_jax.commands.common import add_quiet
 from dns_jax.evaluation.run import BENCHMARKS, BUDGETS, run_evaluation
 
 DESCRIPTION = """Print one row per method (teacher, fine students, coarse student, DnS at budgets
-0..100%) with the official mAP of every task, the time per query and the storage per video, and
+0..100%) with the official mAP of every task, the time per query and the storage per video (FIVR
+and VCDB add S2VS's micro-AP columns in a second table), and
 write to --output-dir: sweep.csv, sweep.json, sweep_time.png, sweep_storage.png, and the per-query
 similarity rows (rows/*.npz) that make a rerun resume where it stopped. See docs/evaluation.md.
 
@@ -50,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="DnS budgets, comma-separated fractions (default: " + ",".join(f"{b:g}" for b in BUDGETS) + ")")
     p.add_argument("--svd-unlabeled", help="SVD distractor id list (one id per line); without it SVD is "
                    "evaluated on its labelled part")
+    p.add_argument("--vcdb-annotation", metavar="JSON",
+                   help="VCDB annotation (needed by --benchmark vcdb / vcdb_dist): S2VS's vcdb.pickle converted "
+                        "with tools/convert_eval_annotations.py --vcdb; see docs/evaluation.md")
     p.add_argument("--query-batch", type=int, default=16,
                    help="queries per pass over the database; their rows are saved when the pass ends (0: all)")
     p.add_argument("--db-chunk", type=int, default=256, help="database videos read and indexed at a time")
@@ -62,5 +66,6 @@ def run(args) -> int:
     run_evaluation(args.benchmark, args.features, args.fine, args.coarse, args.selector, args.output_dir,
                    teacher=args.teacher, teacher_features=args.teacher_features, budgets=args.budgets,
                    svd_unlabeled=args.svd_unlabeled, query_batch=args.query_batch, db_chunk=args.db_chunk,
-                   plots=not args.no_plots, overwrite=args.overwrite, progress=not args.quiet)
+                   plots=not args.no_plots, overwrite=args.overwrite, progress=not args.quiet,
+                   vcdb_annotation=args.vcdb_annotation)
     return 0

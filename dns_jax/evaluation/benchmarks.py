@@ -7,12 +7,17 @@ score array aligned with `get_database()` per query) and returns a dict with the
 * `CC_WEB_VIDEO()`: ``{'mAP', 'mAP_star', 'mAP_c', 'mAP_c_star'}``
 * `EVVE()`: ``{'mAP'}``
 * `SVD(version)`: ``{'mAP'}``
+* `VCDB(annotation, distractors)`: ``{'mAP'}`` (S2VS's protocol; no DnS one exists)
 
 The values equal the official ones on the same input (same ranking, tie order, set
 intersections and summation order). Where the official code would crash or silently skip
 (missing queries, unknown ids, NaN scores, a query with nothing relevant left, ...), these
 evaluators carry on, record what happened in ``evaluator.last_report`` (an `EvaluationReport`)
 and emit one `EvaluationWarning` per call; the returned dict never gets extra keys.
+
+S2VS's protocol (gkordo/s2vs), with its micro-AP (µAP, `micro_ap.py`), is a separate method:
+`FIVR.evaluate_s2vs` (mAP DSVR/CSVR/ISVR and µAP DSVD/CSVD/ISVD, each also without FIVR's easy
+duplicates, keys ``..._h``) and `VCDB.evaluate_s2vs` (``{'mAP', 'uAP'}``).
 """
 from __future__ import annotations
 
@@ -21,12 +26,13 @@ import itertools
 import os
 import warnings
 from collections.abc import Mapping
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ._data import load_annotation
+from ._data import load_annotation, read_json_file
 from .metrics import average_precision, descending_order, ranked_list_average_precision, trapezoid_average_precision
+from .micro_ap import average_precision_from_ranks, ranks_from_ascending, sort_key
 from .report import EvaluationReport, EvaluationWarning
 
 _MISSING = object()
@@ -121,6 +127,111 @@ def _query_line(report):
 
 
 # ----------------------------------------------------------------------------------------------
+# S2VS's protocol: per-query mAP and pooled µAP (shared by FIVR and VCDB)
+# ----------------------------------------------------------------------------------------------
+
+def _is_array(res) -> bool:
+    return isinstance(res, (list, tuple, np.ndarray, np.generic)) or (
+        not isinstance(res, Mapping) and hasattr(res, "__array__"))
+
+
+def _s2vs_query_pool(query, res, database, position, db, db_mask, gts, report, first):
+    """One query's pairs with S2VS's rules: (scores, [relevant booleans per positive set]).
+
+    `res` is ``{video: score}`` or an array aligned with `database`; the pairs are its videos in
+    `db` other than the query, in input (database) order. `gts`: the query's positive sets, already
+    restricted to `db`. NaN scores and unknown ids are counted in the report when `first`.
+    """
+    if _is_array(res):
+        arr = np.asarray(res).reshape(-1)
+        if arr.size == len(database):
+            keep = db_mask.copy()
+            qpos = position.get(query)
+            if qpos is not None:
+                keep[qpos] = False
+            scores = _to_float_array(arr)[keep]
+            rels = []
+            for gt in gts:
+                rel = np.zeros(len(database), dtype=bool)
+                rel[[position[v] for v in gt if v in position]] = True
+                rels.append(rel[keep])
+            if first and np.isnan(scores).any():
+                report.nan_scores[query] = int(np.isnan(scores).sum())
+            return scores, rels
+    res = _as_result_dict(res, database, db, query, report)
+    if first:
+        _count_unknown(res.keys(), position, query, report)
+    ids = [v for v in res if v != query and v in db]
+    scores = _to_float_array([res[v] for v in ids])
+    if first and np.isnan(scores).any():
+        report.nan_scores[query] = int(np.isnan(scores).sum())
+    rels = [np.fromiter((v in gt for v in ids), dtype=bool, count=len(ids)) for gt in gts]
+    return scores, rels
+
+
+def _s2vs_scores(similarities, queries, database, db, positives, tasks, drop_self, report, suffix="",
+                 first=True):
+    """mAP (mean over the queries that have positives) and pooled µAP of every task, S2VS's way.
+
+    Args:
+      queries: the evaluated queries in pooling order (each in `similarities`).
+      database: the benchmark's database (the alignment of array results).
+      db: the available database videos (a set): pairs and positives outside it are dropped.
+      positives: ``positives(query, task)`` -> the query's positive videos for `task`.
+      tasks: task names.
+      drop_self: remove the query from its own positives (FIVR) or keep it (VCDB).
+
+    Returns ({task: mAP}, {task: µAP}); NaN where no query has a positive.
+
+    Each query's pairs are sorted once (stable, ascending; `micro_ap.s2vs_order` reversed); the
+    pool is ranked by a stable sort of the concatenated sorted blocks, which equals a stable sort of
+    the pool in pooling order (ties keep their block, then their place in it) and costs a merge.
+    """
+    position = {v: i for i, v in enumerate(database)}
+    db_mask = np.fromiter((v in db for v in database), dtype=bool, count=len(database))
+    aps = {task: [] for task in tasks}
+    blocks, block_rel = [], {task: [] for task in tasks}
+    n_positives = {task: 0 for task in tasks}
+    skipped = []
+    for query in queries:
+        gts = []
+        for task in tasks:
+            gt = set(positives(query, task)).intersection(db)
+            if drop_self:
+                gt.discard(query)
+            gts.append(gt)
+        scores, rels = _s2vs_query_pool(query, similarities[query], database, position, db, db_mask,
+                                        gts, report, first)
+        key = sort_key(scores)
+        ascending = np.argsort(key, kind="stable")
+        blocks.append(key[ascending])
+        for task, gt, rel in zip(tasks, gts, rels):
+            rel = rel[ascending]
+            block_rel[task].append(rel)
+            n_positives[task] += len(gt)
+            if not gt:
+                skipped.append((query, task + suffix))
+                continue
+            ap = average_precision_from_ranks(ranks_from_ascending(rel), len(gt))
+            aps[task].append(ap)
+            report.add_per_query(task + suffix, query, ap)
+    if skipped:
+        report.notes.append(
+            f"{len(skipped)} (query, task) pairs have no relevant video in the database and were left "
+            f"out of the mAP (S2VS's rule for FIVR): {skipped[:5]}" + (" ..." if len(skipped) > 5 else ""))
+    maps = {task: _mean(values) for task, values in aps.items()}
+    merged = np.argsort(np.concatenate(blocks), kind="stable") if blocks else np.zeros(0, np.int64)
+    del blocks
+    micro = {}
+    for task in tasks:
+        rel = np.concatenate(block_rel[task])[merged] if block_rel[task] else np.zeros(0, dtype=bool)
+        micro[task] = np.float64(average_precision_from_ranks(ranks_from_ascending(rel), n_positives[task]))
+        if n_positives[task] == 0:
+            report.notes.append(f"no positive pair for {task + suffix}: its micro-AP is undefined (NaN)")
+    return maps, micro
+
+
+# ----------------------------------------------------------------------------------------------
 # FIVR
 # ----------------------------------------------------------------------------------------------
 
@@ -141,6 +252,10 @@ class FIVR:
                                      ("CSVR", ("ND", "DS", "CS")),
                                      ("ISVR", ("ND", "DS", "CS", "IS"))])
     AUDIO_TASKS = collections.OrderedDict([("DAVR", ("DA",))])
+    # S2VS's detection tasks: the same positives as the retrieval task of the same letters
+    DETECTION_TASKS = collections.OrderedDict([("DSVD", "DSVR"), ("CSVD", "CSVR"), ("ISVD", "ISVR")])
+    _s2vs_labels = None
+    _easy_duplicates = None
 
     def __init__(self, version: str = "200k", audio: bool = False):
         data = load_annotation("fivr")
@@ -204,6 +319,87 @@ class FIVR:
         aps = self._query_aps(query, ids, scores, set(all_db), {"AP": tuple(relevant_labels)},
                               report)
         return aps["AP"]
+
+    # -- S2VS's protocol --------------------------------------------------------------------
+    def s2vs_annotation(self) -> Dict[str, Dict[str, set]]:
+        """The labels S2VS evaluates with (``{query: {label: set of videos}}``, ND/DS/CS/IS).
+
+        S2VS ships its own FIVR annotation: it equals the DnS one except for 62 ids dropped from the
+        CS/IS labels of 31 queries, one of which moves to DS (`data/fivr_s2vs.json.gz`, README).
+        """
+        if self._s2vs_labels is None:
+            fix = load_annotation("fivr_s2vs")
+            labels = {}
+            for query, gt in self.annotation.items():
+                labels[query] = {label: set(ids) for label, ids in gt.items() if label != "DA"}
+                for label, ids in fix["remove"].get(query, {}).items():
+                    labels[query][label].difference_update(ids)
+                for label, ids in fix["add"].get(query, {}).items():
+                    labels[query].setdefault(label, set()).update(ids)
+            self._s2vs_labels = labels
+        return self._s2vs_labels
+
+    @property
+    def easy_duplicates(self) -> Optional[frozenset]:
+        """FIVR-200K videos S2VS calls easy duplicates (`fivr_easy_duplicates`, 4,873 ids), left out
+        for the ``_h`` ("hard") results; None for a benchmark without such a list."""
+        if self._easy_duplicates is None:
+            self._easy_duplicates = frozenset(load_annotation("fivr_s2vs")["easy_duplicates"])
+        return self._easy_duplicates
+
+    def evaluate_s2vs(self, similarities, all_db=None, verbose=False) -> Dict[str, float]:
+        """S2VS's evaluation: mAP of DSVR/CSVR/ISVR and micro-AP of DSVD/CSVD/ISVD, on the
+        available database and (keys ending in ``_h``) on it without the easy duplicates.
+
+        Same input as `evaluate`. Rules of S2VS's code (which differ from DnS's `evaluate`): S2VS's
+        labels (`s2vs_annotation`); the query is never its own positive; a query with no positive
+        for a task is left out of that task's mean (reported) instead of counting 0; equal scores
+        rank the later video first (see `micro_ap`). µAP pools the pairs of all evaluated queries
+        (their positives that have no score count as never retrieved). NaN scores rank last.
+        Returns ``{'DSVR', 'CSVR', 'ISVR', 'DSVD', 'CSVD', 'ISVD'}`` and the same keys with
+        ``_h`` (only where the benchmark has an easy-duplicate list); the report of problems is
+        kept in `last_report`.
+        """
+        _check_similarities(similarities)
+        if self.audio:
+            raise ValueError("evaluate_s2vs covers the visual tasks; FIVR(audio=True) is not supported")
+        all_db = set(self.database) if all_db is None else self._database_set.intersection(all_db)
+        report = EvaluationReport(f"{self.benchmark} (S2VS protocol)", n_queries=len(self.queries))
+        report.unknown_queries = [q for q in similarities if q not in self._query_set]
+        queries = [q for q in similarities if q in self._query_set]
+        report.evaluated = list(queries)
+        report.missing_queries = [q for q in self.queries if q not in similarities]
+        labels = self.s2vs_annotation()
+        tasks = list(self.TASKS)
+
+        def positives(query, task):
+            gt = labels.get(query, {})
+            return set().union(*(gt.get(label, ()) for label in self.TASKS[task]))
+
+        variants = [("", all_db)]
+        if self.easy_duplicates is not None:
+            variants.append(("_h", all_db - self.easy_duplicates))
+        results = {}
+        for i, (suffix, db) in enumerate(variants):
+            maps, micro = _s2vs_scores(similarities, queries, self.database, db, positives, tasks,
+                                       drop_self=True, report=report, suffix=suffix, first=i == 0)
+            for task in tasks:
+                results[task + suffix] = maps[task]
+            for detection, task in self.DETECTION_TASKS.items():
+                results[detection + suffix] = micro[task]
+        self.last_report = report
+        if verbose:
+            width = _print_header(f"{self.benchmark} Dataset (S2VS protocol)")
+            print(_query_line(report))
+            for suffix, db in variants:
+                print("-" * width)
+                print(f"Database: {len(db)} videos" + (" (easy duplicates left out)" if suffix else ""))
+                for task in tasks:
+                    print(f"{task} mAP: {_fmt(results[task + suffix])}")
+                for detection in self.DETECTION_TASKS:
+                    print(f"{detection} uAP: {_fmt(results[detection + suffix])}")
+        report.emit(verbose)
+        return results
 
     def evaluate(self, similarities, all_db=None, verbose=False) -> Dict[str, float]:
         _check_similarities(similarities)
@@ -600,6 +796,106 @@ class SVD:
         return {"mAP": mAP}
 
 
+# ----------------------------------------------------------------------------------------------
+# VCDB
+# ----------------------------------------------------------------------------------------------
+
+VCDB_FORMAT = "dns_jax.evaluation/vcdb/1"
+_VCDB_HELP = (
+    "VCDB needs its annotation, which is not shipped with dns_jax: convert S2VS's `data/vcdb.pickle` "
+    "(github.com/gkordo/s2vs) once with `python tools/convert_eval_annotations.py --vcdb vcdb.pickle "
+    "vcdb.json.gz` and pass annotation='vcdb.json.gz' (dns-jax evaluate: --vcdb-annotation), or pass "
+    "a mapping {'queries': [core video ids], 'positives': {video: [videos]}, 'distractors': [ids]}.")
+
+
+def _read_json_document(path) -> dict:
+    try:
+        return read_json_file(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"VCDB annotation {os.fspath(path)!r} does not exist. " + _VCDB_HELP) from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read VCDB annotation {os.fspath(path)!r}: {e}") from e
+
+
+class VCDB:
+    """VCDB partial-copy detection at video level, with S2VS's protocol (S2VS's `VCDB` dataset).
+
+    The 528 core videos are both the queries and the database; with ``distractors=True`` the
+    ~100k background videos join the database (S2VS's "VCDB-DIST"). A pair of core videos is
+    positive when VCDB annotates a copied segment between them (`positives`). Per query, every
+    other available video is ranked; mAP = mean AP over the queries present (those with no
+    positive in the database are left out and reported; S2VS's mean would be NaN), µAP = AP of all
+    (query, video) pairs pooled (`micro_ap`). As in S2VS, positives are used as listed: a video
+    listed among its own positives is a positive never retrieved (the query is never ranked).
+
+    `annotation`: a JSON file (optionally gzipped) of format ``dns_jax.evaluation/vcdb/1`` as
+    `tools/convert_eval_annotations.py --vcdb` writes from S2VS's `vcdb.pickle`, or a mapping with
+    ``queries``, ``positives`` and ``distractors`` (S2VS's name ``dataset`` also works).
+    `all_db` is intersected with `get_database()`.
+    """
+
+    def __init__(self, annotation=None, distractors: bool = False):
+        if annotation is None:
+            raise ValueError(_VCDB_HELP)
+        if isinstance(annotation, Mapping):
+            doc = annotation
+        else:
+            doc = _read_json_document(annotation)
+            fmt = doc.get("format") if isinstance(doc, dict) else None
+            if fmt != VCDB_FORMAT:
+                raise ValueError(f"{os.fspath(annotation)}: not a VCDB annotation (format {fmt!r}, "
+                                 f"expected {VCDB_FORMAT!r}). " + _VCDB_HELP)
+        missing = [k for k in ("queries", "positives") if k not in doc]
+        if missing:
+            raise ValueError(f"VCDB annotation without {', '.join(missing)}. " + _VCDB_HELP)
+        self.queries = [str(q) for q in doc["queries"]]
+        self.positives = {str(v): set(map(str, pos)) for v, pos in doc["positives"].items()}
+        self.distractor_ids = [str(v) for v in doc.get("distractors", doc.get("dataset", []))]
+        self.distractors = bool(distractors)
+        if self.distractors and not self.distractor_ids:
+            raise ValueError("VCDB(distractors=True) needs the distractor ids ('distractors' in the "
+                             "annotation); this annotation has none")
+        self.name = "VCDB-DIST" if self.distractors else "VCDB"
+        self.database = self.queries + (self.distractor_ids if self.distractors else [])
+        self._query_set = set(self.queries)
+        self._database_set = set(self.database)
+        self.last_report: Optional[EvaluationReport] = None
+
+    def get_queries(self) -> List[str]:
+        return self.queries
+
+    def get_database(self) -> List[str]:
+        return self.database
+
+    def evaluate_s2vs(self, similarities, all_db=None, verbose=False) -> Dict[str, float]:
+        """``{'mAP', 'uAP'}`` with S2VS's rules (see the class docstring and `micro_ap`)."""
+        _check_similarities(similarities)
+        db = set(self._database_set) if all_db is None else self._database_set.intersection(all_db)
+        report = EvaluationReport(self.name, n_queries=len(self.queries))
+        report.unknown_queries = [q for q in similarities if q not in self._query_set]
+        queries = [q for q in self.queries if q in similarities]
+        report.evaluated = list(queries)
+        report.missing_queries = [q for q in self.queries if q not in similarities]
+        maps, micro = _s2vs_scores(similarities, queries, self.database, db,
+                                   lambda query, task: self.positives.get(query, ()), ["VCDB"],
+                                   drop_self=False, report=report)
+        results = {"mAP": maps["VCDB"], "uAP": micro["VCDB"]}
+        self.last_report = report
+        if verbose:
+            width = _print_header(f"{self.name} Dataset")
+            print(_query_line(report))
+            print(f"Database: {len(db)} videos")
+            print("-" * width)
+            print(f"mAP: {_fmt(results['mAP'])}")
+            print(f"uAP: {_fmt(results['uAP'])}")
+        report.emit(verbose)
+        return results
+
+    def evaluate(self, similarities, all_db=None, verbose=False) -> Dict[str, float]:
+        """``{'mAP'}`` (the µAP is in `evaluate_s2vs`)."""
+        return {"mAP": self.evaluate_s2vs(similarities, all_db, verbose)["mAP"]}
+
+
 def benchmark_title(bench) -> str:
     if isinstance(bench, FIVR):
         return bench.benchmark
@@ -611,3 +907,36 @@ def evaluate_similarities(benchmark, similarities, all_db) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EvaluationWarning)
         return {k: float(v) for k, v in benchmark.evaluate(similarities, all_db=all_db).items()}
+
+
+def _quietly(method, similarities, all_db) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EvaluationWarning)
+        return {k: float(v) for k, v in method(similarities, all_db=all_db).items()}
+
+
+def evaluate_with_s2vs(benchmark, similarities, all_db) -> Tuple[dict, dict, List[str]]:
+    """(`benchmark.evaluate` results, S2VS's extra columns, problems), without per-call warnings.
+
+    The extra columns are what S2VS's protocol adds to the official results: for FIVR (visual
+    tasks) ``uAP_DSVD``, ``uAP_CSVD``, ``uAP_ISVD``, then without the easy duplicates
+    ``mAP_DSVR_h``, ``mAP_CSVR_h``, ``mAP_ISVR_h``, ``uAP_DSVD_h``, ``uAP_CSVD_h``, ``uAP_ISVD_h``
+    (FIVR's own DSVR/CSVR/ISVR columns stay DnS's); for VCDB ``uAP`` (its mAP is the official
+    result). Other benchmarks have none. `problems`: the lines of the evaluation reports.
+    """
+    if isinstance(benchmark, VCDB):
+        results = _quietly(benchmark.evaluate_s2vs, similarities, all_db)
+        return {"mAP": results["mAP"]}, {"uAP": results["uAP"]}, benchmark.last_report.problems()
+    maps = _quietly(benchmark.evaluate, similarities, all_db)
+    problems = benchmark.last_report.problems() if benchmark.last_report else []
+    extra = {}
+    if isinstance(benchmark, FIVR) and not benchmark.audio:
+        s2vs = _quietly(benchmark.evaluate_s2vs, similarities, all_db)
+        for suffix in ("", "_h"):
+            if suffix:
+                extra.update((f"mAP_{task}{suffix}", s2vs[task + suffix]) for task in benchmark.TASKS
+                             if task + suffix in s2vs)
+            extra.update((f"uAP_{task}{suffix}", s2vs[task + suffix]) for task in benchmark.DETECTION_TASKS
+                         if task + suffix in s2vs)
+        problems += [f"S2VS protocol: {line}" for line in benchmark.last_report.notes if line not in problems]
+    return maps, extra, problems

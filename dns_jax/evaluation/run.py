@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import gzip
 import hashlib
 import json
 import os
@@ -34,7 +33,8 @@ import numpy as np
 
 from dns_jax import pretrained
 from dns_jax.datasets.stores import open_features
-from dns_jax.evaluation.benchmarks import CC_WEB_VIDEO, EVVE, FIVR, SVD, benchmark_title
+from dns_jax.evaluation._data import read_json_file
+from dns_jax.evaluation.benchmarks import CC_WEB_VIDEO, EVVE, FIVR, SVD, VCDB, benchmark_title
 from dns_jax.evaluation.plots import plot_sweep
 from dns_jax.evaluation.sweep import evaluate_methods, format_table, write_sweep
 from dns_jax.fileio import atomic_savez, atomic_write_json
@@ -43,7 +43,7 @@ from dns_jax.models import registry
 from dns_jax.retrieval import coarse_index, scorer_for, selector_scores, self_similarities
 from dns_jax.validation import FeatureError, check_video
 
-BENCHMARKS = ("fivr5k", "fivr200k", "cc_web_video", "evve", "svd")
+BENCHMARKS = ("fivr5k", "fivr200k", "cc_web_video", "evve", "svd", "vcdb", "vcdb_dist")
 BUDGETS = tuple(float(np.round(i * 0.05, 2)) for i in range(21))   # the official `--percentage all`
 RUN_FORMAT = "dns_jax.evaluation/run/1"
 FINE_NETWORKS = registry.names("fine")
@@ -95,21 +95,27 @@ class AnnotatedBenchmark(FIVR):
     def benchmark(self):
         return self.name
 
+    # S2VS's protocol on a user's benchmark: its own labels, and no easy-duplicate list
+    easy_duplicates = None
+
+    def s2vs_annotation(self):
+        return {q: {label: set(ids) for label, ids in gt.items()} for q, gt in self.annotation.items()}
+
 
 def _read_json(path: str) -> dict:
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        return json.loads(raw.decode("utf-8"))
+        return read_json_file(path)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read benchmark file {path!r}: {e}") from e
 
 
-def load_benchmark(spec: str, svd_unlabeled: Optional[str] = None):
-    """An evaluator for a benchmark name (BENCHMARKS) or a FIVR-format annotation file."""
+def load_benchmark(spec: str, svd_unlabeled: Optional[str] = None, vcdb_annotation: Optional[str] = None):
+    """An evaluator for a benchmark name (BENCHMARKS) or a FIVR-format annotation file. VCDB
+    ('vcdb': the 528 core videos; 'vcdb_dist': with the distractors) needs `vcdb_annotation`
+    (see `dns_jax.evaluation.VCDB`)."""
     name = str(spec).lower().replace("-", "").replace("_", "")
+    if name in ("vcdb", "vcdbdist"):
+        return VCDB(annotation=vcdb_annotation, distractors=name == "vcdbdist")
     if name == "fivr5k":
         return FIVR(version="5k")
     if name == "fivr200k":
@@ -462,10 +468,10 @@ def run_evaluation(benchmark: str, features: str, fine: Sequence[str], coarse: s
                    budgets: Sequence[float] = BUDGETS,
                    svd_unlabeled: Optional[str] = None, query_batch: int = 0, db_chunk: int = 256,
                    plots: bool = True, overwrite: bool = False, progress: bool = True,
-                   log: Callable[[str], None] = print) -> dict:
+                   log: Callable[[str], None] = print, vcdb_annotation: Optional[str] = None) -> dict:
     """Everything evaluate.py does: load, compute (resumable), evaluate, print the table, write
     sweep.csv / sweep.json (and the plots). Returns the results dict with 'files' added."""
-    bench = load_benchmark(benchmark, svd_unlabeled)
+    bench = load_benchmark(benchmark, svd_unlabeled, vcdb_annotation)
     nets = load_networks(fine, coarse, selector, teacher)
     store = open_features(features)
     os.makedirs(output_dir, exist_ok=True)

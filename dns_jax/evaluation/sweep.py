@@ -1,6 +1,11 @@
 """The accuracy-vs-cost sweep: mAP of every method from an EvaluationRun's rows, the printed table,
 and the files `sweep.csv` / `sweep.json`.
 
+Where a benchmark has S2VS's protocol (FIVR, VCDB), each row also carries its extra columns
+(`benchmarks.evaluate_with_s2vs`: micro-AP, and FIVR's results without the easy duplicates) under
+``"s2vs"``: printed as a second table, appended to the CSV columns; the official mAP columns are
+unchanged.
+
 Methods (rows): the teacher (if given), each fine student, the coarse student, and DnS with each
 fine student at every budget. Costs follow the official accounting (dns_spec section 10):
 time per query = similarity time only (indexing excluded), DnS at budget p = p * t_fine + t_coarse
@@ -17,7 +22,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from dns_jax.evaluation.benchmarks import benchmark_title, evaluate_similarities
+from dns_jax.evaluation.benchmarks import benchmark_title, evaluate_with_s2vs
 from dns_jax.fileio import atomic_write_text
 from dns_jax.retrieval import rerank
 
@@ -54,12 +59,14 @@ def evaluate_methods(run, rows: Dict[str, dict], budgets: Sequence[float]) -> di
                "notes": run.availability_notes(), "rows": []}
 
     def add(method, kind, sims, seconds, nbytes, representation=None, budget=None):
-        maps = evaluate_similarities(bench, {q: sims[i] for i, q in enumerate(queries)}, all_db)
-        results["rows"].append({"method": method, "kind": kind, "representation": representation,
-                                "budget": budget, "mAP": maps, "seconds_per_query": seconds,
-                                "bytes_per_video": nbytes})
+        maps, extra, problems = evaluate_with_s2vs(bench, {q: sims[i] for i, q in enumerate(queries)}, all_db)
+        row = {"method": method, "kind": kind, "representation": representation,
+               "budget": budget, "mAP": maps, "seconds_per_query": seconds, "bytes_per_video": nbytes}
+        if extra:
+            row["s2vs"] = extra
+        results["rows"].append(row)
         if "problems" not in results:
-            results["problems"] = bench.last_report.problems() if bench.last_report else []
+            results["problems"] = problems
 
     if not queries:
         results["problems"] = ["no query has similarities: nothing to evaluate"]
@@ -90,6 +97,11 @@ def tasks(results: dict) -> List[str]:
     return list(results["rows"][0]["mAP"]) if results["rows"] else []
 
 
+def s2vs_columns(results: dict) -> List[str]:
+    """Names of the S2VS-protocol columns of the rows (e.g. uAP_DSVD, mAP_DSVR_h); [] if none."""
+    return list(results["rows"][0].get("s2vs", {})) if results["rows"] else []
+
+
 def format_table(results: dict) -> str:
     """The printed table: one row per method, mAP per task, time per query, storage per video."""
     head = (f"{results['benchmark']}: {results['queries']['evaluated']}/{results['queries']['total']} queries "
@@ -104,6 +116,17 @@ def format_table(results: dict) -> str:
         vals = "  ".join(f"{r['mAP'][t]:>10.4f}" for t in names)
         lines.append(f"{r['method']:<{width}}  {vals}  {r['seconds_per_query']:>10.4g}  "
                      f"{r['bytes_per_video'] / 1024:>11.4g}")
+    extra = s2vs_columns(results)
+    if extra:
+        lines.append("")
+        legend = "S2VS protocol: uAP = micro-AP over all (query, video) pairs"
+        if any(c.endswith("_h") for c in extra):
+            legend += "; _h = without FIVR's easy duplicates"
+        lines.append(legend)
+        lines.append(f"{'method':<{width}}  " + "  ".join(f"{c:>10}" for c in extra))
+        lines.append("-" * len(lines[-1]))
+        for r in results["rows"]:
+            lines.append(f"{r['method']:<{width}}  " + "  ".join(f"{r['s2vs'][c]:>10.4f}" for c in extra))
     return "\n".join(lines)
 
 
@@ -113,13 +136,14 @@ def write_sweep(results: dict, output_dir: str) -> Dict[str, str]:
     atomic_write_text(paths["json"], json.dumps(results, indent=1))
     buf = io.StringIO()
     w = csv.writer(buf)
-    names = tasks(results)
+    names, extra = tasks(results), s2vs_columns(results)
     w.writerow(["method", "kind", "representation", "budget"] + [f"mAP_{t}" for t in names] +
-               ["seconds_per_query", "bytes_per_video"])
+               ["seconds_per_query", "bytes_per_video"] + extra)
     for r in results["rows"]:
         w.writerow([r["method"], r["kind"], r["representation"] or "",
                     "" if r["budget"] is None else f"{r['budget']:.2f}"] +
                    [f"{r['mAP'][t]:.6f}" for t in names] +
-                   [f"{r['seconds_per_query']:.6g}", f"{r['bytes_per_video']:.1f}"])
+                   [f"{r['seconds_per_query']:.6g}", f"{r['bytes_per_video']:.1f}"] +
+                   [f"{r['s2vs'][c]:.6f}" for c in extra])
     atomic_write_text(paths["csv"], buf.getvalue())
     return paths
