@@ -15,7 +15,7 @@ from dns_jax.localization import dp, hough, temporal_network
 METHODS = ("tn", "dp", "hough")
 
 
-def background(tq, tt, seed=0, noise=0.08):
+def background(tq, tt, seed=0, noise=0.05):
     return np.random.default_rng(seed).normal(0.0, noise, (tq, tt)).astype(np.float32)
 
 
@@ -30,13 +30,17 @@ def add_copy(s, q0, q1, t0, speed=1.0, value=0.8, reverse=False):
         s[q, t] = max(s[q, t], value)
         for n in (t - 1, t + 1):
             if 0 <= n < s.shape[1]:
-                s[q, n] = max(s[q, n], 0.35)
+                s[q, n] = max(s[q, n], 0.25)
         ts.append(t)
     return (q0, q1, min(ts), max(ts) + 1)
 
 
-def seconds(box):
-    return tuple(float(v) for v in (box[0], box[1], box[2], box[3]))
+def seconds(box, tq=30, tt=40):
+    """Cells -> seconds at 1 frame/s: frame i stands for [i - 1/2, i + 1/2), the first from 0,
+    the last to the video's end (Tq, Tt s)."""
+    q0, q1, t0, t1 = box
+    edge = lambda i, n: 0.0 if i == 0 else (float(n) if i == n else i - 0.5)  # noqa: E731
+    return (edge(q0, tq), edge(q1, tq), edge(t0, tt), edge(t1, tt))
 
 
 def as_box(seg):
@@ -80,10 +84,10 @@ def test_two_segments_in_swapped_order(method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_noise_alone_gives_nothing_and_a_noisy_copy_is_found(method):
-    assert localize(background(30, 40, seed=3, noise=0.12), method) == []
-    s = background(30, 40, seed=4, noise=0.12)
+    assert localize(background(30, 40, seed=3, noise=0.08), method) == []
+    s = background(30, 40, seed=4, noise=0.08)
     box = add_copy(s, 8, 28, 5, value=0.65)
-    s[rng_cells(s, 15)] = 0.55                           # scattered false matches
+    s[rng_cells(s, 15)] = 0.5                            # scattered false matches
     segs = localize(s, method)
     assert len(segs) >= 1 and close(segs[0], box), (segs, box)
 
@@ -100,6 +104,30 @@ def test_looped_copy_gives_one_segment_per_loop(method):
     second = add_copy(s, 1, 11, 25)
     segs = sorted(localize(s, method), key=lambda g: g.target_start)
     assert len(segs) == 2 and close(segs[0], first, 0) and close(segs[1], second, 0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_target_moment_copies_one_query_moment(method):
+    s = background(30, 40, seed=8)
+    box = add_copy(s, 0, 10, 10)
+    s[20:26, 15:20] = 0.5            # a static query stretch that looks like part of the copy
+    segs = localize(s, method)
+    assert len(segs) == 1 and close(segs[0], box, 0)
+    both = localize(s, method, max_overlap=1.0)
+    assert len(both) >= 2 and all(g.target_start >= 14.5 and g.query_start >= 19.5 for g in both[1:])
+
+
+def test_batches_are_split_into_chunks():
+    from dns_jax.localization.api import _run
+    mats = []
+    for k in range(3):
+        s = background(30, 40, seed=20 + k)
+        add_copy(s, k, k + 10, 2 * k)
+        mats.append(s)
+    chunked = _run("tn", mats, 0.3, 5, {}, chunk=2)
+    whole = _run("tn", mats, 0.3, 5, {})
+    assert [[tuple(b) for b, _ in r] for r in chunked] == [[tuple(b) for b, _ in r] for r in whole]
+    assert [[tuple(b) for b, _ in r] for r in whole] == [[(k, k + 10, 2 * k, 2 * k + 10)] for k in range(3)]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -142,10 +170,14 @@ def test_true_timestamps_and_durations():
     add_copy(s, 22, 30, 32)                              # to the end of both videos
     qt = frame_times(30, 30 / 29.97)                     # one frame in 30 of a 29.97 fps video
     tt = frame_times(40, 1.0, start=0.2)
-    seg = localize(s, "tn", query_times=qt, target_times=tt, query_duration=30.05,
-                   target_duration=40.1)[0]
-    assert seg.query_start == pytest.approx(22 * 30 / 29.97) and seg.query_end == pytest.approx(30.05)
-    assert seg.target_start == pytest.approx(32.2) and seg.target_end == pytest.approx(40.1)
+    kw = dict(query_times=qt, target_times=tt, query_duration=30.05, target_duration=40.1)
+    seg = localize(s, "tn", **kw)[0]
+    # the copy starts between the last frame outside it and the first inside: the midpoint
+    assert seg.query_start == pytest.approx(21.5 * 30 / 29.97) and seg.query_end == pytest.approx(30.05)
+    assert seg.target_start == pytest.approx(31.7) and seg.target_end == pytest.approx(40.1)
+    seg = localize(s, "tn", anchor="start", **kw)[0]
+    assert seg.query_start == pytest.approx(22 * 30 / 29.97) and seg.target_start == pytest.approx(32.2)
+    assert seg.query_end == pytest.approx(30.05) and seg.target_end == pytest.approx(40.1)
 
 
 def test_segments_stay_inside_short_videos():
@@ -162,7 +194,7 @@ def test_repeated_short_video_is_folded_onto_its_real_frames():
     s[[0, 2], 5] = 0.9
     s[[1, 3], 6] = 0.9
     segs = localize(s, "tn", query_times=[0.0, 1.0], query_duration=1.6)
-    assert len(segs) == 1 and as_box(segs[0]) == (0.0, 1.6, 5.0, 7.0)
+    assert len(segs) == 1 and as_box(segs[0]) == (0.0, 1.6, 4.5, 6.5)
     with pytest.raises(LocalizationError, match="3 frame times for 4"):
         localize(s, "tn", query_times=[0.0, 1.0, 2.0])
 
@@ -171,9 +203,12 @@ def test_pooled_comparator_output_with_factor_4():
     s = background(5, 8, seed=14)                        # from 22 x 33 frames
     add_copy(s, 1, 4, 3)
     segs = localize(s, "tn", factor=4, query_times=frame_times(22), target_times=frame_times(33))
-    assert as_box(segs[0]) == (4.0, 16.0, 12.0, 24.0)
+    # cell i holds frames 4i..4i+3: [4i - 1/2, 4i + 7/2)
+    assert as_box(segs[0]) == (3.5, 15.5, 11.5, 23.5)
     bounds = cell_bounds(frame_times(22), duration=22.0, factor=4)
-    np.testing.assert_allclose(bounds[-1], [16.0, 20.0])  # frames 20-21 fall off the pooling
+    np.testing.assert_allclose(bounds[[0, -1]], [[0.0, 3.5], [15.5, 19.5]])  # frames 20-21 fall off
+    bounds = cell_bounds(frame_times(22), duration=22.0, factor=4, anchor="start")
+    np.testing.assert_allclose(bounds[[0, -1]], [[0.0, 4.0], [16.0, 20.0]])
 
 
 # -- bad input ------------------------------------------------------------------------------
@@ -199,10 +234,10 @@ def test_one_frame_videos(method):
     row = background(1, 15, seed=15)
     row[0, 6] = 0.9
     seg = localize(row, method, min_length=1)
-    assert [as_box(g) for g in seg] == [(0.0, 1.0, 6.0, 7.0)]
+    assert [as_box(g) for g in seg] == [(0.0, 1.0, 5.5, 6.5)]
     col = background(15, 1, seed=16)
     col[9, 0] = 0.9
-    assert [as_box(g) for g in localize(col, method, min_length=1)] == [(9.0, 10.0, 0.0, 1.0)]
+    assert [as_box(g) for g in localize(col, method, min_length=1)] == [(8.5, 9.5, 0.0, 1.0)]
     assert localize(np.array([[0.95]]), method, min_length=1)[0].score == pytest.approx(0.95)
     assert localize(row, method) == []                   # shorter than the default 2 cells
 

@@ -5,7 +5,8 @@ non-matching, with a warning), fold the rows or columns of a video that was repe
 the networks' minimum length back onto its real frames, pad to a bucket size with -inf (the
 jitted methods then compile once per bucket, and padding can never match), run the method
 (and, with `reverse=True`, once more on the matrix with the target reversed), drop segments
-shorter than `min_length` cells and fragments of stronger ones (`max_overlap`), and map cells
+shorter than `min_length` cells and those whose target part a stronger one already
+explains (`max_overlap`), and map cells
 to seconds, clipped to both videos.
 """
 from __future__ import annotations
@@ -76,12 +77,12 @@ def _fold(a: np.ndarray, n: int, axis: int, name: str) -> np.ndarray:
     return np.moveaxis(a, 0, axis)
 
 
-def _axis(times, duration, cells: int, factor: int, name: str):
+def _axis(times, duration, cells: int, factor: int, anchor: str, name: str):
     """(cell bounds [cells, 2], frames the matrix should have on this axis)."""
     try:
         if times is None:
             frames = cells * factor if factor > 1 else cells
-            return cell_bounds(np.arange(frames, dtype=np.float64), duration, cells, factor), frames
+            return cell_bounds(np.arange(frames, dtype=np.float64), duration, cells, factor, anchor), frames
         t = np.asarray(times, np.float64)
         if t.ndim == 2 and t.shape[1] == 2:
             if len(t) != cells:
@@ -89,8 +90,8 @@ def _axis(times, duration, cells: int, factor: int, name: str):
             hi = duration if duration is not None else np.inf
             return np.clip(t, 0.0, hi), cells
         if factor > 1:
-            return cell_bounds(t, duration, cells, factor), cells
-        return cell_bounds(t, duration), len(t)
+            return cell_bounds(t, duration, cells, factor, anchor), cells
+        return cell_bounds(t, duration, anchor=anchor), len(t)
     except ValueError as e:
         if isinstance(e, LocalizationError):
             raise
@@ -105,15 +106,6 @@ def _bucket(n: int) -> int:
     return size
 
 
-def _inside(a, b) -> float:
-    """Fraction of box a's area that lies in box b."""
-    dq = min(a[1], b[1]) - max(a[0], b[0])
-    dt = min(a[3], b[3]) - max(a[2], b[2])
-    if dq <= 0 or dt <= 0:
-        return 0.0
-    return dq * dt / max((a[1] - a[0]) * (a[3] - a[2]), 1)
-
-
 @functools.lru_cache(maxsize=None)
 def _batched(method: str, max_segments: int, static: Tuple):
     """jit(vmap(method candidates)) over a batch of padded matrices, one per static setting."""
@@ -121,9 +113,14 @@ def _batched(method: str, max_segments: int, static: Tuple):
     return jax.jit(jax.vmap(lambda s, thr, dyn: fn(s, threshold=thr, **dyn), in_axes=(0, None, None)))
 
 
-def _run(method: str, mats: Sequence[np.ndarray], threshold: float, max_segments: int, options: Dict):
-    """Method candidates of each matrix (padded with -inf to one bucket shape and batch size,
-    run as one vmapped call) -> per matrix [(box, score)] in its own cells."""
+def _run(method: str, mats: Sequence[np.ndarray], threshold: float, max_segments: int, options: Dict,
+         chunk: int = 64):
+    """Method candidates of each matrix (in chunks of `chunk` matrices, each padded with -inf to
+    one bucket shape and batch size and run as one vmapped call) -> per matrix [(box, score)]
+    in its own cells."""
+    if len(mats) > chunk:
+        return [r for i in range(0, len(mats), chunk)
+                for r in _run(method, mats[i:i + chunk], threshold, max_segments, options, chunk)]
     static = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v)
                           for k, v in options.items() if k in STATIC_OPTIONS))
     dynamic = {k: float(v) for k, v in options.items() if k not in STATIC_OPTIONS}
@@ -146,16 +143,17 @@ class _Prepared:
     tcells: np.ndarray
 
 
-def _prepare(sim, query_times, target_times, query_duration, target_duration, factor) -> _Prepared:
+def _prepare(sim, query_times, target_times, query_duration, target_duration, factor,
+             anchor) -> _Prepared:
     a = check_matrix(sim)
-    qcells, qframes = _axis(query_times, query_duration, a.shape[0], factor, "query")
-    tcells, tframes = _axis(target_times, target_duration, a.shape[1], factor, "target")
+    qcells, qframes = _axis(query_times, query_duration, a.shape[0], factor, anchor, "query")
+    tcells, tframes = _axis(target_times, target_duration, a.shape[1], factor, anchor, "target")
     if factor == 1:
         a = _fold(_fold(a, qframes, 0, "query"), tframes, 1, "target")
     return _Prepared(a, qcells, tcells)
 
 
-def _check_settings(method, threshold, factor, options):
+def _check_settings(method, threshold, factor, anchor, options):
     if method not in METHODS:
         raise LocalizationError(f"unknown method {method!r}; one of {sorted(METHODS)}")
     unknown = set(options) - set(METHOD_OPTIONS[method])
@@ -166,23 +164,30 @@ def _check_settings(method, threshold, factor, options):
         raise LocalizationError(f"threshold must be finite, got {threshold}")
     if int(factor) < 1:
         raise LocalizationError(f"factor must be >= 1, got {factor}")
+    if anchor not in ("center", "start"):
+        raise LocalizationError(f"anchor must be 'center' or 'start', got {anchor!r}")
 
 
 def _segments(p: _Prepared, forward, backward, threshold: float, min_length: int,
               max_overlap: float) -> List[Segment]:
     """Candidates (forward, and found on the target-reversed matrix) -> kept Segments, best
-    score first. Stronger candidates (margin over the threshold times length) are kept first;
-    one lying more than `max_overlap` inside a kept box is a fragment of it and is dropped."""
+    score first. Stronger candidates (margin over the threshold times length) are kept first. A
+    target moment is a copy of one query moment, so a candidate whose target cells lie more than
+    `max_overlap` in those of stronger kept segments is dropped (fragments of a copy, a copy
+    found again in the other direction, a static stretch of the query matched twice); loops
+    (one query stretch at several target places) keep one segment each."""
     tt = p.sim.shape[1]
     found = [(b, s, False) for b, s in forward]
     found += [(np.array([b[0], b[1], tt - b[3], tt - b[2]]), s, True) for b, s in backward]
     found.sort(key=lambda x: -(x[1] - threshold) * max(x[0][1] - x[0][0], x[0][3] - x[0][2]))
+    taken = np.zeros(tt, bool)
     kept = []
     for box, score, rev in found:
         if min(box[1] - box[0], box[3] - box[2]) < min_length:
             continue
-        if any(_inside(box, k[0]) > max_overlap for k in kept):
+        if taken[box[2]:box[3]].mean() > max_overlap:
             continue
+        taken[box[2]:box[3]] = True
         kept.append((box, score, rev))
     kept.sort(key=lambda x: -x[1])
     return [box_to_seconds(b, s, p.qcells, p.tcells, r) for b, s, r in kept]
@@ -190,8 +195,9 @@ def _segments(p: _Prepared, forward, backward, threshold: float, min_length: int
 
 def localize(sim, method: str = "tn", *, query_times=None, target_times=None,
              query_duration: Optional[float] = None, target_duration: Optional[float] = None,
-             factor: int = 1, threshold: float = 0.5, max_segments: int = 5, min_length: int = 2,
-             max_overlap: float = 0.5, reverse: bool = False, **options) -> List[Segment]:
+             factor: int = 1, threshold: float = 0.3, max_segments: int = 5, min_length: int = 2,
+             max_overlap: float = 0.5, reverse: bool = False, anchor: str = "center",
+             **options) -> List[Segment]:
     """Matched segment pairs of a query and a target, best score first.
 
     sim: [Tq, Tt] similarities of query cells (rows, in time order) to target cells: the
@@ -205,19 +211,23 @@ def localize(sim, method: str = "tn", *, query_times=None, target_times=None,
       its repeated matrix cells are folded back onto them.
     query_duration / target_duration: the videos' lengths in seconds (default: last frame + one
       frame spacing); segments never extend past them.
-    threshold: the similarity above which cells count as matching (matrix units). The default
-      suits DnS-scale similarities (whitened features; comparator outputs in [-1, 1]).
+    threshold: the similarity above which cells count as matching, in the matrix's units. The
+      scale depends on the source: 0.3 is the best on the benchmark's region Chamfer of 64-d
+      whitened features (docs/localization.md); with 256-d whitening copies score lower and 0.1
+      is best. Tune it for another source (`benchmarks/bench_localization.py --sweep`).
     max_segments: segments searched per direction; min_length: shortest segment, in cells on
-      both axes; max_overlap: a segment lying more than this fraction (of its box area) inside
-      a stronger one is dropped (fragments of a copy found in the other direction).
+      both axes; max_overlap: a segment whose target cells lie more than this fraction in a
+      stronger segment's is dropped (a target moment copies one query moment).
+    anchor: 'center' (a frame sampled at t s stands for the instants nearest to it) or 'start'
+      (frame i covers [t_i, t_{i+1})); see `cell_bounds`.
     reverse: also look for copies played backwards (Segment.reversed marks them).
-    options: method settings: tn top_k (5), max_step (3); dp bend (0.05); hough speeds (target
+    options: method settings: tn top_k (5), max_step (4); dp bend (0); hough speeds (target
       cells per query cell, DEFAULT_SPEEDS), tolerance (1).
 
     Raises LocalizationError (a ValueError) with the reason for input that cannot be localized.
     """
-    _check_settings(method, threshold, factor, options)
-    p = _prepare(sim, query_times, target_times, query_duration, target_duration, int(factor))
+    _check_settings(method, threshold, factor, anchor, options)
+    p = _prepare(sim, query_times, target_times, query_duration, target_duration, int(factor), anchor)
     forward = _run(method, [p.sim], threshold, max_segments, options)[0]
     backward = _run(method, [p.sim[:, ::-1]], threshold, max_segments, options)[0] if reverse else []
     return _segments(p, forward, backward, threshold, min_length, max_overlap)
@@ -226,8 +236,9 @@ def localize(sim, method: str = "tn", *, query_times=None, target_times=None,
 def localize_batch(sims: Sequence, method: str = "tn", *, query_times: Optional[Sequence] = None,
                    target_times: Optional[Sequence] = None, query_durations: Optional[Sequence] = None,
                    target_durations: Optional[Sequence] = None, errors: str = "warn",
-                   factor: int = 1, threshold: float = 0.5, max_segments: int = 5, min_length: int = 2,
-                   max_overlap: float = 0.5, reverse: bool = False, **options) -> List[List[Segment]]:
+                   factor: int = 1, threshold: float = 0.3, max_segments: int = 5, min_length: int = 2,
+                   max_overlap: float = 0.5, reverse: bool = False, anchor: str = "center",
+                   **options) -> List[List[Segment]]:
     """`localize` for many pairs in one vmapped call: sims[i] with query_times[i],
     target_times[i], query_durations[i], target_durations[i] (each a list, or None).
 
@@ -236,13 +247,14 @@ def localize_batch(sims: Sequence, method: str = "tn", *, query_times: Optional[
     """
     if errors not in ("warn", "raise"):
         raise ValueError(f"errors must be 'warn' or 'raise', got {errors!r}")
-    _check_settings(method, threshold, factor, options)
+    _check_settings(method, threshold, factor, anchor, options)
     pick = lambda seq, i: None if seq is None else seq[i]  # noqa: E731
     prepared = {}
     for i, s in enumerate(sims):
         try:
             prepared[i] = _prepare(s, pick(query_times, i), pick(target_times, i),
-                                   pick(query_durations, i), pick(target_durations, i), int(factor))
+                                   pick(query_durations, i), pick(target_durations, i), int(factor),
+                                   anchor)
         except LocalizationError as e:
             if errors == "raise":
                 raise

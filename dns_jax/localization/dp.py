@@ -2,12 +2,13 @@
 
 Each cell gains m = sim - threshold (positive where frames match). A path moves one query and
 one target cell at a time (the diagonal), or skips a cell on one axis: predecessors of (i, j)
-are (i-1, j-1), (i-1, j-2) and (i-2, j-1), the skips costing `bend`. Any speed between 1/2 and
-2 target cells per query cell is a mix of these moves, and a path may change speed along the
-way. As in local sequence alignment, H(i, j) = m(i, j) + max(0, H of the predecessors): a path
-starts where continuing would not pay, and the best segment ends at the largest H. A row of H
-depends only on the two rows above it, so the table is one `lax.scan` over query rows,
-vectorised along the target; the path is then traced back through the stored moves.
+are (i-1, j-1), (i-1, j-2) and (i-2, j-1), the skips costing `bend` (ties go to the diagonal
+anyway). Any speed between 1/2 and 2 target cells per query cell is a mix of these moves, and a
+path may change speed along the way. As in local sequence alignment, H(i, j) = m(i, j) +
+max(0, H of the predecessors): a path starts where continuing would not pay, and the best
+segment ends at the largest H. A row of H depends only on the two rows above it, so the table is
+one `lax.scan` over query rows, vectorised along the target; the path is then traced back
+through the stored moves.
 Segments copied backwards are found on the column-reversed matrix (`localize(reverse=True)`).
 """
 from __future__ import annotations
@@ -74,7 +75,7 @@ def best_path(sim: Array, threshold: float, bend: float):
 
 
 @functools.partial(jax.jit, static_argnames=("max_segments",))
-def candidates(sim: Array, threshold: float = 0.5, bend: float = 0.05, max_segments: int = 5):
+def candidates(sim: Array, threshold: float = 0.3, bend: float = 0.0, max_segments: int = 5):
     """Up to `max_segments` disjoint paths of sim [Tq, Tt], best first -> (boxes [K, 4] int32,
     scores [K], found [K] bool). See `rounds.repeat_best`."""
     best = functools.partial(best_path, threshold=threshold, bend=bend)

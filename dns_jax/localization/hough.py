@@ -95,7 +95,7 @@ def best_line(sim: Array, threshold: float, speeds: Sequence[float], tolerance: 
 
 
 @functools.partial(jax.jit, static_argnames=("speeds", "tolerance", "max_segments"))
-def candidates(sim: Array, threshold: float = 0.5, speeds: Sequence[float] = DEFAULT_SPEEDS,
+def candidates(sim: Array, threshold: float = 0.3, speeds: Sequence[float] = DEFAULT_SPEEDS,
                tolerance: int = 1, max_segments: int = 5):
     """Up to `max_segments` segments of sim [Tq, Tt] from the strongest lines, best first ->
     (boxes [K, 4] int32, scores [K], found [K] bool). See `rounds.repeat_best`."""

@@ -1,9 +1,10 @@
 """Matched segment pairs and the mapping of similarity-matrix rows/columns to seconds.
 
 A similarity matrix has one row per query *cell* and one column per target cell. A cell is a
-frame of the frame-to-frame matrix (DnS samples 1 frame/s, so frame i covers [i, i+1) s), or a
-block of frames of a pooled matrix (the comparator CNN's output: 4 frames a cell). Each cell
-covers [start, end) seconds of its video; `cell_bounds` builds those spans from the true
+frame of the frame-to-frame matrix (DnS samples 1 frame/s; by default the frame taken at i s
+stands for [i - 1/2, i + 1/2) s, see `cell_bounds`), or a block of frames of a pooled matrix
+(the comparator CNN's output: 4 frames a cell). Each cell covers [start, end) seconds of its
+video; `cell_bounds` builds those spans from the true
 timestamps of the extracted frames, and `box_to_seconds` turns a box of cell indices into a
 `Segment`, always clipped to both videos.
 """
@@ -50,15 +51,21 @@ def frame_times(num_frames: int, seconds_per_frame: float = 1.0, start: float = 
 
 
 def cell_bounds(times, duration: Optional[float] = None, cells: Optional[int] = None,
-                factor: int = 1) -> np.ndarray:
+                factor: int = 1, anchor: str = "center") -> np.ndarray:
     """[n, 2] (start, end) seconds of each matrix cell along one video.
 
-    times: [T] start times of the video's real frames (increasing). duration: the video's length
-    in seconds (default: the last frame's start plus the median frame spacing, 1 s for a single
+    times: [T] timestamps of the video's real frames (increasing). duration: the video's length
+    in seconds (default: the last frame's time plus the median frame spacing, 1 s for a single
     frame). factor: frames per cell (4 for the comparator's pooled output; `cells` defaults to
-    T // factor, at least 1). Cell i covers frames [factor*i, factor*(i+1)); it ends where the
-    next frame starts, the last real frame at `duration`. Every bound is clipped to [0, duration].
+    T // factor, at least 1); cell i holds frames [factor*i, factor*(i+1)).
+    anchor: what span a sampled frame stands for. 'center' (default): the instants nearer to it
+    than to any other sampled frame, [t_i - gap/2, t_i + gap/2) at 1 frame/s, the first from 0
+    and the last to the end; a copy's true boundary lies anywhere between two samples, so the
+    midpoint is the unbiased estimate. 'start': [t_i, t_{i+1}), frame i at 1 frame/s covering
+    [i, i+1) s. Every bound is clipped to [0, duration].
     """
+    if anchor not in ("center", "start"):
+        raise ValueError(f"anchor must be 'center' or 'start', got {anchor!r}")
     t = np.asarray(times, np.float64).reshape(-1)
     if t.size == 0:
         raise ValueError("a video without frames has no time axis")
@@ -70,11 +77,16 @@ def cell_bounds(times, duration: Optional[float] = None, cells: Optional[int] = 
     duration = float(duration)
     if not duration > 0:
         raise ValueError(f"duration must be > 0, got {duration}")
-    ends = np.append(t[1:], max(duration, t[-1]))
+    if anchor == "center":
+        mids = (t[1:] + t[:-1]) / 2
+        lo = np.concatenate([[0.0], mids])
+        hi = np.concatenate([mids, [max(duration, t[-1])]])
+    else:
+        lo, hi = t, np.append(t[1:], max(duration, t[-1]))
     n = int(cells) if cells is not None else max(1, t.size // factor)
     first = np.minimum(np.arange(n) * factor, t.size - 1)
     last = np.minimum(np.arange(n) * factor + factor - 1, t.size - 1)
-    out = np.stack([t[first], ends[last]], axis=1)
+    out = np.stack([lo[first], hi[last]], axis=1)
     return np.clip(out, 0.0, duration)
 
 

@@ -70,7 +70,7 @@ def best_path(sim: Array, threshold: float, top_k: int, max_step: int):
 
 
 @functools.partial(jax.jit, static_argnames=("top_k", "max_step", "max_segments"))
-def candidates(sim: Array, threshold: float = 0.5, top_k: int = 5, max_step: int = 3,
+def candidates(sim: Array, threshold: float = 0.3, top_k: int = 5, max_step: int = 4,
                max_segments: int = 5):
     """Up to `max_segments` disjoint longest paths of sim [Tq, Tt], best first -> (boxes
     [K, 4] int32, scores [K], found [K] bool). See `rounds.repeat_best`."""
