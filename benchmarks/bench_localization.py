@@ -41,7 +41,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from dns_jax.data.segment_copies import EDIT_TYPES, extract_with_times, make_segment_copies  # noqa: E402
-from dns_jax.evaluation.vsc import Match, segment_ap, vcsl_segment_prf  # noqa: E402
+from dns_jax.evaluation.vsc import Match, matches_from_segments, segment_ap, vcsl_segment_prf  # noqa: E402
 from dns_jax.localization import Segment, cell_bounds, localize, localize_batch  # noqa: E402
 from dns_jax.similarity import frame_to_frame  # noqa: E402
 
@@ -103,8 +103,7 @@ def evaluate(copies, pairs, predictions):
     for edit in list(dict.fromkeys(p.edit for p in copies.pairs)) + ["all"]:
         keys = [k for k, e in pairs.items() if e == edit or (edit == "all" and e is not None)] + negatives
         gt = [m for e, ms in gt_by_edit.items() if edit in ("all", e) for m in ms]
-        preds = [Match(q, t, s.query_start, s.query_end, s.target_start, s.target_end, s.score)
-                 for q, t in keys for s in predictions[(q, t)]]
+        preds = [m for q, t in keys for m in matches_from_segments(q, t, predictions[(q, t)])]
         prf = vcsl_segment_prf(gt, preds, pairs=keys)
         rows[edit] = (segment_ap(gt, preds).ap, prf["f1"], prf["precision"], prf["recall"])
     return rows

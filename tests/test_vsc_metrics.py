@@ -9,9 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from dns_jax.evaluation.vsc import (COLUMNS, Match, intersection_length, pair_micro_ap, pairs_from_matches,
-                                    read_matches, segment_ap, union_length, vcsl_precision_recall,
-                                    vcsl_segment_prf, write_matches)
+from dns_jax.evaluation.vsc import (COLUMNS, Match, intersection_length, matches_from_segments, pair_micro_ap,
+                                    pairs_from_matches, read_matches, segment_ap, union_length,
+                                    vcsl_precision_recall, vcsl_segment_prf, write_matches)
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "data", "vsc", "reference_cases.json")
 
@@ -162,6 +162,13 @@ def test_csv_round_trip_and_column_order(tmp_path):
     assert read_matches(io.StringIO(shuffled)) == [m(1, 2, 3, 4, 0.5)]
     gt = "query_id,ref_id,query_start,query_end,ref_start,ref_end\nQ1,R1,1,2,3,4\n"
     assert read_matches(io.StringIO(gt), ground_truth=True) == [m(1, 2, 3, 4, 1.0)]
+
+
+def test_matches_from_localization_segments():
+    from dns_jax.localization import Segment
+    segs = [Segment(1.0, 4.5, 10.0, 13.5, 0.8), Segment(6.0, 7.0, 2.0, 3.0, 0.4, reversed=True)]
+    assert matches_from_segments("Qa", "Rb", segs) == [m(1.0, 4.5, 10.0, 13.5, 0.8, q="Qa", r="Rb"),
+                                                       m(6.0, 7.0, 2.0, 3.0, 0.4, q="Qa", r="Rb")]
 
 
 def test_csv_errors_name_the_problem():

@@ -128,6 +128,13 @@ def matches_to_csv(matches: Iterable[Match]) -> str:
     return buf.getvalue()
 
 
+def matches_from_segments(query_id: str, ref_id: str, segments) -> List[Match]:
+    """Matches of one pair from localization segments (anything with query_start, query_end,
+    target_start, target_end and score, e.g. `dns_jax.localization.Segment`)."""
+    return [Match(query_id, ref_id, float(s.query_start), float(s.query_end), float(s.target_start),
+                  float(s.target_end), float(s.score)) for s in segments]
+
+
 # ----------------------------------------------------------------------------------------------
 # intervals
 
