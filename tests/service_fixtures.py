@@ -9,10 +9,7 @@ import pytest
 
 
 def _make_collection(*args, **kwargs):
-    try:
-        from dns_jax.data.video_collection import make_collection
-    except ImportError:                      # the package layout after the CLI refactor
-        from dns_jax.datasets.video_collection import make_collection
+    from dns_jax.datasets.video_collection import make_collection
     return make_collection(*args, **kwargs)
 
 

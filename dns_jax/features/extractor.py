@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dns_jax.features.offline import OPENNSFW, convert_opennsfw_onnx, resnet50_1by2
 from dns_jax import pth
+from dns_jax.features.offline import OPENNSFW, convert_opennsfw_onnx, resnet50_1by2
 
 from .backbone import ResNet, convert_torchvision_resnet, detect_prefix, resnet50
 from .pca import PCAWhitening, load_pca
