@@ -21,14 +21,15 @@ import numpy as np
 
 from dns_jax.app.build import OFFLINE_BACKBONE, load_networks
 from dns_jax.app.coarse_recipe import spread_scores
-from dns_jax.app.segments import matching_segments
 from dns_jax.app.workdir import Workdir, WorkdirError
+from dns_jax.evaluation.vsc import matches_from_segments, matches_to_csv
 from dns_jax.features import load_extractor
 from dns_jax.features.pca import apply_whitening, whitening_matrices
 from dns_jax.features.video import VideoError
-from dns_jax.fileio import atomic_write_json
+from dns_jax.fileio import atomic_write_json, atomic_write_text
 from dns_jax.index import Index
 from dns_jax.index.search import check_search_options, scores_in_index_order, search_index
+from dns_jax.localization import frame_times, localize
 from dns_jax.retrieval import DnS
 
 
@@ -41,6 +42,9 @@ class QueryResult:
     query_id: str
     scores: Dict[str, float]             # every indexed video
     top: List[Tuple[str, float, list]]   # (video id, score, segments) of the best results
+
+
+MATCH_Z = 6.0    # a copied frame pair stands this many robust stds above its pair's background
 
 
 class Searcher:
@@ -131,14 +135,29 @@ class Searcher:
         return np.stack([scores_in_index_order(res, q, len(self.index)) for q in range(len(reps))])
 
     def _segments(self, query: np.ndarray, video_id: str):
-        """Best-matching segments of a query and an indexed video, in seconds (1 frame/s).
+        """Copied segments of a query and an indexed video, in seconds (1 frame/s; frame i covers
+        [i, i + 1)), found by the temporal-network alignment of dns_jax.localization on the fine
+        student's frame-to-frame similarities (speed changes, several segments per pair).
 
         The fine student indexes a video shorter than 4 frames repeated to 4 frames; the frame
-        similarities are cut back to the real frames, so a reported time never exceeds a video."""
+        similarities are cut back to the real frames, so a reported time never exceeds a video.
+        Cells count as matching when they stand out of the pair's background (above the midpoint of
+        its median and best similarity, and more than MATCH_Z robust standard deviations above the
+        median): the scale of a student's similarities depends on how it was trained, and an
+        unrelated pair then has no segment at all."""
         _, target = self.features(video_id)
         q, t = self.fine.index_video(query), self.fine.index_video(target)
-        f2f = np.asarray(self.fine.frame_to_frame_similarity(q, t))
-        return matching_segments(f2f[:len(query), :len(target)])
+        f2f = np.asarray(self.fine.frame_to_frame_similarity(q, t), np.float64)[:len(query), :len(target)]
+        if f2f.size == 0 or not np.isfinite(f2f).any():
+            return []
+        median, best = float(np.nanmedian(f2f)), float(np.nanmax(f2f))
+        spread = 1.4826 * float(np.nanmedian(np.abs(f2f - median)))
+        threshold = (median + best) / 2
+        if min(f2f.shape) >= 4 and best <= median + MATCH_Z * spread:
+            return []                           # nothing stands out: no copied segment
+        short = min(f2f.shape) < 2
+        return localize(f2f, "tn", query_times=frame_times(f2f.shape[0]), target_times=frame_times(f2f.shape[1]),
+                        threshold=threshold, anchor="start", min_length=1 if short else 2)
 
 
 def check_query_options(stage: str, budget: float, top: int, output: Optional[str] = None) -> None:
@@ -187,35 +206,62 @@ class QueryRun:
     failed: List[Tuple[str, str]]            # (query as given, why it failed)
 
 
+OUTPUT_FORMATS = ("json", "vsc")
+
+
+def _segment_dict(s) -> Dict[str, float]:
+    return {"query_start": float(s.query_start), "query_end": float(s.query_end),
+            "target_start": float(s.target_start), "target_end": float(s.target_end), "score": float(s.score)}
+
+
 def answer_queries(workdir: str, queries: Sequence[str], stage: str = "dns", budget: float = 0.05,
                    output: Optional[str] = None, top: int = 10, log: Callable[[str], None] = print,
-                   warn: Callable[[str], None] = _stderr) -> QueryRun:
-    """Answer every query (or report why it cannot be answered); write the answered ones'
-    `{query_id: {video_id: score}}` to `output` atomically, leaving an existing file alone when
-    no query was answered. `log` gets the ranked results, `warn` one line per failed query and a
-    last line counting them. Bad options raise ValueError before anything is read or written."""
+                   warn: Callable[[str], None] = _stderr, segments: bool = False,
+                   output_format: str = "json") -> QueryRun:
+    """Answer every query (or report why it cannot be answered); write the answered ones to
+    `output` atomically, leaving an existing file alone when no query was answered: as JSON
+    `{query_id: {video_id: score}}` (with `segments`: `{query_id: {"scores": {...}, "segments":
+    {video_id: [{query_start, query_end, target_start, target_end, score}, ...]}}}` for the `top`
+    results), or as the VSC22 matching CSV (`output_format='vsc'`: one row per copied segment of
+    the top results). `log` gets the ranked results, `warn` one line per failed query and a last
+    line counting them. Bad options raise ValueError before anything is read or written."""
     check_query_options(stage, budget, top, output)
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+    localize_top = segments or output_format == "vsc"
     if not queries:
         raise ValueError("no query given: name video files or ids of indexed videos")
     searcher = Searcher(workdir)
     ids = unique_query_ids([searcher.query_id(q) for q in queries])
-    results, failed = {}, []
+    results, failed, found = {}, [], {}
     for q, qid in zip(queries, ids):
         try:
-            res = searcher.search(q, stage, budget, top, query_id=qid)
+            res = searcher.search(q, stage, budget, top, query_id=qid,
+                                  segments=(top or len(searcher.index)) if localize_top else 5)
         except Exception as e:  # noqa: BLE001 -- every query is answered or reported, see _reason
             failed.append((q, _reason(e)))
             warn(f"query {q}: FAILED: {failed[-1][1]}")
             continue
         results[res.query_id] = res.scores
+        found[res.query_id] = {vid: segs for vid, _, segs in res.top if segs}
         named = f" (query {q})" if res.query_id != searcher.query_id(q) else ""
         log(f"\nquery {res.query_id}{named} ({stage}{f', budget {budget}' if stage == 'dns' else ''}):")
         for rank, (vid, score, segs) in enumerate(res.top, 1):
             seg = ("  " + "; ".join(str(s) for s in segs)) if segs else ""
             log(f"  {rank:2d}. {vid:40s} {score:7.4f}{seg}")
     if output and results:
-        atomic_write_json(output, results, indent=1)
-        log(f"\nwrote scores of {len(results)} queries to {output}")
+        if output_format == "vsc":
+            matches = [m for qid in results for vid, segs in found[qid].items()
+                       for m in matches_from_segments(qid, vid, segs)]
+            atomic_write_text(output, matches_to_csv(matches))
+            log(f"\nwrote {len(matches)} matched segments of {len(results)} queries to {output} (VSC22 CSV)")
+        else:
+            payload = results if not segments else {
+                qid: {"scores": scores, "segments": {vid: [_segment_dict(s) for s in segs]
+                                                     for vid, segs in found[qid].items()}}
+                for qid, scores in results.items()}
+            atomic_write_json(output, payload, indent=1)
+            log(f"\nwrote scores of {len(results)} queries to {output}")
     elif output:
         warn(f"no query was answered: {output} is left as it was")
     if failed:

@@ -23,6 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="DnS: fraction of the collection re-scored by the fine student (default 0.05)")
     p.add_argument("--output", metavar="JSON", help="write {query_id: {video_id: score}} here")
     p.add_argument("--top", type=int, default=10, help="results printed per query (0: all; default 10)")
+    p.add_argument("--segments", action="store_true",
+                   help="find the copied segments of every top result (dns_jax.localization) and write them "
+                        "to --output: {query: {scores: {...}, segments: {video: [{query_start, query_end, "
+                        "target_start, target_end, score}]}}}")
+    p.add_argument("--format", choices=("json", "vsc"), default="json", dest="output_format",
+                   help="--output as JSON (default) or as the VSC22 matching CSV (query_id, ref_id, query_start, "
+                        "query_end, ref_start, ref_end, score) of the top results' segments")
     add_quiet(p)
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files or indexed video ids")
 
@@ -31,5 +38,6 @@ def run(args) -> int:
     """Exit status 0 when every query was answered, 1 when some failed (each is reported on
     stderr and the others' scores are still written), 2 for a bad option (nothing is touched)."""
     log = (lambda *a, **k: None) if args.quiet else print
-    outcome = answer_queries(args.workdir, args.videos, args.stage, args.budget, args.output, args.top, log=log)
+    outcome = answer_queries(args.workdir, args.videos, args.stage, args.budget, args.output, args.top, log=log,
+                             segments=args.segments, output_format=args.output_format)
     return 1 if outcome.failed else 0

@@ -40,8 +40,9 @@ class Segment:
 
     def __str__(self):
         arrow = "~ reversed" if self.reversed else "~"
-        return (f"query {self.query_start:.1f}-{self.query_end:.1f}s {arrow} target "
-                f"{self.target_start:.1f}-{self.target_end:.1f}s ({self.score:.2f})")
+        t = lambda x: f"{x:.1f}".rstrip("0").rstrip(".")  # noqa: E731  (3, 3.5: no trailing .0)
+        return (f"query {t(self.query_start)}-{t(self.query_end)}s {arrow} target "
+                f"{t(self.target_start)}-{t(self.target_end)}s ({self.score:.2f})")
 
 
 def frame_times(num_frames: int, seconds_per_frame: float = 1.0, start: float = 0.0) -> np.ndarray:

@@ -48,7 +48,6 @@ from dns_jax.app.build import OFFLINE_BACKBONE, add_videos
 from dns_jax.app.query import Searcher
 from dns_jax.app.workdir import STATE
 from dns_jax.features import load_extractor
-from dns_jax.features.extract_folder import list_videos
 from dns_jax.features.pca import apply_whitening, whitening_matrices
 from dns_jax.features.video import VideoError
 from dns_jax.fileio import atomic_open, fsync_dir
@@ -202,15 +201,15 @@ class Collection:
         return VideoInfo(video_id, frames, "build", os.path.basename(built) if built else None, _file_size(path))
 
     def _scan_built_videos(self) -> Dict[str, str]:
-        """{id: path} of the folder the build indexed (its own listing rule), if still there."""
-        folder = self._engine.settings.get("videos")
-        if not folder or not os.path.isdir(folder):
-            return {}
-        try:
-            return dict(list_videos(folder))
-        except (OSError, ValueError) as e:
-            self.log(f"cannot list the build's video folder {folder}: {e}")
-            return {}
+        """{id: path} of every video file of the collection as the build recorded it (the folder's
+        and those added with `dns-jax add`), where the file still exists."""
+        wd = self._engine.wd
+        paths = {}
+        for vid, rec in wd.read_state().get("sources", {}).items():
+            path = wd.resolve(rec.get("path")) if rec.get("status", "ok") == "ok" else None
+            if path and os.path.isfile(path):
+                paths[vid] = path
+        return paths
 
     # -- index snapshots ----------------------------------------------------------------------
     def _stamp(self):
@@ -234,6 +233,7 @@ class Collection:
             self._engine.dns._coarse_db_key = None  # its cache is keyed by the database object's id()
             self._manifest_stamp = stamp
             self._load_records()
+            self._built_paths = self._scan_built_videos()
 
     # -- search -------------------------------------------------------------------------------
     def search(self, query: Union[QueryFile, QueryId], stage: str = "dns", budget: float = 0.05,
