@@ -30,7 +30,7 @@ from dns_jax.fileio import atomic_write_json, atomic_write_text
 from dns_jax.index import Index
 from dns_jax.index.search import check_search_options, scores_in_index_order, search_index
 from dns_jax.localization import frame_times, localize
-from dns_jax.retrieval import DnS
+from dns_jax.retrieval import DnS, unpack_codes
 
 
 class QueryError(ValueError):
@@ -125,7 +125,7 @@ class Searcher:
         best = []
         shown = top or len(ids)
         for rank, (i, score) in enumerate(zip(res.ranking[0][:shown], res.scores[0][:shown])):
-            segs = self._segments(x, ids[i]) if rank < segments else []
+            segs = self._segments(x, ids[i], reps.fine_rep(0), int(i)) if rank < segments else []
             best.append((ids[i], float(score), segs))
         return QueryResult(qid, {v: float(s) for v, s in zip(ids, scores)}, best)
 
@@ -134,7 +134,16 @@ class Searcher:
         res = search_index(self.dns, self.index, reps, "dns", budget, topk=None, fine_mapping=self.fine_mapping())
         return np.stack([scores_in_index_order(res, q, len(self.index)) for q in range(len(reps))])
 
-    def _segments(self, query: np.ndarray, video_id: str):
+    def frames(self, video_id: str) -> int:
+        """Frames of an indexed video's features (its real length: stored representations of short
+        videos are repeated to 4 frames)."""
+        import h5py
+        with h5py.File(self.wd.features, "r") as f:
+            if video_id in f and hasattr(f[video_id], "shape"):
+                return int(f[video_id].shape[0])
+        return len(self.features(video_id)[1])
+
+    def _segments(self, query: np.ndarray, video_id: str, query_rep=None, position: Optional[int] = None):
         """Copied segments of a query and an indexed video, in seconds (1 frame/s; frame i covers
         [i, i + 1)), found by the temporal-network alignment of dns_jax.localization on the fine
         student's frame-to-frame similarities (speed changes, several segments per pair).
@@ -145,9 +154,17 @@ class Searcher:
         its median and best similarity, and more than MATCH_Z robust standard deviations above the
         median): the scale of a student's similarities depends on how it was trained, and an
         unrelated pair then has no segment at all."""
-        _, target = self.features(video_id)
-        q, t = self.fine.index_video(query), self.fine.index_video(target)
-        f2f = np.asarray(self.fine.frame_to_frame_similarity(q, t), np.float64)[:len(query), :len(target)]
+        if query_rep is not None and position is not None:
+            # the stored representations: no indexing again (packed FG-Bin codes unpacked to +-1)
+            q, t = query_rep, self.index.fine_rep(position)
+            if np.asarray(t).dtype == np.uint8:
+                q, t = unpack_codes(q), unpack_codes(t)
+            target_frames = self.frames(video_id)
+        else:
+            _, target = self.features(video_id)
+            q, t = self.fine.index_video(query), self.fine.index_video(target)
+            target_frames = len(target)
+        f2f = np.asarray(self.fine.frame_to_frame_similarity(q, t), np.float64)[:len(query), :target_frames]
         if f2f.size == 0 or not np.isfinite(f2f).any():
             return []
         median, best = float(np.nanmedian(f2f)), float(np.nanmax(f2f))
