@@ -284,4 +284,4 @@ def test_batch_warns_and_keeps_going():
 
 def test_segment_str():
     seg = Segment(3.0, 9.0, 12.0, 18.0, 0.71)
-    assert str(seg) == "query 3.0-9.0s ~ target 12.0-18.0s (0.71)"
+    assert str(seg) == "query 3-9s ~ target 12-18s (0.71)"

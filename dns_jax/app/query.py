@@ -44,7 +44,9 @@ class QueryResult:
     top: List[Tuple[str, float, list]]   # (video id, score, segments) of the best results
 
 
-MATCH_Z = 6.0    # a copied frame pair stands this many robust stds above its pair's background
+MATCH_Z = 4.0    # a copied frame pair stands this many robust stds above its pair's background
+MIN_BACKGROUND_FRAMES = 8   # below this many frames a side, a copy's diagonal is too much of the matrix
+                            # to measure a background: the midpoint rule alone decides
 
 
 class Searcher:
@@ -170,7 +172,7 @@ class Searcher:
         median, best = float(np.nanmedian(f2f)), float(np.nanmax(f2f))
         spread = 1.4826 * float(np.nanmedian(np.abs(f2f - median)))
         threshold = (median + best) / 2
-        if min(f2f.shape) >= 4 and best <= median + MATCH_Z * spread:
+        if min(f2f.shape) >= MIN_BACKGROUND_FRAMES and best <= median + MATCH_Z * spread:
             return []                           # nothing stands out: no copied segment
         short = min(f2f.shape) < 2
         return localize(f2f, "tn", query_times=frame_times(f2f.shape[0]), target_times=frame_times(f2f.shape[1]),
@@ -226,7 +228,8 @@ class QueryRun:
 OUTPUT_FORMATS = ("json", "vsc")
 
 
-def _segment_dict(s) -> Dict[str, float]:
+def segment_dict(s) -> Dict[str, float]:
+    """The five fields of a matched segment as the API and the JSON output give them."""
     return {"query_start": float(s.query_start), "query_end": float(s.query_end),
             "target_start": float(s.target_start), "target_end": float(s.target_end), "score": float(s.score)}
 
@@ -274,7 +277,7 @@ def answer_queries(workdir: str, queries: Sequence[str], stage: str = "dns", bud
             log(f"\nwrote {len(matches)} matched segments of {len(results)} queries to {output} (VSC22 CSV)")
         else:
             payload = results if not segments else {
-                qid: {"scores": scores, "segments": {vid: [_segment_dict(s) for s in segs]
+                qid: {"scores": scores, "segments": {vid: [segment_dict(s) for s in segs]
                                                      for vid, segs in found[qid].items()}}
                 for qid, scores in results.items()}
             atomic_write_json(output, payload, indent=1)

@@ -45,7 +45,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from dns_jax.app.build import OFFLINE_BACKBONE, add_videos
-from dns_jax.app.query import Searcher
+from dns_jax.app.query import Searcher, segment_dict
 from dns_jax.app.workdir import STATE
 from dns_jax.features import load_extractor
 from dns_jax.features.pca import apply_whitening, whitening_matrices
@@ -257,7 +257,7 @@ class Collection:
             res = self._engine.search(prepared, stage, budget, topk,
                                       segments=topk if segments is None else segments)
             index = self._engine.index
-            matches = [Match(v, s, int(index.lengths[index.position(v)]), [dataclasses.asdict(g) for g in segs])
+            matches = [Match(v, s, int(index.lengths[index.position(v)]), [segment_dict(g) for g in segs])
                        for v, s, segs in res.top]
         return SearchOutcome(res.query_id, int(prepared.features.shape[0]), matches)
 
