@@ -50,10 +50,41 @@ What comes back
 * ``torch.Size`` becomes a ``tuple``, ``torch.device`` a ``str`` such as
   ``'cuda:0'``, and a dtype object a :class:`TorchDtype`.
 
+Memory limits
+-------------
+A hostile file must not make loading allocate much more than the tensor
+data it really declares, so every size is checked against the file and a
+budget *before* anything is allocated:
+
+* **Views**: a tensor may cover at most ``MAX_VIEW_REPEAT`` (8) times the
+  elements of its storage.  A transpose or a slice never exceeds 1x; a
+  stride-0 (``expand``) or overlapping view beyond 8x is refused.
+* **Zip records**: torch never compresses them, so a compressed record (a
+  possible zip bomb) is refused unread; a storage record must hold exactly
+  the bytes its pickle declares, and no record may claim more bytes than the
+  file holds.
+* **Legacy storages**: the sizes the pickle declares must fit in the bytes
+  that follow the pickles.
+* **Pickles**: each pickle's opcodes are walked (``pickletools``) before it
+  is unpickled; a length prefix or frame longer than the data, or a memo
+  index no genuine pickle could use, is refused (Python 3.11's unpickler
+  would allocate them first).
+* **Total**: pickle bytes + storage bytes read + bytes of the arrays built
+  may not exceed ``max_bytes``: the keyword argument of :func:`load` /
+  :func:`load_state_dict`, else the ``DNS_JAX_PTH_MAX_BYTES`` environment
+  variable (bytes, or with a binary suffix: ``512M``, ``4GiB``), else
+  ``DEFAULT_MAX_BYTES`` (1 GiB).  A file without repeating views needs at
+  most about twice its own size; the official DnS / ViSiL / ResNet-50
+  files (100-200 MB) fit the default.  Transient copies (byte swapping,
+  widening) add at most a few times the largest single tensor.
+
+Errors are one-line :class:`PthError` s naming the file and the problem.
+
 Limitations: sparse, quantized, nested and complex32 tensors, TorchScript
 archives and the pre-0.4 tar format are refused with a clear error; a
 storage pickled on its own (not inside a tensor) comes back as an internal
-``_Storage`` record; expanded (stride-0) tensors are materialised in full.
+``_Storage`` record; expanded (stride-0) tensors are materialised in full
+(within the view limit above).
 
 This module only reads; it deliberately has no ``save``: dns-jax never
 writes ``.pth`` files.
@@ -63,8 +94,11 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
+import pickletools
+import re
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -73,6 +107,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
+    "MAX_BYTES_ENV",
+    "MAX_VIEW_REPEAT",
     "ArgsNamespace",
     "PthError",
     "PthFileNotFoundError",
@@ -85,6 +122,10 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _TAR_MAGIC_OFFSET = 257
+
+DEFAULT_MAX_BYTES = 1 << 30  # pickles + storages + arrays of one load
+MAX_BYTES_ENV = "DNS_JAX_PTH_MAX_BYTES"
+MAX_VIEW_REPEAT = 8  # a tensor may cover at most this many times its storage
 
 
 class PthError(ValueError):
@@ -199,6 +240,107 @@ class _Storage:
 
 
 # ---------------------------------------------------------------------------
+# Memory limits: the byte budget and the pickle pre-scan
+# ---------------------------------------------------------------------------
+
+_SIZE_SUFFIXES = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
+
+
+def _parse_size(text: str) -> int | None:
+    """``'123'``, ``'512M'``, ``'4GiB'`` (binary suffixes) as bytes; None if malformed."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:([kmgtKMGT])(?:i?[bB])?)?\s*", text)
+    if match is None:
+        return None
+    return int(match.group(1)) << _SIZE_SUFFIXES[(match.group(2) or "").lower()]
+
+
+def _resolve_max_bytes(max_bytes: Any) -> int:
+    """The keyword if given, else ``$DNS_JAX_PTH_MAX_BYTES``, else the default."""
+    if max_bytes is None:
+        text = os.environ.get(MAX_BYTES_ENV)
+        if text is None:
+            return DEFAULT_MAX_BYTES
+        value = _parse_size(text)
+        if not value:
+            raise ValueError(f"{MAX_BYTES_ENV}={text!r} is not a size: expected a positive "
+                             "number of bytes, optionally with K, M, G or T (binary) suffix")
+        return value
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool):
+        raise TypeError(f"max_bytes must be an int number of bytes, got {max_bytes!r}")
+    if max_bytes <= 0:
+        raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+    return max_bytes
+
+
+class _Budget:
+    """The bytes one load may still allocate for pickles, storages and arrays."""
+
+    def __init__(self, source: str, limit: int):
+        self.source, self.limit, self.used = source, limit, 0
+
+    def charge(self, nbytes: int, what: str) -> None:
+        """Account for ``nbytes`` about to be allocated; PthError if over the limit."""
+        if self.used + nbytes > self.limit:
+            raise PthError(
+                f"{self.source}: {what} needs {nbytes} bytes, taking the load to "
+                f"{self.used + nbytes} bytes, over the {self.limit}-byte limit "
+                f"(max_bytes= or {MAX_BYTES_ENV})")
+        self.used += nbytes
+
+
+class _Window:
+    """Read-only view of the next ``length`` bytes of a file; reads never go past it."""
+
+    def __init__(self, f: Any, length: int):
+        self._f, self._start, self._length = f, f.tell(), length
+
+    def tell(self) -> int:
+        return self._f.tell() - self._start
+
+    def _left(self, n: int | None) -> int:
+        left = max(self._length - self.tell(), 0)
+        return left if n is None or n < 0 else min(n, left)
+
+    def read(self, n: int | None = -1) -> bytes:
+        return self._f.read(self._left(n))
+
+    def readline(self, n: int | None = -1) -> bytes:
+        return self._f.readline(self._left(n))
+
+
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _scan_pickle(stream: Any, length: int, source: str) -> int:
+    """Walk one pickle's opcodes without building anything; return its byte length.
+
+    ``stream`` is positioned at the pickle and reads at most ``length``
+    bytes (a ``BytesIO`` or a ``_Window``).  Refuses what would make the C
+    unpickler allocate more than the data: a length prefix or frame longer
+    than the data, or a memo index beyond the opcodes seen so far (a genuine
+    pickler numbers its memo 0, 1, 2, ...).
+    """
+    ops = 0
+    try:
+        for opcode, arg, pos in pickletools.genops(stream):
+            ops += 1
+            if opcode.name in _MEMO_PUTS and arg > ops:
+                raise PthError(f"{source}: pickle memo index {arg} at byte {pos} is out of "
+                               f"range after {ops} opcodes (corrupt or hostile pickle)")
+            if opcode.name == "FRAME" and arg > length:
+                raise PthError(f"{source}: pickle frame of {arg} bytes at byte {pos} is "
+                               f"longer than the {length}-byte data (corrupt or hostile pickle)")
+    except PthError:
+        raise
+    except Exception as exc:  # genops raises ValueError (and kin) for malformed opcodes
+        text = str(exc)
+        if any(s in text for s in ("exhausted", "but only", "no newline found")):
+            raise PthError(f"{source} is truncated: a pickle ends early ({text})") from exc
+        raise PthError(f"{source} is corrupt or not a torch.save file: {text}") from exc
+    return stream.tell()
+
+
+# ---------------------------------------------------------------------------
 # Turning (storage, offset, size, stride) into an owned numpy array
 # ---------------------------------------------------------------------------
 
@@ -218,11 +360,13 @@ def _check_shape(what: str, values: Any) -> tuple[int, ...]:
     return tuple(values)
 
 
-def _strided_copy(data: np.ndarray, offset: Any, size: Any, stride: Any) -> np.ndarray:
+def _strided_copy(data: np.ndarray, offset: Any, size: Any, stride: Any,
+                  check_numel: Callable[[int], None]) -> np.ndarray:
     """Copy the (offset, size, stride) view of 1-D ``data`` into a new array.
 
     Bounds are checked first, so a malicious file cannot make
-    ``as_strided`` read outside the storage.
+    ``as_strided`` read outside the storage; then ``check_numel(numel)``
+    may refuse the view before its copy is allocated.
     """
     size = _check_shape("size", size)
     stride = _check_shape("stride", stride)
@@ -237,6 +381,7 @@ def _strided_copy(data: np.ndarray, offset: Any, size: Any, stride: Any) -> np.n
         raise pickle.UnpicklingError(
             f"tensor (offset {offset}, size {size}, stride {stride}) reaches element "
             f"{last} of a storage with only {data.shape[0]} elements")
+    check_numel(math.prod(size))
     item = data.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
         data[offset:], shape=size, strides=[s * item for s in stride], writeable=False)
@@ -274,7 +419,24 @@ def _apply_metadata(array: np.ndarray, metadata: Any) -> np.ndarray:
     return array
 
 
-def _tensor(storage: Any, offset: Any, size: Any, stride: Any,
+def _view_limit(budget: _Budget, storage_numel: int, dtype: TorchDtype,
+                size: tuple, stride: tuple) -> Callable[[int], None]:
+    """``check_numel`` for one view: the repeat factor, then the budget."""
+    out_itemsize = 4 if dtype.widen else np.dtype(dtype.raw).itemsize
+
+    def check(numel: int) -> None:
+        if numel > MAX_VIEW_REPEAT * storage_numel:
+            raise PthError(
+                f"{budget.source}: a tensor of shape {tuple(size)} with strides "
+                f"{tuple(stride)} has {numel} elements, more than {MAX_VIEW_REPEAT}x its "
+                f"{storage_numel}-element storage (stride-0 or overlapping view); refused "
+                "before allocating it")
+        budget.charge(numel * out_itemsize, f"a tensor of shape {tuple(size)}")
+
+    return check
+
+
+def _tensor(storage: Any, offset: Any, size: Any, stride: Any, budget: _Budget,
             dtype: TorchDtype | None = None, metadata: Any = None) -> np.ndarray:
     """Build the numpy value of one tensor from its storage and geometry."""
     if not isinstance(storage, _Storage):
@@ -289,7 +451,8 @@ def _tensor(storage: Any, offset: Any, size: Any, stride: Any,
         raw = _raw_dtype(dtype, storage.byteorder)
         usable = data.shape[0] - data.shape[0] % raw.itemsize
         data = data[:usable].view(raw)
-    array = _strided_copy(data, offset, size, stride)
+    check = _view_limit(budget, data.shape[0], dtype, size, stride)
+    array = _strided_copy(data, offset, size, stride, check)
     return _apply_metadata(_widen(array, dtype), metadata)
 
 
@@ -361,10 +524,11 @@ class _Unpickler(pickle.Unpickler):
     are not materialised (used to skim a legacy file for its storages).
     """
 
-    def __init__(self, file: Any, *, source: str,
+    def __init__(self, file: Any, *, budget: _Budget,
                  load_storage: Callable[[tuple], _Storage], dry_run: bool = False):
         super().__init__(file, encoding="utf-8")
-        self._source = source
+        self._budget = budget
+        self._source = budget.source
         self._load_storage = load_storage
         self._dry_run = dry_run
         self._allowed = _allowed_globals(self._rebuild)
@@ -413,7 +577,7 @@ class _Unpickler(pickle.Unpickler):
             if not isinstance(dtype, TorchDtype):
                 raise pickle.UnpicklingError(
                     f"_rebuild_tensor_v3 dtype must be a torch dtype, got {dtype!r}")
-        return _tensor(storage, offset, size, stride, dtype, metadata)
+        return _tensor(storage, offset, size, stride, self._budget, dtype, metadata)
 
 
 def _text(value: Any) -> str:
@@ -439,11 +603,12 @@ def _count(value: Any) -> int:
     return value
 
 
-def _unpickle(file: Any, source: str, load_storage: Callable[[tuple], _Storage],
+def _unpickle(data: bytes, budget: _Budget, load_storage: Callable[[tuple], _Storage],
               dry_run: bool = False) -> Any:
-    """Run the restricted unpickler, turning low-level failures into PthError."""
+    """Run the restricted unpickler over one scanned pickle, failures as PthError."""
+    source = budget.source
     try:
-        return _Unpickler(file, source=source, load_storage=load_storage,
+        return _Unpickler(io.BytesIO(data), budget=budget, load_storage=load_storage,
                           dry_run=dry_run).load()
     except PthError:
         raise
@@ -481,13 +646,47 @@ def _archive_prefix(zf: zipfile.ZipFile, source: str) -> str:
     return prefix
 
 
-def _read_record(zf: zipfile.ZipFile, name: str, source: str, what: str) -> bytes:
-    """Read one zip record, naming it in the error if it is missing or bad."""
+_COMPRESSION_NAMES = {zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
+                      zipfile.ZIP_LZMA: "lzma"}
+
+
+def _check_zip_records(zf: zipfile.ZipFile, file_size: int, source: str) -> None:
+    """Refuse compressed records and records claiming bytes the file does not hold.
+
+    torch.save stores every record uncompressed, so a compressed one can
+    only be a re-packed or hostile file (a zip bomb inflates ~1000x).
+    """
+    for info in zf.infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            method = _COMPRESSION_NAMES.get(info.compress_type, f"method {info.compress_type}")
+            raise PthError(f"{source}: zip record {info.filename!r} is compressed ({method}); "
+                           "torch.save never compresses its records, so it is refused "
+                           "unread (possible zip bomb)")
+        if (info.file_size != info.compress_size
+                or info.header_offset + info.compress_size > file_size):
+            raise PthError(f"{source}: zip record {info.filename!r} claims {info.file_size} "
+                           f"bytes ({info.compress_size} stored) at offset {info.header_offset}, "
+                           f"beyond the end of the {file_size}-byte file (corrupt or hostile "
+                           "archive)")
+
+
+def _record_info(zf: zipfile.ZipFile, name: str, source: str, what: str) -> zipfile.ZipInfo:
+    """The zip entry ``name``, or PthError naming the missing record."""
     try:
-        return zf.read(name)
+        return zf.getinfo(name)
     except KeyError:
         raise PthError(f"{source} is missing the {what} record '{name}' "
                        "(truncated or corrupt file?)") from None
+
+
+def _read_record(zf: zipfile.ZipFile, name: str, source: str, what: str,
+                 budget: _Budget | None = None) -> bytes:
+    """Read one (checked, uncompressed) zip record, charging ``budget`` first."""
+    info = _record_info(zf, name, source, what)
+    if budget is not None:
+        budget.charge(info.file_size, f"record '{name}'")
+    try:
+        return zf.read(info)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
         raise PthError(f"{source}: cannot read record '{name}' "
                        f"(truncated or corrupt file?): {exc}") from exc
@@ -504,14 +703,16 @@ def _zip_byteorder(zf: zipfile.ZipFile, prefix: str, source: str) -> str:
     return orders[text.strip()]
 
 
-def _load_zip(path: str, source: str) -> Any:
+def _load_zip(path: str, budget: _Budget) -> Any:
     """Read a zip-format (torch >= 1.6) ``torch.save`` file."""
+    source = budget.source
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
         raise PthError(f"{source} starts like a zip archive but cannot be opened "
                        f"(truncated or corrupt file?): {exc}") from exc
     with zf:
+        _check_zip_records(zf, os.path.getsize(path), source)
         prefix = _archive_prefix(zf, source)
         byteorder = _zip_byteorder(zf, prefix, source)
         records: dict[str, bytes] = {}
@@ -521,18 +722,19 @@ def _load_zip(path: str, source: str) -> Any:
                 raise pickle.UnpicklingError(f"unexpected storage record {rest!r}")
             storage_type, key, numel = _storage_type(rest[0]), _text(rest[1]), _count(rest[3])
             name = f"{prefix}data/{key}"
-            if name not in records:
-                records[name] = _read_record(zf, name, source, "storage")
             raw = _raw_dtype(storage_type.dtype, byteorder)
-            buffer = records[name]
-            if len(buffer) < numel * raw.itemsize:
-                raise PthError(f"{source}: storage record '{name}' has {len(buffer)} bytes, "
+            size = _record_info(zf, name, source, "storage").file_size
+            if size != numel * raw.itemsize:  # checked before the record is read
+                raise PthError(f"{source}: storage record '{name}' has {size} bytes, "
                                f"expected {numel * raw.itemsize}")
-            data = np.frombuffer(buffer, dtype=raw, count=numel)
+            if name not in records:
+                records[name] = _read_record(zf, name, source, "storage", budget)
+            data = np.frombuffer(records[name], dtype=raw, count=numel)
             return _Storage(data, storage_type.dtype, byteorder)
 
-        pickled = _read_record(zf, prefix + "data.pkl", source, "data.pkl")
-        return _unpickle(io.BytesIO(pickled), source, load_storage)
+        pickled = _read_record(zf, prefix + "data.pkl", source, "data.pkl", budget)
+        _scan_pickle(io.BytesIO(pickled), len(pickled), source)
+        return _unpickle(pickled, budget, load_storage)
 
 
 # ---------------------------------------------------------------------------
@@ -545,28 +747,42 @@ def _no_storage(rest: tuple) -> _Storage:
     raise pickle.UnpicklingError("unexpected storage in a legacy header pickle")
 
 
-def _legacy_header(f: Any, source: str) -> str:
+def _legacy_pickle(f: Any, file_size: int, budget: _Budget) -> bytes:
+    """The bytes of the pickle at ``f``'s position, scanned before they are read."""
+    start = f.tell()
+    length = _scan_pickle(_Window(f, file_size - start), file_size - start, budget.source)
+    budget.charge(length, "a pickle")
+    f.seek(start)
+    return f.read(length)
+
+
+def _legacy_header(f: Any, file_size: int, budget: _Budget) -> str:
     """Check the magic number / protocol pickles; return the byte order."""
+    source = budget.source
     try:
-        magic = _Unpickler(f, source=source, load_storage=_no_storage).load()
-    except PthError:
+        data = _legacy_pickle(f, file_size, budget)
+    except PthError:  # random bytes rarely scan as a pickle
+        data = b""
+    try:
+        magic = _Unpickler(io.BytesIO(data), budget=budget, load_storage=_no_storage).load()
+    except PthError:  # a forbidden global: say so
         raise
-    except Exception:
+    except Exception:  # noqa: BLE001 - any other failure: not a torch file
         magic = None
     if not isinstance(magic, int) or magic != _LEGACY_MAGIC:
         raise PthError(f"{source} is not a PyTorch file: expected a zip archive (torch >= 1.6) "
                        "or the legacy torch.save magic number (is it a plain pickle?)")
-    protocol = _unpickle(f, source, _no_storage)
+    protocol = _unpickle(_legacy_pickle(f, file_size, budget), budget, _no_storage)
     if protocol != _LEGACY_PROTOCOL:
         raise PthError(f"{source}: unsupported legacy protocol version {protocol!r}; "
                        f"expected {_LEGACY_PROTOCOL}")
-    sys_info = _unpickle(f, source, _no_storage)
+    sys_info = _unpickle(_legacy_pickle(f, file_size, budget), budget, _no_storage)
     if not isinstance(sys_info, dict):
         raise PthError(f"{source}: legacy system-info record must be a dict, got {sys_info!r}")
     return "<" if sys_info.get("little_endian", True) else ">"
 
 
-def _legacy_skim(f: Any, source: str) -> dict[str, tuple[TorchDtype, int]]:
+def _legacy_skim(main: bytes, budget: _Budget) -> dict[str, tuple[TorchDtype, int]]:
     """First pass over the main pickle: the dtype and size of each root storage."""
     roots: dict[str, tuple[TorchDtype, int]] = {}
 
@@ -578,33 +794,46 @@ def _legacy_skim(f: Any, source: str) -> dict[str, tuple[TorchDtype, int]]:
             raise pickle.UnpicklingError(f"storage {key!r} is declared twice differently")
         return _Storage(np.empty(0, np.uint8), storage_type.dtype, "<")
 
-    _unpickle(f, source, record, dry_run=True)
+    _unpickle(main, budget, record, dry_run=True)
     return roots
 
 
-def _legacy_storages(f: Any, source: str, roots: dict[str, tuple[TorchDtype, int]],
+def _legacy_storages(f: Any, file_size: int, budget: _Budget,
+                     roots: dict[str, tuple[TorchDtype, int]],
                      byteorder: str) -> dict[str, _Storage]:
-    """Read the storage-key list and every storage's raw bytes."""
-    keys = _unpickle(f, source, _no_storage)
+    """Read the storage-key list and every storage's raw bytes.
+
+    The sizes the pickle declares are checked against the bytes left in
+    the file, and charged to ``budget``, before any storage is read.
+    """
+    source = budget.source
+    keys = _unpickle(_legacy_pickle(f, file_size, budget), budget, _no_storage)
     if not isinstance(keys, list) or not all(isinstance(k, (str, bytes)) for k in keys):
         raise PthError(f"{source}: legacy storage-key record must be a list of strings")
-    storages = {}
-    for key in map(_text, keys):
+    keys = [_text(k) for k in keys]
+    for key in keys:
         if key not in roots:
             raise PthError(f"{source}: storage {key!r} is listed but no tensor declares it")
+    if len(set(keys)) != len(keys):
+        raise PthError(f"{source}: the legacy storage-key record lists a storage twice")
+    nbytes = {k: roots[k][1] * _raw_dtype(roots[k][0], byteorder).itemsize for k in keys}
+    needed, left = sum(nbytes.values()) + 8 * len(keys), file_size - f.tell()
+    if needed > left:
+        raise PthError(f"{source} is truncated: storages need {needed} bytes, "
+                       f"only {left} follow the pickles")
+    budget.charge(sum(nbytes.values()), f"{len(keys)} storages")
+    storages = {}
+    for key in keys:
         dtype, numel = roots[key]
         raw = _raw_dtype(dtype, byteorder)
-        header = f.read(8)
-        if len(header) < 8:
-            raise PthError(f"{source} is truncated: storage {key!r} has no size header")
-        (count,) = struct.unpack(byteorder + "q", header)
+        (count,) = struct.unpack(byteorder + "q", f.read(8))
         if count != numel:
             raise PthError(f"{source}: storage {key!r} header says {count} elements, "
                            f"the pickle says {numel}")
-        buffer = f.read(count * raw.itemsize)
-        if len(buffer) < count * raw.itemsize:
+        buffer = f.read(nbytes[key])
+        if len(buffer) < nbytes[key]:  # the file shrank while being read
             raise PthError(f"{source} is truncated: storage {key!r} needs "
-                           f"{count * raw.itemsize} bytes, only {len(buffer)} left")
+                           f"{nbytes[key]} bytes, only {len(buffer)} left")
         storages[key] = _Storage(np.frombuffer(buffer, dtype=raw), dtype, byteorder)
     return storages
 
@@ -630,14 +859,14 @@ def _legacy_resolver(source: str, storages: dict[str, _Storage]) -> Callable[[tu
     return resolve
 
 
-def _load_legacy(f: Any, source: str) -> Any:
+def _load_legacy(f: Any, budget: _Budget) -> Any:
     """Read a legacy (pre-1.6, non-zip) ``torch.save`` file in two passes."""
-    byteorder = _legacy_header(f, source)
-    main_start = f.tell()
-    roots = _legacy_skim(f, source)
-    storages = _legacy_storages(f, source, roots, byteorder)
-    f.seek(main_start)
-    return _unpickle(f, source, _legacy_resolver(source, storages))
+    file_size = os.fstat(f.fileno()).st_size
+    byteorder = _legacy_header(f, file_size, budget)
+    main = _legacy_pickle(f, file_size, budget)
+    roots = _legacy_skim(main, budget)
+    storages = _legacy_storages(f, file_size, budget, roots, byteorder)
+    return _unpickle(main, budget, _legacy_resolver(budget.source, storages))
 
 
 # ---------------------------------------------------------------------------
@@ -675,20 +904,25 @@ def _sniff(path: str, source: str) -> str:
     return "legacy"
 
 
-def load(path: str | os.PathLike) -> Any:
+def load(path: str | os.PathLike, *, max_bytes: int | None = None) -> Any:
     """Read a ``torch.save`` file (zip or legacy format) without torch.
 
     Tensors come back as numpy arrays, containers as dicts / lists / tuples;
     see the module docstring for the full mapping.  No pickled code runs:
     anything beyond tensors and containers raises :class:`PthError`, as do
     files that are missing (:class:`PthFileNotFoundError`), not torch files,
-    truncated, or missing a storage record.
+    truncated, or missing a storage record.  ``max_bytes`` caps what the
+    load may allocate (default: ``$DNS_JAX_PTH_MAX_BYTES``, else
+    ``DEFAULT_MAX_BYTES``); hostile sizes are refused before allocation
+    (module docstring, "Memory limits").
     """
+    limit = _resolve_max_bytes(max_bytes)
     path, source = _check_path(path)
+    budget = _Budget(source, limit)
     if _sniff(path, source) == "zip":
-        return _load_zip(path, source)
+        return _load_zip(path, budget)
     with open(path, "rb") as f:
-        return _load_legacy(f, source)
+        return _load_legacy(f, budget)
 
 
 def _is_array_mapping(obj: Any) -> bool:
@@ -704,7 +938,8 @@ def _describe(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def load_state_dict(path_or_obj: Any, key: str | None = None) -> dict[str, np.ndarray]:
+def load_state_dict(path_or_obj: Any, key: str | None = None, *,
+                    max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """Return a flat ``{name: np.ndarray}`` state dict from a file or loaded object.
 
     ``path_or_obj`` is a path to a ``.pth`` file (read with :func:`load`) or
@@ -712,9 +947,11 @@ def load_state_dict(path_or_obj: Any, key: str | None = None) -> dict[str, np.nd
     ``obj[key]``.  Otherwise the object itself is used if it maps names to
     arrays, else its ``'model'`` or ``'state_dict'`` entry (the official DnS
     wrappers).  Raises :class:`PthError` when no mapping of arrays is found.
+    ``max_bytes`` is passed to :func:`load`.
     """
     if isinstance(path_or_obj, (str, os.PathLike)):
-        obj, source = load(path_or_obj), repr(os.fspath(path_or_obj))
+        obj = load(path_or_obj, max_bytes=max_bytes)
+        source = repr(os.fspath(path_or_obj))
     else:
         obj, source = path_or_obj, "the given object"
     if key is not None:
