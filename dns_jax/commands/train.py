@@ -1,4 +1,4 @@
-"""`dns-jax train` (train.py): train a DnS student or the selector from a recipe."""
+"""`dns-jax train` (train.py): train a DnS student, the selector or S2VS (self-supervised) from a recipe."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +7,7 @@ import logging
 from absl import logging as absl_logging
 
 from dns_jax.config_files import apply_overrides, load_config
-from dns_jax.training import train_and_evaluate
-from dns_jax.training.config import validate_config
+from dns_jax.training import train, validate
 
 DESCRIPTION = """Train with the recipe of a config file (configs/*.py, each with get_config(arg)):
 every field can be overridden with --config.KEY=VALUE. Rerunning the same command resumes from the
@@ -17,7 +16,8 @@ latest checkpoint in --workdir.
 examples:
   dns-jax train --config configs/fg_att_student.py --workdir runs/fg_att
   dns-jax train --config configs/cg_student.py:synthetic --workdir runs/cg --config.num_train_steps=1000
-  python train.py --config configs/selector.py --workdir runs/sel --config.selector.fine_pairs=fine.npz"""
+  python train.py --config configs/selector.py --workdir runs/sel --config.selector.fine_pairs=fine.npz
+  dns-jax train --config configs/s2vs.py:local --workdir runs/s2vs --config.data.videos=DIR"""
 
 OVERRIDES = "overrides"    # the parsed --config.KEY=VALUE pairs (filled in by the command line)
 
@@ -30,10 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     config = apply_overrides(load_config(args.config), getattr(args, OVERRIDES, {}) or {})
-    config = validate_config(config)            # before anything is written to the workdir
+    config = validate(config)                   # before anything is written to the workdir
     absl_logging.set_verbosity(absl_logging.INFO)
     # orbax logs every file it writes at INFO; keep its warnings only
     absl_logging.get_absl_handler().addFilter(
         lambda r: r.levelno >= logging.WARNING or "orbax" not in r.pathname)
-    train_and_evaluate(config, args.workdir)
+    train(config, args.workdir)
     return 0
