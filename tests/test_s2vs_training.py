@@ -360,3 +360,27 @@ def test_rerun_resumes_and_a_finished_run_returns(real_run):
         big = ml_collections.ConfigDict(cfg.to_dict())
         big.batch_size = 64
         train_s2vs(big, str(work.parent / "other"))
+
+
+@pytest.mark.slow
+def test_teacher_for_the_build(real_run, tmp_path):
+    """train_s2vs_teacher: the build's call, with a recipe section; the result is a teacher."""
+    from dns_jax.app.s2vs_teacher import train_s2vs_teacher
+    info, cfg, work, _ = real_run
+    videos = sorted((v, str(info.path(v))) for v in info.ids)
+    out = tmp_path / "teacher"
+    out.mkdir()
+    for f in ("frames.hdf5", "pca.npz", "features.hdf5", "view_bank.hdf5"):   # reuse the decoded frames and views
+        (out / f).write_bytes((work / f).read_bytes())
+    recipe = {k: cfg[k].to_dict() if hasattr(cfg[k], "to_dict") else cfg[k]
+              for k in ("model", "extractor", "augmentation", "feature_bank", "batch_size", "data")}
+    recipe.update(num_train_steps=5, warmup_steps=1)
+    messages = []
+    path = train_s2vs_teacher(videos, str(work / "features.hdf5"), str(out), recipe=recipe, seed=cfg.seed,
+                              progress=False, log=messages.append)
+    name, teacher = pretrained.load_teacher("s2vs:" + path)
+    assert name == "s2vs" and teacher.dims == 32
+    assert len(pretrained.load("s2vs", path).variables["params"]) > 0
+    assert any("final loss" in m for m in messages)
+    with pytest.raises(ConfigError, match="unknown config key"):
+        train_s2vs_teacher(videos, None, str(out), recipe={"num_steps": 5})
