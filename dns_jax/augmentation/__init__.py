@@ -27,7 +27,7 @@ from .temporal import (
                      slow_motion_plan,
                      window_plan,
 )
-from .views import augment_batch, frame_edits, mix_strong_views, strong_view, weak_view
+from .views import augment_batch, augment_views, frame_edits, mix_strong_views, strong_view, weak_view
 
 __all__ = [
     "GROUPS", "LABEL_MODES", "RANDAUGMENT_OPS", "AugmentationConfigError",
@@ -41,5 +41,5 @@ __all__ = [
     "TemporalPlan", "fast_forward_plan", "gather_frames", "identity_plan", "pause_plan",
     "random_temporal_edit", "reverse_plan", "shuffle_dropout_plan", "slow_motion_plan",
     "window_plan",
-    "augment_batch", "frame_edits", "mix_strong_views", "strong_view", "weak_view",
+    "augment_batch", "augment_views", "frame_edits", "mix_strong_views", "strong_view", "weak_view",
 ]

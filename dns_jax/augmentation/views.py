@@ -87,10 +87,11 @@ def mix_strong_views(key: jax.Array, strong: jax.Array, cfg: Any = None) -> Tupl
     return video_in_video(key, strong, v.p, v.lam)
 
 
-def augment_batch(key: jax.Array, videos: jax.Array, cfg: Any = None,
+def augment_views(key: jax.Array, videos: jax.Array, cfg: Any = None,
                   bank: OverlayBank = None) -> Tuple[jax.Array, jax.Array, jax.Array]:
     """`videos [B, T, H, W, 3]` uint8 -> (weak [B, W, S, S, 3], strong [B, W, S, S, 3],
-    labels [2B, 2B]) where the model sees `concat([weak, strong])` (row B + i: strong view i)."""
+    viv [B, B]): the views and the video-in-video matrix they were mixed with (identity plus
+    lambda at [donor, host]), for callers that keep the sources (S2VS feature banks)."""
     c = validate_augmentation_config(cfg)
     k_weak, k_strong, k_mix = jax.random.split(key, 3)
     batch = videos.shape[0]
@@ -99,4 +100,13 @@ def augment_batch(key: jax.Array, videos: jax.Array, cfg: Any = None,
     weak = jax.lax.map(lambda a: weak_view(a[0], a[1], c), (jax.random.split(k_weak, batch), videos))
     strong = jax.lax.map(lambda a: strong_view(a[0], a[1], c, bank), (jax.random.split(k_strong, batch), videos))
     strong, viv = mix_strong_views(k_mix, strong, c)
+    return weak, strong, viv
+
+
+def augment_batch(key: jax.Array, videos: jax.Array, cfg: Any = None,
+                  bank: OverlayBank = None) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    """`videos [B, T, H, W, 3]` uint8 -> (weak [B, W, S, S, 3], strong [B, W, S, S, 3],
+    labels [2B, 2B]) where the model sees `concat([weak, strong])` (row B + i: strong view i)."""
+    c = validate_augmentation_config(cfg)
+    weak, strong, viv = augment_views(key, videos, c, bank)
     return weak, strong, similarity_targets(viv, c.labels)
