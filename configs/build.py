@@ -28,8 +28,12 @@ def get_config(arg=None):
         cc_size=224))
 
     # -- teacher: scores the training pairs; 'visil_f' needs no weights (frame-level Chamfer of
-    # region Chamfer similarities) --------------------------------------------------------------
+    # region Chamfer similarities); 's2vs' trains the S2VS network self-supervised on the collection
+    # itself first (configs/s2vs.py:teacher, with the `s2vs` keys below written over it); a path
+    # ('s2vs:/w/s2vs_dns.pth', 'visil:/w/visil.pth') uses given weights ------------------------------
     c.teacher = "visil_f"
+    c.s2vs = ml_collections.ConfigDict(dict(
+        num_train_steps=100 if demo else 300))
     c.teacher_job = ml_collections.ConfigDict(dict(
         num_candidates=32,              # per query, nearest by mean feature (at most videos - 1)
         num_positives=4,                # best-scored candidates kept as positives

@@ -149,3 +149,34 @@ def test_settings_need_a_reset_and_a_failed_first_run_locks_nothing(setup, tmp_p
         wd.unlock()
     state = run_build(BuildOptions(**{**_opts(folder, work, nets).__dict__, "fine_steps": 5, "reset": "fine"}))
     assert state["index"]["videos"] == 4
+
+
+@pytest.mark.slow
+def test_teacher_s2vs_trains_on_the_collection_then_scores_the_pairs(setup, tmp_path, monkeypatch):
+    """--teacher s2vs: the build trains the S2VS teacher on the collection's own videos (here a
+    stand-in that records its inputs) and scores the training pairs with it."""
+    from dns_jax.app import build as build_lib
+    from dns_jax.training.pairs import read_pairs
+    root, info, videos, nets = setup
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for v in videos[:5]:
+        shutil.copy(v, folder / v.name)
+    work = tmp_path / "work"
+    run_build(_opts(folder, work, nets))
+    calls = {}
+
+    def fake_teacher(vids, features, out_dir, recipe=None, seed=0, progress=True, log=print, backbone=None, pca=None):
+        calls.update(videos=[v for v, _ in vids], features=features, recipe=recipe, pca=pca)
+        net = pretrained.init_network("s2vs", jax.random.PRNGKey(5), dims=DIMS, indexing="att")
+        checkpoint.save_network(out_dir, "s2vs", net.config, net.variables)
+        return out_dir
+
+    monkeypatch.setattr(build_lib, "train_s2vs_teacher", fake_teacher)
+    opts = BuildOptions(videos=str(folder), workdir=str(work), dims=DIMS, teacher="s2vs", progress=False)
+    wd = Workdir(str(work))
+    info_ = build_lib.stage_teacher(opts, opts.config(), wd, lambda *_: None, build_lib.SourceChanges(current={}))
+    assert sorted(calls["videos"]) == sorted(v.stem for v in videos[:5])
+    assert calls["pca"] == wd.pca and calls["recipe"] == {"num_train_steps": 300}
+    pairs = read_pairs(wd.pairs("teacher"))
+    assert pairs.meta["teacher"] == "s2vs" and info_["teacher"] == "s2vs" and info_["pairs"] > 0

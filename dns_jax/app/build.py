@@ -31,6 +31,7 @@ import numpy as np
 from dns_jax import checkpoint, pretrained
 from dns_jax.app import coarse_recipe
 from dns_jax.app.coarse_recipe import fit_spread, spread_scores
+from dns_jax.app.s2vs_teacher import TeacherInterrupted, train_s2vs_teacher
 from dns_jax.app.sources import SourceChanges, current_files, diff, video_id_of
 from dns_jax.app.summary import format_build_summary
 from dns_jax.app.workdir import Workdir, WorkdirError
@@ -214,13 +215,34 @@ def stage_teacher(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChang
         raise BuildError(f"only {n} usable videos: at least {rc.min_videos} are needed to train the students "
                          "(or give trained networks with --fine/--coarse/--selector)")
     job = rc.teacher_job
-    scorer = teacher_scorer(rc.teacher, dims=rc.features.dims, batch_size=job.batch_size)
+    teacher = rc.teacher
+    if teacher == SELF_SUPERVISED_TEACHER:
+        teacher = f"s2vs:{train_collection_teacher(opts, rc, wd, log)}"
+    scorer = teacher_scorer(teacher, dims=rc.features.dims, batch_size=job.batch_size)
     pairs = select_pairs(store, scorer, None, num_candidates=min(job.num_candidates, n - 1),
                          num_positives=job.num_positives,
                          num_negatives=min(job.num_negatives, max(n - 5, 0)), seed=rc.seed, log=log)
     os.makedirs(os.path.dirname(wd.pairs("teacher")), exist_ok=True)
     write_pairs(pairs, wd.pairs("teacher"))
     return {"pairs": pairs.num_pairs(), "teacher": rc.teacher, "videos": n}
+
+
+SELF_SUPERVISED_TEACHER = "s2vs"     # --teacher s2vs: an S2VS network trained on the collection itself
+
+
+def train_collection_teacher(opts: BuildOptions, rc, wd: Workdir, log) -> str:
+    """Train S2VS self-supervised on the collection's own videos (no labels, no downloaded
+    weights) with the build's backbone and whitening; returns its checkpoint directory."""
+    sources = wd.read_state().get("sources", {})
+    videos = [(vid, wd.resolve(rec["path"])) for vid, rec in sorted(sources.items()) if rec.get("status") == "ok"]
+    log(f"teacher: training S2VS self-supervised on the {len(videos)} videos of the collection")
+    try:
+        return train_s2vs_teacher(videos, wd.features, wd.model("s2vs_teacher"), recipe=rc.s2vs.to_dict() or None,
+                                  seed=rc.seed, progress=opts.progress, log=log,
+                                  backbone=opts.backbone or rc.features.backbone,
+                                  pca=opts.pca or (wd.pca if os.path.exists(wd.pca) else None))
+    except TeacherInterrupted as e:
+        raise BuildInterrupted(f"{e}; rerun the same command to resume") from None
 
 
 def _train(network: str, wd: Workdir, opts: BuildOptions, rc, steps: int, extra: Dict) -> str:
@@ -387,14 +409,15 @@ def stage_index(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges
 INCREMENTAL = ("features", "whiten", "index")     # rerun on every build: they pick up new videos
 # the first stage each setting affects (a changed setting means: redo from that stage)
 _SETTING_STAGE = (("backbone", "features"), ("features.", "features"), ("pca", "pca"), ("dims", "whiten"),
-                  ("teacher", "teacher"), ("seed", "teacher"), ("min_videos", "teacher"), ("batch_size", "fine"),
+                  ("teacher", "teacher"), ("s2vs", "teacher"), ("seed", "teacher"), ("min_videos", "teacher"),
+                  ("batch_size", "fine"),
                   ("fine", "fine"), ("coarse", "coarse"), ("selector", "selector"))
 SPEED_ONLY = ("teacher_job.batch_size", "checkpoint_fraction", "min_checkpoint_every", "log_fraction",
               "min_log_every")
 RETRAIN_GROWTH = 2.0    # a collection grown past this factor of the videos the networks saw is retrained
 # what each stage leaves in the work directory (removed when the stage is reset)
 _OUTPUTS = {"features": ("features/raw.hdf5",), "pca": ("features/pca.npz",), "whiten": ("features/features.hdf5",),
-            "teacher": ("pairs/teacher.json.gz",), "fine": ("models/fg_att_student", "models/fg_bin_student",
+            "teacher": ("pairs/teacher.json.gz", "models/s2vs_teacher"), "fine": ("models/fg_att_student", "models/fg_bin_student",
                                                             "models/fg_student", "pairs/fine.json.gz"),
             "coarse": ("models/cg_student", "coarse_init", "pairs/coarse.json.gz"),
             "selector": ("models/selector",), "index": ("index",)}
