@@ -246,6 +246,7 @@ class DnS:
     that each query's selected videos are laid out there, at the cost of a prepared database,
     instead of being copied from the host per query. None (default): when they take at most
     RESIDENT_FRACTION of the device's memory (of the host's RAM on CPU); True / False: always / never.
+    A database may also bring its own copy (a `resident_fine` attribute holding a ResidentDatabase).
     Either way the scores are the same, bit for bit."""
 
     def __init__(self, fine_model, coarse_model, selector_model, binary: str = "packed",
@@ -284,6 +285,9 @@ class DnS:
         on first use, rebuilt when the database changes), or None where it is not kept resident."""
         if self.resident is False:
             return None
+        own = getattr(database, "resident_fine", None)       # a database that brings its own resident copy
+        if isinstance(own, ResidentDatabase):
+            return own
         # an Index replaces its manifest object on every change: compared by identity (held here)
         version = getattr(database, "manifest", None)
         if (self._fine_db is not None and self._fine_db_key[0]() is database
