@@ -383,7 +383,8 @@ class FineScorer:
         scorer's: contiguous ranges of videos, balanced by frames, one per device), so that any
         subset can later be scored without its frames crossing the host: `similarities(queries,
         resident.subset(idx))` lays the subset out on canvases by gathering its frames on the device
-        (only the small index arrays of the layout are sent), the cost of a prepared database.
+        (only the small index arrays of the layout are sent; the kernel gathers the frames block
+        by block while multiplying), at about the cost of a prepared database.
 
         `targets`: a list of indexed videos, or a database with `fine_rep(i)` and `len()` (an Index,
         Representations), read one device range at a time. Takes as much device memory as the
@@ -431,8 +432,9 @@ class FineScorer:
     def _prepare_subset(self, sub: "ResidentSubset") -> "PreparedDatabase":
         """Canvases of a subset of a resident database, gathered on its devices: the layout (which
         frame goes where) is computed here from the lengths alone, exactly as `prepare` lays out
-        the same videos given as arrays (same canvases, the same zero padding frames), and each
-        canvas's frames are taken from the resident copy by one jitted gather."""
+        the same videos given as arrays (same canvases, the same zero padding frames); a canvas
+        holds only the index of each of its dense frames in the resident array (`Canvas.take`),
+        and the kernel gathers them block by block as it multiplies (kernels.frame_to_frame_canvas)."""
         db, idx = sub.db, np.asarray(sub.idx, np.int64).reshape(-1)
         if idx.size == 0:
             raise FeatureError("empty database: no target videos to score")
@@ -451,10 +453,10 @@ class FineScorer:
                 take[pos:pos + length] = np.arange(first, first + length, dtype=np.int32)
                 pos += length
             pl = [segs[k][2] for k in ids]
-            dense = _gather_frames(part.frames, jax.device_put(take, part.device))
-            canvases.append(Canvas(dense=dense, index=jax.device_put(self._canvas_index(pl, size), part.device),
+            canvases.append(Canvas(dense=part.frames, index=jax.device_put(self._canvas_index(pl, size), part.device),
                                    lengths=pl, owners=[segs[k][0] for k in ids], size=size,
-                                   dense_size=dense_size, regions=part.regions, device=part.device))
+                                   dense_size=dense_size, regions=part.regions, device=part.device,
+                                   take=jax.device_put(take, part.device)))
         return PreparedDatabase(n=len(idx), counts=counts, canvases=canvases)
 
     def similarities(self, queries: Sequence, targets, progress=None) -> np.ndarray:
@@ -501,7 +503,7 @@ class FineScorer:
         def run(rc: Canvas, cc: Canvas, spec: KernelSpec):
             return canvas_similarity(self.conv_params, rc.dense, cc.dense, rc.maps(self, bool(spec.tile_rows)),
                                      cc.maps(self, bool(spec.tile_cols)), spec, rows_index=rc.index,
-                                     cols_index=cc.index)
+                                     cols_index=cc.index, cols_take=cc.take)
 
         per_db_canvas = len(work) // max(len(db.canvases), 1)
         threads = min(o.threads(), len(work))
@@ -533,8 +535,9 @@ class FineScorer:
 @dataclasses.dataclass
 class Canvas:
     """One axis of the canvas, device-resident: `dense` [dense_size, R, C] frames of the segments
-    back to back; `index` [size] the dense frame shown at each canvas position (segment i starts
-    at layout.place(lengths)[0][i]); `owners` the video of each segment."""
+    back to back (or, with `take` [dense_size], a resident array whose frames `take` are those);
+    `index` [size] the dense frame shown at each canvas position (segment i starts at
+    layout.place(lengths)[0][i]); `owners` the video of each segment."""
 
     dense: Any
     index: Any
@@ -544,6 +547,7 @@ class Canvas:
     dense_size: int
     regions: int
     device: Any = None
+    take: Any = None          # a resident subset's canvas: dense is the resident frames, these its dense frames
     _maps: Dict[bool, Dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def maps(self, scorer: "FineScorer", tiled: bool) -> Dict[str, Any]:
@@ -610,12 +614,6 @@ class ResidentSubset:
 
     def __len__(self):
         return int(self.idx.shape[0])
-
-
-@jax.jit
-def _gather_frames(frames, take):
-    """frames [F, R, C] on a device, take [W] int32 -> [W, R, C] on that device (a canvas's dense frames)."""
-    return jnp.take(frames, take, axis=0)
 
 
 def _pow2_floor(n: int) -> int:
