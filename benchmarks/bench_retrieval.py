@@ -23,8 +23,11 @@ Prints:
   float +-1 equivalent);
 * CG: ms per query over 1e5 and 1e6 1024-d vectors (float32 and float16 storage, one query and
   batches of 64) versus the official torch.mm;
+* re-ranking: one query's 200 selected targets scored from a prepared database, from arrays laid
+  out on the host per call, and from a resident database's subset laid out on the device;
 * DnS: time per query at budgets 0.05 / 0.1 / 0.2 on a database of --dns-db videos of 30-300
-  frames (coarse for all + selector for all + fine for the budget), with the official accounting;
+  frames (coarse for all + selector for all + fine for the budget), with the official accounting,
+  the fine stage from the resident database and, beside it, with the host layout of before;
 * bytes stored per video for each representation;
 * peak memory of one 1800-frame query against one 1800-frame target: canvas kernel versus the
   official path (which holds the [Tq, R, R, Tt] tensor);
@@ -384,6 +387,35 @@ def cg_rows(rng, sizes, official):
     return summary
 
 
+def rerank_rows(rng, models, quick):
+    """The re-ranking call of DnS: a 60-frame query against 200 targets of 30-120 frames (the
+    issue's setting), per call: a prepared database (laid out once, the floor); the targets given
+    as arrays (laid out on the host per call: what DnS.search did before); a subset of a resident
+    database (laid out on the device per call: what DnS.search does now). Interleaved rounds."""
+    print("\n## Re-ranking one query's subset: 60-frame query, 200 targets of 30-120 frames, s per call")
+    print(f"{'student':16s} {'prepared':>9s} {'arrays':>9s} {'resident':>9s} {'arrays/prep':>11s} {'resident/prep':>13s}")
+    out = {}
+    lengths = rng.integers(30, 121, 200)
+    for name, model in models:
+        sc = FineScorer(model)
+        pool = sc.index(videos(rng, list(lengths) + list(rng.integers(30, 121, 800))))   # a 1,000-video database
+        q = sc.index(videos(rng, [60]))
+        idx = np.arange(200)
+        prepared = sc.prepare([pool[i] for i in idx])
+        resident = sc.resident(pool)
+        fns = {"prepared": lambda: sc.similarities(q, prepared),
+               "arrays": lambda: sc.similarities(q, [pool[i] for i in idx]),
+               "resident": lambda: sc.similarities(q, resident.subset(idx))}
+        for fn in fns.values():
+            fn()                                                     # compile
+        np.testing.assert_array_equal(fns["resident"](), fns["prepared"]())
+        best = interleaved_min(fns, 2 if quick else 5)
+        out[name] = best
+        print(f"{name:16s} {best['prepared']:9.3f} {best['arrays']:9.3f} {best['resident']:9.3f} "
+              f"{best['arrays'] / best['prepared']:11.2f} {best['resident'] / best['prepared']:13.2f}")
+    return out
+
+
 def dns_rows(rng, fine_models, n_db, quick):
     cg = pretrained.init_network("cg_student", jax.random.PRNGKey(2))
     sel = pretrained.init_network("selector", jax.random.PRNGKey(3))
@@ -394,23 +426,30 @@ def dns_rows(rng, fine_models, n_db, quick):
           f"60-frame queries")
     out = {}
     print(f"{'fine student':16s} {'budget':>6s} {'fine pairs':>10s} {'total s':>8s} {'coarse s':>9s} "
-          f"{'selector s':>10s} {'fine s':>8s}")
+          f"{'selector s':>10s} {'fine s':>8s} {'fine s, host layout':>19s}")
     for name, fg in fine_models:
-        dns = retrieval.DnS(fg, cg, sel)
+        dns = retrieval.DnS(fg, cg, sel, resident=True)
+        host = retrieval.DnS(fg, cg, sel, resident=False)      # the subset laid out on the host per query
         t = time.perf_counter()
         database = dns.index(db_videos)
         index_s = time.perf_counter() - t
         queries = dns.index(q_videos)
         for budget in (0.05, 0.1, 0.2):                          # compile the canvas sizes used
             dns.search(queries, database, budget=budget)
+            host.search(queries, database, budget=budget)
         for budget in (0.05, 0.1, 0.2):
             res = dns.search(queries, database, budget=budget)
+            ref = host.search(queries, database, budget=budget)
+            np.testing.assert_array_equal(res.scores, ref.scores)
             tm = res.timings
             total = tm["coarse_s_per_query"] + tm["selector_s_per_query"] + tm["fine_s_per_query"]
             out[(name, budget)] = total
             print(f"{name:16s} {budget:6.2f} {tm['fine_pairs_per_query']:10d} {total:8.3f} "
-                  f"{tm['coarse_s_per_query']:9.4f} {tm['selector_s_per_query']:10.4f} {tm['fine_s_per_query']:8.3f}")
+                  f"{tm['coarse_s_per_query']:9.4f} {tm['selector_s_per_query']:10.4f} {tm['fine_s_per_query']:8.3f} "
+                  f"{ref.timings['fine_s_per_query']:19.3f}")
         print(f"{'':16s} (indexing the {n_db} videos: {index_s:.1f} s including compilation)")
+    print("(fine s: the selected videos gathered from the resident database on the device; host layout: the "
+          "same subset copied from the host and laid out per query, as before; same scores)")
     return out
 
 
@@ -527,7 +566,7 @@ def main():
     p.add_argument("--quick", action="store_true", help="smaller databases (a smoke run)")
     p.add_argument("--cg-sizes", default="100000,1000000", help="database sizes of the coarse stage")
     p.add_argument("--dns-db", type=int, default=1000, help="videos in the DnS database")
-    p.add_argument("--skip", default="", help="comma list of sections to skip: fine,cg,dns,storage,memory")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: fine,cg,rerank,dns,storage,memory")
     p.add_argument("--torch-python", default=os.environ.get("DNS_JAX_TORCH_PYTHON", ""),
                    help="a Python interpreter with PyTorch (and einops) to run the official code side by side "
                         "(default: $DNS_JAX_TORCH_PYTHON; without one the official columns are skipped)")
@@ -557,6 +596,8 @@ def main():
             cg = cg_rows(rng, [int(s) for s in args.cg_sizes.split(",") if s], official)
     finally:
         official.close()
+    if "rerank" not in skip:
+        rerank_rows(rng, models, args.quick)
     if "dns" not in skip:
         dns = dns_rows(rng, models, args.dns_db, args.quick)
     if "storage" not in skip:

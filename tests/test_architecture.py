@@ -25,6 +25,7 @@ LAYERS = [
     {"datasets"},               # feature stores, generated collections
     {"retrieval", "localization"},
     {"index"},
+    {"distributed"},            # the same pipeline on Ray (optional dependency, imported lazily)
     {"evaluation"},
     {"training"},
     {"app", "service"},

@@ -42,6 +42,20 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
 
 
+def budget_value(text: str):
+    """`--budget`: a whole number is a number of videos per query (`1000`), a decimal a fraction of
+    the collection (`0.05`, `1.0` = every video), `N%` a percentage."""
+    t = str(text).strip()
+    try:
+        value = int(t) if t.isdigit() else float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        value = None
+    if value is None or (isinstance(value, float) and not 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"budget must be a fraction in [0, 1] (0.05, 5%) or a whole number of "
+                                         f"videos per query (1000), got {text!r}")
+    return value
+
+
 def error_line(e: BaseException) -> str:
     """The message of an error on one line (KeyError's repr quotes are dropped)."""
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e

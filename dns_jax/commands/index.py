@@ -6,6 +6,7 @@ import sys
 
 from dns_jax.commands.common import add_quiet
 from dns_jax.commands.networks import add_network_args, load_index_networks
+from dns_jax.distributed import index_ray, probe, require_ray
 from dns_jax.fileio import read_id_list
 from dns_jax.index import build_index
 
@@ -15,9 +16,17 @@ and the id, in one directory per collection. Re-running with the same directory 
 and resumes an interrupted run (committed shards are kept, their ids skipped). Bad videos are
 reported and skipped.
 
+With --ray the same index is built on a Ray cluster (pip install 'dns-jax[ray]'): Ray tasks read
+the features, one actor per GPU (or CPU slot) runs the networks and stages a shard per batch, and
+one commit step lists them in the index. --ray alone starts a local cluster; --ray HOST:PORT (or
+ray://HOST:PORT, auto) joins a running one, whose workers must see the feature files and the index
+directory at the same paths. A rerun resumes where a killed run (worker or driver) stopped.
+
 example:
   dns-jax index --index indexes/fivr5k --features fivr_features.hdf5 \\
-      --fine dns_fg_att_student.pth --coarse dns_cg_student.pth --selector dns_selector_cg-fg_att.pth"""
+      --fine dns_fg_att_student.pth --coarse dns_cg_student.pth --selector dns_selector_cg-fg_att.pth
+  dns-jax index ... --ray                 # a local Ray cluster on this machine
+  dns-jax index ... --ray head:6379 --workers 8"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,15 +35,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="feature files or folders, one [T, 9, 512] array per video id: official HDF5, .npz, "
                         "a folder of <id>.npy, or a tfds dataset made by `dns-jax dataset`")
     p.add_argument("--ids-file", metavar="TXT", help="index only these ids (one per line); default: every video")
-    p.add_argument("--shard-size", type=int, default=512, help="videos per committed shard (default 512)")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="videos per committed shard (default 512; with --ray, per staged shard: 128)")
+    r = p.add_argument_group("distributed (Ray)")
+    r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="build on Ray: a local cluster without ADDRESS, else the cluster at HOST:PORT, "
+                        "ray://HOST:PORT or auto")
+    r.add_argument("--workers", type=int, default=None,
+                   help="network actors (default: one per GPU of the cluster, else one per CPU slot)")
+    r.add_argument("--cpus", type=int, default=None, help="CPUs of the local cluster (default: all)")
     add_quiet(p)
     add_network_args(p)
 
 
 def run(args) -> int:
     ids = read_id_list(args.ids_file) if args.ids_file else None
+    if args.shard_size is not None and args.shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {args.shard_size}")
+    if args.ray is None and (args.workers is not None or args.cpus is not None):
+        raise ValueError("--workers and --cpus need --ray")
+    if args.ray is not None:
+        require_ray()                       # before loading the networks: a missing extra is one line
+        if args.ray:
+            probe(args.ray)
     fine, coarse, selector = load_index_networks(args)
-    report = build_index(args.index, args.features, fine, coarse, selector, ids=ids, shard_size=args.shard_size,
-                         binary=args.binary, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if args.ray is not None:
+        report = index_ray(args.index, args.features, fine, coarse, selector, ids=ids,
+                           shard_size=args.shard_size or 128, binary=args.binary, address=args.ray or None,
+                           workers=args.workers, num_cpus=args.cpus, progress=not args.quiet, log=log)
+    else:
+        report = build_index(args.index, args.features, fine, coarse, selector, ids=ids,
+                             shard_size=args.shard_size or 512, binary=args.binary, progress=not args.quiet, log=log)
     print(f"{args.index}: {report}", file=sys.stderr)
     return 0

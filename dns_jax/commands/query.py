@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from dns_jax.app.query import answer_queries
-from dns_jax.commands.common import add_quiet
+from dns_jax.commands.common import add_quiet, budget_value
 from dns_jax.index.search import STAGES
 
 DESCRIPTION = (
@@ -19,8 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, metavar="WORK", help="folder made by `dns-jax build`")
     p.add_argument("--stage", choices=STAGES, default="dns",
                    help="coarse student only, fine student for all, or DnS (default)")
-    p.add_argument("--budget", type=float, default=0.05,
-                   help="DnS: fraction of the collection re-scored by the fine student (default 0.05)")
+    p.add_argument("--budget", type=budget_value, default=0.05,
+                   help="DnS: re-scored by the fine student per query: a fraction of the collection (0.05, 5%%; "
+                        "1.0 = all) or a number of videos (1000); default 0.05")
     p.add_argument("--output", metavar="JSON", help="write {query_id: {video_id: score}} here")
     p.add_argument("--top", type=int, default=10, help="results printed per query (0: all; default 10)")
     p.add_argument("--segments", action="store_true",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dns_jax.commands.common import add_quiet, format_results, write_output
+from dns_jax.commands.common import add_quiet, budget_value, format_results, write_output
 from dns_jax.commands.networks import add_network_args, load_index_networks
 from dns_jax.datasets.stores import open_features
 from dns_jax.fileio import read_id_list
@@ -33,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--query-features", metavar="FEATURES",
                    help="feature file or folder holding the queries (default: queries come from the index)")
     p.add_argument("--stage", choices=STAGES, default="dns", help="default: dns")
-    p.add_argument("--budget", type=float, default=0.1,
-                   help="fraction of the database re-ranked by the fine student per query (0..1, default 0.1)")
+    p.add_argument("--budget", type=budget_value, default=0.1,
+                   help="re-ranked by the fine student per query: a fraction of the database (0.1, 5%%; 1.0 = "
+                        "all) or a number of videos (1000); default 0.1")
     p.add_argument("--top", type=int, default=100, help="results per query (0 = all; default 100)")
     p.add_argument("--output", default="-", metavar="FILE", help="output file (.json or .csv); '-' = stdout")
     p.add_argument("--format", choices=("json", "csv"), default=None, help="default: from --output's extension, else json")

@@ -75,7 +75,7 @@ def list_videos(spec) -> list:
     return videos
 
 
-def _write_atomic(h5, video_id: str, features: np.ndarray, compression):
+def write_features_atomic(h5, video_id: str, features: np.ndarray, compression):
     """Write under the scratch group, then rename to the id: the id exists only when complete."""
     tmp = f"{SCRATCH}/{uuid.uuid4().hex}"
     h5.create_dataset(tmp, data=features, compression=compression)
@@ -87,7 +87,21 @@ def _write_atomic(h5, video_id: str, features: np.ndarray, compression):
     h5.flush()
 
 
-def _has(h5, video_id: str) -> bool:
+def prepare_output(h5, output, settings: dict | None) -> str:
+    """Record the extraction settings in the open file's attributes (ValueError if it was written
+    with other ones) and drop the scratch group of an interrupted write. Returns the settings JSON."""
+    settings_json = json.dumps(settings or {}, sort_keys=True)
+    if ATTR in h5.attrs and h5.attrs[ATTR] != settings_json:
+        raise ValueError(f"{output} was written with other extraction settings:\n  file: {h5.attrs[ATTR]}\n"
+                         f"  now:  {settings_json}\nuse another --output or the same settings")
+    h5.attrs[ATTR] = settings_json
+    if SCRATCH in h5:  # an interrupted write of an earlier run
+        del h5[SCRATCH]
+    return settings_json
+
+
+def has_features(h5, video_id: str) -> bool:
+    """Whether the open HDF5 file holds the (complete) features of `video_id`."""
     import h5py
     return video_id in h5 and isinstance(h5[video_id], h5py.Dataset)
 
@@ -115,17 +129,11 @@ def extract_to_hdf5(videos: Sequence, output, extractor: Callable, *, settings: 
 
     load_kwargs = dict(load_kwargs or {})
     load_kwargs.setdefault("strict", True)
-    settings_json = json.dumps(settings or {}, sort_keys=True)
     t0 = time.time()
     failed, extracted, frames = [], 0, 0
     with h5py.File(output, "a") as h5:
-        if ATTR in h5.attrs and h5.attrs[ATTR] != settings_json:
-            raise ValueError(f"{output} was written with other extraction settings:\n  file: {h5.attrs[ATTR]}\n"
-                             f"  now:  {settings_json}\nuse another --output or the same settings")
-        h5.attrs[ATTR] = settings_json
-        if SCRATCH in h5:  # an interrupted write of an earlier run
-            del h5[SCRATCH]
-        todo = [(v, p) for v, p in videos if not _has(h5, v)]
+        prepare_output(h5, output, settings)
+        todo = [(v, p) for v, p in videos if not has_features(h5, v)]
         skipped = len(videos) - len(todo)
         if skipped:
             log(f"{skipped} of {len(videos)} videos already in {output}, skipping them")
@@ -153,7 +161,7 @@ def extract_to_hdf5(videos: Sequence, output, extractor: Callable, *, settings: 
                 except (VideoError, OSError, ValueError) as e:
                     failed.append((vid, path, f"{type(e).__name__}: {e}"))
                 else:
-                    _write_atomic(h5, vid, feats, compression)
+                    write_features_atomic(h5, vid, feats, compression)
                     extracted += 1
                     frames += feats.shape[0]
                 bar.update(1)

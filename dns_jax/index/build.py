@@ -64,21 +64,32 @@ def iter_videos(stores: Sequence[FeatureStore], ids: Optional[Sequence[str]] = N
         yield (where[v], v, None) if v in where else (None, v, "not found in the feature files")
 
 
-def build_index(directory: str, feature_files: Sequence[str], fine_model, coarse_model, selector_model, *,
-                ids: Optional[Sequence[str]] = None, shard_size: int = 512, binary: str = "packed",
-                progress: bool = True, log: Callable[[str], None] = print) -> BuildReport:
-    """Create or extend the index in `directory` with the videos of `feature_files`."""
+def open_for_writing(directory: str, fine_model, coarse_model, selector_model, binary: str = "packed"):
+    """(Index opened for writing, FineScorer): the index in `directory`, created for these networks
+    if missing; NetworkMismatchError / ValueError if it was built with others or another fine kind."""
     scorer = scorer_for(fine_model, binary)
     kind = "packed" if scorer.packed else "float32"
     if Index.exists(directory):
         index = Index.open(directory, writable=True)
-        index.check_networks(fine_model, coarse_model, selector_model)
-        if index.fine_kind != kind:
-            raise ValueError(f"the index at {directory!r} stores {index.fine_kind!r} fine representations, "
-                             f"not {kind!r}")
+        try:
+            index.check_networks(fine_model, coarse_model, selector_model)
+            if index.fine_kind != kind:
+                raise ValueError(f"the index at {directory!r} stores {index.fine_kind!r} fine representations, "
+                                 f"not {kind!r}")
+        except ValueError:
+            index.close()
+            raise
     else:
         index = Index.create(directory, fine_model, coarse_model, selector_model, kind,
                              scorer.bits // 8 if scorer.packed else (scorer.bits or scorer.dims))
+    return index, scorer
+
+
+def build_index(directory: str, feature_files: Sequence[str], fine_model, coarse_model, selector_model, *,
+                ids: Optional[Sequence[str]] = None, shard_size: int = 512, binary: str = "packed",
+                progress: bool = True, log: Callable[[str], None] = print) -> BuildReport:
+    """Create or extend the index in `directory` with the videos of `feature_files`."""
+    index, scorer = open_for_writing(directory, fine_model, coarse_model, selector_model, binary)
     dims = fine_model.module.dims
     report = BuildReport()
     stores = [open_features(p) for p in feature_files]

@@ -5,7 +5,8 @@ the library all rank through `search_index`.
     results.ranking[q], results.scores[q]       # database indices best first, their scores
 
 Stages: 'coarse' (CG cosine for every indexed video), 'fine' (the fine student for every video)
-and 'dns' (coarse for all, the selector's top `budget` fraction re-scored by the fine student).
+and 'dns' (coarse for all, the selector's top `budget` re-scored by the fine student; a fraction of
+the index, or an int: a number of videos per query).
 """
 from __future__ import annotations
 
@@ -15,18 +16,18 @@ from typing import Callable, Optional
 import numpy as np
 
 from dns_jax.index.store import Index
-from dns_jax.retrieval import DnS, Representations, SearchResults
+from dns_jax.retrieval import DnS, Representations, SearchResults, check_budget
 from dns_jax.validation import FeatureError
 
 STAGES = ("coarse", "fine", "dns")
 
 
-def check_search_options(stage: str, budget: float, topk: Optional[int]) -> None:
-    """ValueError naming the bad option (checked before any work is done)."""
+def check_search_options(stage: str, budget, topk: Optional[int]) -> None:
+    """ValueError naming the bad option (checked before any work is done). `budget`: a fraction
+    (a float in [0, 1]) or a number of videos per query (an int >= 1)."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
-    if not (isinstance(budget, (int, float)) and 0.0 <= float(budget) <= 1.0):
-        raise ValueError(f"budget must be a fraction between 0 and 1, got {budget!r}")
+    check_budget(budget)
     if topk is not None and (not isinstance(topk, (int, np.integer)) or topk < 0):
         raise ValueError(f"top-k must be a whole number >= 0 (0: all), got {topk!r}")
 
@@ -41,11 +42,12 @@ def _ranked(query_ids, scores: np.ndarray, topk: Optional[int], reranked: bool, 
 
 
 def search_index(dns: DnS, index: Index, queries: Representations, stage: str = "dns",
-                 budget: float = 0.1, topk: Optional[int] = 100, coarse_dtype: str = "float32",
+                 budget=0.1, topk: Optional[int] = 100, coarse_dtype: str = "float32",
                  fine_mapping: Optional[Callable[[np.ndarray], np.ndarray]] = None,
                  progress: Optional[Callable[[int], None]] = None) -> SearchResults:
     """Rank every video of `index` for each query (indexed with `dns.index` or read from the index).
-    `topk` None or 0: all. `fine_mapping` puts raw fine similarities on the coarse scale in 'dns'
+    `budget`: the fraction (float in [0, 1]) or number (int >= 1) of videos re-ranked per query in
+    'dns'. `topk` None or 0: all. `fine_mapping` puts raw fine similarities on the coarse scale in 'dns'
     (default: the official s / 2 + 0.5); 'fine' reports raw fine similarities in [-1, 1]."""
     check_search_options(stage, budget, topk)
     if len(index) == 0:
@@ -59,7 +61,7 @@ def search_index(dns: DnS, index: Index, queries: Representations, stage: str = 
         if progress is not None:
             progress(len(queries))
     else:
-        everything = index.fine_reps(range(len(index)))
+        everything = dns.scorer.prepare(index.fine_reps(range(len(index))))     # laid out once for all queries
         rows = []
         for qi in range(len(queries)):
             rows.append(dns.scorer.similarities([queries.fine_rep(qi)], everything)[0])

@@ -19,6 +19,15 @@ manifest is then replaced atomically (write + fsync + os.replace). A shard is pa
 once the manifest lists it, so a process killed at any point leaves the previous, complete index;
 leftovers (temporary or unlisted shard directories) are removed when the index is next opened for
 writing, and a rebuild resumes by skipping the ids already committed.
+
+Staged shards (distributed builds): worker processes write shards without the writer lock with
+`stage_shard` into <dir>/staging/part-<hash>/ (the shard files plus part.json: format version,
+networks, fine kind, skipped videos), atomically (temporary directory + rename; a part that exists
+already is a retried task's and is kept). `Index.adopt(parts)`, by the lock holder, checks each
+part (format version, networks, kind, sizes), moves the good ones under shards/ and lists them all
+in one manifest write; a part that cannot be adopted is moved to staging/rejected/ with the reason.
+A video already in the index (or in an earlier part) is listed as removed in the later shard, so
+nothing is indexed twice.
 """
 from __future__ import annotations
 
@@ -27,7 +36,7 @@ import json
 import os
 import shutil
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -39,6 +48,9 @@ FORMAT = "dns-jax-index"
 FORMAT_VERSION = 1
 MANIFEST = "index.json"
 SHARDS = "shards"
+STAGING = "staging"
+REJECTED = "rejected"
+PART_META = "part.json"
 
 
 class IndexFormatError(ValueError):
@@ -64,6 +76,16 @@ def network_fingerprint(model) -> str:
     return h.hexdigest()
 
 
+def _part_ids(path: str):
+    """(ids, skipped) of a staged part (to recompute its name)."""
+    meta = read_part(path)
+    ids = []
+    if meta.get("count"):
+        with open(os.path.join(path, "ids.json")) as f:
+            ids = json.load(f)
+    return ids, meta.get("skipped", {})
+
+
 def describe_network(model) -> dict:
     return {"name": model.name, "config": json.loads(json.dumps(model.config, default=str)),
             "fingerprint": network_fingerprint(model)}
@@ -78,6 +100,106 @@ def _save_npy(path: str, arr: np.ndarray):
         np.save(f, arr)
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_shard_files(path: str, ids: Sequence[str], fine: Sequence[np.ndarray], coarse, selfsim, kind: str) -> dict:
+    """Write one shard's files into the (new, empty) directory `path`, each flushed to disk; checks
+    the fine representations' dtype for the index's `kind`. Returns {'count', 'frames'}."""
+    n = len(ids)
+    if not (len(fine) == n and np.shape(coarse)[0] == n and np.shape(selfsim)[0] == n):
+        raise ValueError("ids, fine, coarse and selfsim must have one entry per video")
+    want_dtype = np.uint8 if kind == "packed" else np.float32
+    fine = [np.asarray(f) for f in fine]
+    for f in fine:
+        if f.dtype != want_dtype or f.ndim != 3:
+            raise ValueError(f"fine representations of a {kind!r} index must be {np.dtype(want_dtype)} "
+                             f"[T, R, C]; got {f.dtype} {f.shape}")
+    lengths = np.array([f.shape[0] for f in fine], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    with open(os.path.join(path, "ids.json"), "w") as f:
+        json.dump([str(i) for i in ids], f)
+        f.flush()
+        os.fsync(f.fileno())
+    _save_npy(os.path.join(path, "coarse.npy"), np.asarray(coarse, np.float32))
+    _save_npy(os.path.join(path, "selfsim.npy"), np.asarray(selfsim, np.float32).reshape(-1))
+    _save_npy(os.path.join(path, "lengths.npy"), lengths)
+    _save_npy(os.path.join(path, "offsets.npy"), offsets)
+    _save_npy(os.path.join(path, "fine.npy"), np.concatenate(fine, 0))
+    return {"count": n, "frames": int(offsets[-1])}
+
+
+def part_name(ids: Sequence[str], skipped: Optional[Dict[str, str]] = None) -> str:
+    """The staged part's name: a hash of its ids (and skipped ids), so a retried task finds its part."""
+    h = hashlib.sha1(json.dumps([list(map(str, ids)), sorted(map(str, skipped or {}))]).encode())
+    return f"part-{h.hexdigest()[:20]}"
+
+
+def stage_shard(directory: str, ids: Sequence[str], fine: Sequence[np.ndarray], coarse, selfsim, *,
+                networks: Dict[str, dict], fine_kind: str, fine_dims: int,
+                skipped: Optional[Dict[str, str]] = None, zero_codes: int = 0,
+                before_rename: Optional[Callable[[str], None]] = None) -> str:
+    """Write one immutable shard for a later `Index.adopt` into <directory>/staging/<part_name>,
+    atomically (temporary directory, files flushed, renamed into place). Needs no writer lock (many
+    workers stage at once). `networks`: {'fine', 'coarse', 'selector': describe_network(model)}.
+    A part with no videos records only `skipped` ({id: reason}). If the part exists already (a
+    retried task), it is kept as it is. Returns the part's path. `before_rename(tmp)` is a test hook."""
+    ids = [str(i) for i in ids]
+    skipped = {str(k): str(v) for k, v in (skipped or {}).items()}
+    root = os.path.join(directory, STAGING)
+    os.makedirs(root, exist_ok=True)
+    name = part_name(ids, skipped)
+    final = os.path.join(root, name)
+    if os.path.exists(os.path.join(final, PART_META)):
+        return final
+    tmp = os.path.join(root, f".tmp-{name}-{os.getpid()}-{time.monotonic_ns()}")
+    os.makedirs(tmp)
+    info = write_shard_files(tmp, ids, fine, coarse, selfsim, fine_kind) if ids else {"count": 0, "frames": 0}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "dns_jax_version": dns_jax.__version__,
+            "networks": {role: {"name": d["name"], "fingerprint": d["fingerprint"]} for role, d in networks.items()},
+            "fine": {"kind": fine_kind, "dims": int(fine_dims)}, "skipped": skipped,
+            "zero_codes": int(zero_codes), **info}
+    _write_json_atomic(os.path.join(tmp, PART_META), meta)
+    fsync_dir(tmp)
+    if before_rename is not None:
+        before_rename(tmp)
+    try:
+        os.rename(tmp, final)
+    except OSError:                  # the same part, staged meanwhile by a retried task
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.exists(os.path.join(final, PART_META)):
+            raise
+    fsync_dir(root)
+    return final
+
+
+def read_part(path: str) -> dict:
+    """A staged part's part.json (IndexFormatError if unreadable)."""
+    try:
+        with open(os.path.join(path, PART_META)) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise IndexFormatError(f"staged shard {path!r} has no readable {PART_META}: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise IndexFormatError(f"{path!r} is not a staged dns-jax index shard")
+    return meta
+
+
+def staged_parts(directory: str) -> List[str]:
+    """Paths of the complete staged parts of an index directory (sorted by name)."""
+    root = os.path.join(directory, STAGING)
+    if not os.path.isdir(root):
+        return []
+    return [os.path.join(root, n) for n in sorted(os.listdir(root))
+            if n.startswith("part-") and os.path.exists(os.path.join(root, n, PART_META))]
+
+
+def clean_staging(directory: str) -> None:
+    """Remove the temporary directories of staged parts that were never completed (killed workers)."""
+    root = os.path.join(directory, STAGING)
+    if os.path.isdir(root):
+        for n in os.listdir(root):
+            if n.startswith(".tmp-"):
+                shutil.rmtree(os.path.join(root, n), ignore_errors=True)
 
 
 class Shard:
@@ -99,6 +221,29 @@ class Shard:
 
     def fine_rep(self, i: int) -> np.ndarray:
         return self.fine[self.offsets[i]:self.offsets[i + 1]]
+
+
+
+def read_manifest(directory: str) -> dict:
+    """The manifest of the index in `directory` (IndexFormatError if missing, unreadable or of
+    another format version)."""
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.exists(path):
+        raise IndexFormatError(f"{directory!r} is not a DnS index (no {MANIFEST}); build one with index.py")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise IndexFormatError(f"cannot read the index manifest {path!r}: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise IndexFormatError(f"{path!r} is not a dns-jax index manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"the index at {directory!r} was written in index format version {version} (by dns_jax "
+            f"{manifest.get('dns_jax_version', '?')}); this dns_jax ({dns_jax.__version__}) reads "
+            f"version {FORMAT_VERSION} only. Rebuild the index with this version's index.py.")
+    return manifest
 
 
 class Index:
@@ -161,23 +306,18 @@ class Index:
         return cls(directory, manifest, writable=True)
 
     @classmethod
-    def open(cls, directory: str, writable: bool = False) -> "Index":
-        path = os.path.join(directory, MANIFEST)
-        if not os.path.exists(path):
-            raise IndexFormatError(f"{directory!r} is not a DnS index (no {MANIFEST}); build one with index.py")
-        try:
-            with open(path) as f:
-                manifest = json.load(f)
-        except (OSError, ValueError) as e:
-            raise IndexFormatError(f"cannot read the index manifest {path!r}: {e}") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise IndexFormatError(f"{path!r} is not a dns-jax index manifest")
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise IndexFormatError(
-                f"the index at {directory!r} was written in index format version {version} (by dns_jax "
-                f"{manifest.get('dns_jax_version', '?')}); this dns_jax ({dns_jax.__version__}) reads "
-                f"version {FORMAT_VERSION} only. Rebuild the index with this version's index.py.")
+    def open(cls, directory: str, writable: bool = False, shards: Optional[Sequence[str]] = None) -> "Index":
+        """The index in `directory`; `shards`: only these shards (by name, read-only), as the
+        actors of a sharded search hold them."""
+        manifest = read_manifest(directory)
+        if shards is not None:
+            if writable:
+                raise ValueError("an index opened on some of its shards is read-only")
+            listed = {s["name"] for s in manifest["shards"]}
+            unknown = sorted(set(shards) - listed)
+            if unknown:
+                raise IndexFormatError(f"the index at {directory!r} has no shard {unknown[0]!r}")
+            manifest = dict(manifest, shards=[s for s in manifest["shards"] if s["name"] in set(shards)])
         index = cls(directory, manifest, writable)
         if writable:
             index._clean_leftovers()
@@ -206,7 +346,15 @@ class Index:
         listed = {s["name"] for s in self.manifest["shards"]}
         for name in os.listdir(root):
             if name not in listed:
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                path = os.path.join(root, name)
+                if os.path.exists(os.path.join(path, PART_META)):     # adopted, manifest not written: restage
+                    os.makedirs(os.path.join(self.directory, STAGING), exist_ok=True)
+                    try:
+                        os.rename(path, os.path.join(self.directory, STAGING, part_name(*_part_ids(path))))
+                        continue
+                    except OSError:
+                        pass
+                shutil.rmtree(path, ignore_errors=True)
         for name in os.listdir(self.directory):
             if name.startswith(MANIFEST + ".tmp-"):
                 try:
@@ -279,35 +427,16 @@ class Index:
         if skipped:
             manifest["skipped"].update({str(k): str(v) for k, v in skipped.items()})
         if n:
-            kind = self.fine_kind
-            want_dtype = np.uint8 if kind == "packed" else np.float32
-            fine = [np.asarray(f) for f in fine]
-            for f in fine:
-                if f.dtype != want_dtype or f.ndim != 3:
-                    raise ValueError(f"fine representations of a {kind!r} index must be {np.dtype(want_dtype)} "
-                                     f"[T, R, C]; got {f.dtype} {f.shape}")
-            name = f"{len(manifest['shards']):06d}"
-            while os.path.exists(os.path.join(self.directory, SHARDS, name)):
-                name = f"{int(name) + 1:06d}"
+            name = self._next_shard_name(manifest)
             tmp = os.path.join(self.directory, SHARDS, f".tmp-{name}-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
-            lengths = np.array([f.shape[0] for f in fine], np.int64)
-            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-            with open(os.path.join(tmp, "ids.json"), "w") as f:
-                json.dump(ids, f)
-                f.flush()
-                os.fsync(f.fileno())
-            _save_npy(os.path.join(tmp, "coarse.npy"), np.asarray(coarse, np.float32))
-            _save_npy(os.path.join(tmp, "selfsim.npy"), np.asarray(selfsim, np.float32).reshape(-1))
-            _save_npy(os.path.join(tmp, "lengths.npy"), lengths)
-            _save_npy(os.path.join(tmp, "offsets.npy"), offsets)
-            _save_npy(os.path.join(tmp, "fine.npy"), np.concatenate(fine, 0))
+            info = write_shard_files(tmp, ids, fine, coarse, selfsim, self.fine_kind)
             fsync_dir(tmp)
             final = os.path.join(self.directory, SHARDS, name)
             os.rename(tmp, final)
             fsync_dir(os.path.join(self.directory, SHARDS))
-            manifest["shards"].append({"name": name, "count": n, "frames": int(offsets[-1])})
+            manifest["shards"].append({"name": name, **info})
             manifest["count"] = int(manifest["count"]) + n
             manifest["zero_codes"] = int(manifest.get("zero_codes", 0)) + int(zero_codes)
             for i in ids:
@@ -317,6 +446,93 @@ class Index:
         self.manifest = manifest
         if n:
             self._load()
+
+    def _next_shard_name(self, manifest: dict) -> str:
+        name = f"{len(manifest['shards']):06d}"
+        while os.path.exists(os.path.join(self.directory, SHARDS, name)):
+            name = f"{int(name) + 1:06d}"
+        return name
+
+    def part_mismatch(self, meta: dict) -> Optional[str]:
+        """Why a staged part (its part.json) cannot join this index, or None if it can."""
+        if meta.get("format_version") != FORMAT_VERSION:
+            return (f"written in index format version {meta.get('format_version')} (by dns_jax "
+                    f"{meta.get('dns_jax_version', '?')}), this index is version {FORMAT_VERSION}")
+        for role, want in self.manifest["networks"].items():
+            got = meta.get("networks", {}).get(role, {})
+            if got.get("name") != want["name"] or got.get("fingerprint") != want["fingerprint"]:
+                return (f"written by the {role} network {got.get('name')!r} (fingerprint "
+                        f"{str(got.get('fingerprint'))[:12]}), the index was built with {want['name']!r} "
+                        f"(fingerprint {want['fingerprint'][:12]})")
+        if meta.get("fine", {}).get("kind") != self.fine_kind:
+            return f"stores {meta.get('fine', {}).get('kind')!r} fine representations, the index {self.fine_kind!r}"
+        return None
+
+    def adopt(self, parts: Sequence[str]) -> Dict[str, str]:
+        """Add staged parts (`stage_shard`, in this order) to the index in one manifest write. A part
+        that cannot join (another network, format version or fine kind, or inconsistent files) is
+        moved to staging/rejected/ and returned as {part path: reason}; the others are moved under
+        shards/. Ids already indexed (or in an earlier part) are listed as removed in the later
+        shard; the skipped videos of the parts are recorded."""
+        if not self.writable:
+            raise PermissionError("index opened read-only; use Index.open(dir, writable=True)")
+        manifest = json.loads(json.dumps(self.manifest))
+        seen = set(self._pos)
+        rejected: Dict[str, str] = {}
+        adopted, recorded = [], []
+        for path in parts:
+            try:
+                meta = read_part(path)
+                reason = self.part_mismatch(meta)
+                if reason is None and meta.get("count"):
+                    shard = Shard(path)
+                    if len(shard.ids) != meta["count"]:
+                        reason = f"its part.json lists {meta['count']} videos, its files {len(shard.ids)}"
+                    elif shard.fine.ndim != 3 or shard.fine.shape[2] != self.manifest["fine"]["dims"]:
+                        reason = f"fine representations of shape {shard.fine.shape[1:]}, the index stores " \
+                                 f"{self.manifest['fine']['dims']} per region"
+            except IndexFormatError as e:
+                meta, reason = {}, str(e)
+            if reason is not None:
+                rejected[path] = reason
+                dest = os.path.join(self.directory, STAGING, REJECTED)
+                os.makedirs(dest, exist_ok=True)
+                try:
+                    os.replace(path, os.path.join(dest, os.path.basename(path)))
+                except OSError:
+                    shutil.rmtree(os.path.join(dest, os.path.basename(path)), ignore_errors=True)
+                    os.replace(path, os.path.join(dest, os.path.basename(path)))
+                continue
+            manifest["skipped"].update(meta.get("skipped", {}))
+            if meta.get("count"):
+                name = self._next_shard_name(manifest)
+                while any(s["name"] == name for s in manifest["shards"]):
+                    name = f"{int(name) + 1:06d}"
+                os.rename(path, os.path.join(self.directory, SHARDS, name))
+                entry = {"name": name, "count": int(meta["count"]), "frames": int(meta["frames"])}
+                with open(os.path.join(self.directory, SHARDS, name, "ids.json")) as f:
+                    ids = json.load(f)
+                again = sorted(set(ids) & seen)
+                if again:
+                    entry["removed"] = again
+                seen.update(ids)
+                manifest["shards"].append(entry)
+                manifest["count"] = int(manifest["count"]) + len(ids) - len(again)
+                manifest["zero_codes"] = int(manifest.get("zero_codes", 0)) + int(meta.get("zero_codes", 0))
+                adopted.append(name)
+            else:
+                recorded.append(path)
+        for v in seen:
+            manifest["skipped"].pop(v, None)
+        if adopted:
+            fsync_dir(os.path.join(self.directory, SHARDS))
+        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        _write_json_atomic(os.path.join(self.directory, MANIFEST), manifest)
+        self.manifest = manifest
+        self._load()
+        for path in recorded:                     # parts of skipped videos only: in the manifest now
+            shutil.rmtree(path, ignore_errors=True)
+        return rejected
 
     def remove(self, ids: Sequence[str]) -> List[str]:
         """Take videos out of the index (atomically: one manifest write marks them removed in the

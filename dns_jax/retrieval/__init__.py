@@ -9,19 +9,32 @@
 already indexed representations) and equals the official one-pair-at-a-time evaluation path.
 To score many queries against one database, lay it out once on the device:
 `db = retrieval.scorer_for(fg).prepare(indexed_videos)`, then `scorer.similarities(queries, db)`.
+`FineScorer.resident(db)` keeps a database on the device and scores any subset of it
+(`resident.subset(idx)`) without copying its frames from the host: what `DnS.search` re-ranks.
+A budget is a fraction (float in [0, 1]) or a number of videos per query (int >= 1).
 `rerank` takes raw fine similarities in [-1, 1] and applies the official s/2 + 0.5 mapping
 (`fine_mapped=True` if they are already mapped). See dns.py for the conventions, fine.py and
 layout.py for how the kernel stays exact and memory-bounded, binary.py for the packed codes.
 """
 from dns_jax.retrieval.binary import count_zero_codes, pack_codes, unpack_codes
 from dns_jax.retrieval.coarse import CoarseDatabase, FaissCoarseIndex, faiss_available
-from dns_jax.retrieval.dns import DnS, Representations, SearchResults, coarse_index, rerank, score, selection
-from dns_jax.retrieval.fine import FineScorer, PreparedDatabase, ScorerOptions, scorer_for
+from dns_jax.retrieval.dns import (
+    DnS,
+    Representations,
+    SearchResults,
+    budget_count,
+    check_budget,
+    coarse_index,
+    rerank,
+    score,
+    selection,
+)
+from dns_jax.retrieval.fine import FineScorer, PreparedDatabase, ResidentDatabase, ScorerOptions, scorer_for
 from dns_jax.retrieval.selector import selector_scores, self_similarities
 
 __all__ = [
-    "score", "rerank", "selection", "DnS", "Representations", "SearchResults",
-    "FineScorer", "PreparedDatabase", "ScorerOptions", "scorer_for", "CoarseDatabase", "FaissCoarseIndex",
-    "faiss_available", "coarse_index", "self_similarities", "selector_scores",
+    "score", "rerank", "selection", "budget_count", "check_budget", "DnS", "Representations", "SearchResults",
+    "FineScorer", "PreparedDatabase", "ResidentDatabase", "ScorerOptions", "scorer_for", "CoarseDatabase",
+    "FaissCoarseIndex", "faiss_available", "coarse_index", "self_similarities", "selector_scores",
     "pack_codes", "unpack_codes", "count_zero_codes",
 ]

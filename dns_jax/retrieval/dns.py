@@ -5,24 +5,32 @@ Score conventions (official `evaluation_dns.py`, dns_spec section 10):
 - fine similarities are computed in [-1, 1] and mapped to s/2 + 0.5 before mixing;
 - per query, the database videos are ranked by selector score (descending, stable) and the first
   int(budget * N) take the mapped fine similarity, the others keep the coarse one.
+
+A budget is a fraction of the database (a float in [0, 1], the official convention) or a number of
+videos per query (an int >= 1, at most N); `budget_count` turns either into the count.
 """
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import os
 import time
+import weakref
 from typing import Callable, List, Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dns_jax.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork, ViSiLHead
 from dns_jax.retrieval import selector as selector_lib
 from dns_jax.retrieval.coarse import CoarseDatabase
-from dns_jax.retrieval.fine import MIN_FRAMES, FineScorer, repeat_min_frames, scorer_for
+from dns_jax.retrieval.fine import MIN_FRAMES, FineScorer, ResidentDatabase, repeat_min_frames, scorer_for
 from dns_jax.retrieval.layout import ladder_size, pow2_size
 from dns_jax.validation import FeatureError, check_video
 
 COARSE_BATCH_FRAMES = 8192
+RESIDENT_FRACTION = 0.25      # DnS keeps the fine representations on the device up to this share of its memory
 
 
 def _as_video_list(database, name="database") -> List:
@@ -108,13 +116,34 @@ def score(model, query, database, *, indexed: bool = False, binary: str = "packe
     return scorer.similarities(reps[:1], reps[1:])[0]
 
 
-def rerank(coarse, fine, selector_scores, budget: float, *, fine_mapped: bool = False,
+def check_budget(budget) -> None:
+    """ValueError unless `budget` is a fraction (a float in [0, 1]) or a number of videos (an int >= 0)."""
+    budget_count(budget, 0)
+
+
+def budget_count(budget, n: int) -> int:
+    """Videos re-ranked per query out of `n`: a float in [0, 1] is a fraction (int(budget * n), the
+    official rounding); an int is a number of videos (>= 1; at most n; 0 re-ranks none). Note that
+    `1` is one video and `1.0` every video."""
+    if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, numbers.Real):
+        raise ValueError(f"budget must be a fraction in [0, 1] or a number of videos >= 1, got {budget!r}")
+    if isinstance(budget, numbers.Integral):
+        if budget < 0:
+            raise ValueError(f"budget must be a number of videos >= 1 (or a fraction in [0, 1]), got {budget!r}")
+        return min(int(budget), int(n))
+    if not 0.0 <= float(budget) <= 1.0:      # NaN fails too
+        raise ValueError(f"budget must be a fraction in [0, 1] (or a whole number of videos >= 1), got {budget!r}")
+    return int(budget * n)          # the official rounding, in the budget's own type
+
+
+def rerank(coarse, fine, selector_scores, budget, *, fine_mapped: bool = False,
            mask=None) -> np.ndarray:
     """Mix coarse and fine similarities as the official DnS evaluation does -> (Q, N).
 
     coarse, fine, selector_scores: (Q, N) (or (N,) for one query). For each query, the available
     database videos (`mask`, default all) are ordered by descending selector score (stable sort) and
-    the first int(budget * N_available) take the fine similarity, the rest keep the coarse one.
+    the first int(budget * N_available) (a fraction; an int budget is a number of videos, see
+    `budget_count`) take the fine similarity, the rest keep the coarse one.
     `fine` holds raw fine similarities in [-1, 1] (what `score` returns) and is mapped to s/2 + 0.5
     here, the official convention; pass `fine_mapped=True` if it is already mapped (as in the
     official script's `fine_similarities`). Entries of `fine` that are not selected are never read
@@ -128,12 +157,11 @@ def rerank(coarse, fine, selector_scores, budget: float, *, fine_mapped: bool = 
     if not (c.shape == f.shape == s.shape) or c.ndim != 2:
         raise ValueError(f"coarse, fine and selector_scores must have one shape (Q, N); got {c.shape}, "
                          f"{f.shape}, {s.shape}")
-    if not 0.0 <= float(budget) <= 1.0:
-        raise ValueError(f"budget must be a fraction in [0, 1], got {budget}")
+    check_budget(budget)
     avail = np.ones(c.shape[1], bool) if mask is None else np.asarray(mask, bool).reshape(-1)
     if avail.shape[0] != c.shape[1]:
         raise ValueError(f"mask must have N = {c.shape[1]} entries, got {avail.shape[0]}")
-    n_fine = int(budget * np.sum(avail))
+    n_fine = budget_count(budget, int(np.sum(avail)))
     out = np.array(c, dtype=np.result_type(c.dtype, f.dtype), copy=True)
     if n_fine:
         cols = np.flatnonzero(avail)
@@ -145,10 +173,11 @@ def rerank(coarse, fine, selector_scores, budget: float, *, fine_mapped: bool = 
     return out[0] if one else out
 
 
-def selection(selector_scores, budget: float) -> np.ndarray:
-    """Indices (Q, int(budget * N)) of the videos re-ranked by the fine student, per query."""
+def selection(selector_scores, budget) -> np.ndarray:
+    """Indices (Q, budget_count(budget, N)) of the videos re-ranked by the fine student, per query:
+    int(budget * N) for a fraction, min(budget, N) for a number of videos."""
     s = np.atleast_2d(np.asarray(selector_scores))
-    n_fine = int(budget * s.shape[1])
+    n_fine = budget_count(budget, s.shape[1])
     return np.argsort(-s, axis=1, kind="stable")[:, :n_fine]
 
 
@@ -186,10 +215,42 @@ class SearchResults:
     timings: dict
 
 
-class DnS:
-    """Distill-and-Select retrieval with three loaded networks (`dns_jax.pretrained.load`)."""
+def device_memory_bytes(device=None) -> int:
+    """Memory of a JAX device: an accelerator's allocator limit, or the host's RAM for a CPU device."""
+    device = device or jax.local_devices()[0]
+    if device.platform != "cpu":
+        try:
+            return int((device.memory_stats() or {}).get("bytes_limit", 0))
+        except Exception:        # a backend without memory statistics
+            return 0
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 0
 
-    def __init__(self, fine_model, coarse_model, selector_model, binary: str = "packed"):
+
+def fine_bytes(database) -> Optional[int]:
+    """Bytes of a database's fine representations (an Index's shards, a Representations' list), or
+    None when the database does not say."""
+    if hasattr(database, "shards"):
+        return int(sum(s.fine.nbytes for s in database.shards))
+    if isinstance(getattr(database, "fine", None), list):
+        return int(sum(np.asarray(f).nbytes for f in database.fine))
+    return None
+
+
+class DnS:
+    """Distill-and-Select retrieval with three loaded networks (`dns_jax.pretrained.load`).
+
+    `resident`: keep the database's fine representations on the device (FineScorer.resident) so
+    that each query's selected videos are laid out there, at the cost of a prepared database,
+    instead of being copied from the host per query. None (default): when they take at most
+    RESIDENT_FRACTION of the device's memory (of the host's RAM on CPU); True / False: always / never.
+    A database may also bring its own copy (a `resident_fine` attribute holding a ResidentDatabase).
+    Either way the scores are the same, bit for bit."""
+
+    def __init__(self, fine_model, coarse_model, selector_model, binary: str = "packed",
+                 resident: Optional[bool] = None):
         if not isinstance(fine_model.module, (FineGrainedStudent, ViSiLHead)):
             raise TypeError(f"fine_model must be a fine-grained student, got {fine_model.name!r}")
         if not isinstance(coarse_model.module, CoarseGrainedStudent):
@@ -200,6 +261,9 @@ class DnS:
         self.scorer: FineScorer = scorer_for(fine_model, binary)
         self._coarse_db = None
         self._coarse_db_key = None
+        self.resident = resident
+        self._fine_db: Optional[ResidentDatabase] = None
+        self._fine_db_key = None
 
     def index(self, videos: Sequence, ids: Optional[Sequence[str]] = None) -> Representations:
         """Raw region features -> Representations (what an on-disk index stores)."""
@@ -216,11 +280,36 @@ class DnS:
             self._coarse_db_key = key
         return self._coarse_db
 
+    def fine_database(self, database) -> Optional[ResidentDatabase]:
+        """The resident copy of `database`'s fine representations that `search` gathers from (built
+        on first use, rebuilt when the database changes), or None where it is not kept resident."""
+        if self.resident is False:
+            return None
+        own = getattr(database, "resident_fine", None)       # a database that brings its own resident copy
+        if isinstance(own, ResidentDatabase):
+            return own
+        # an Index replaces its manifest object on every change: compared by identity (held here)
+        version = getattr(database, "manifest", None)
+        if (self._fine_db is not None and self._fine_db_key[0]() is database
+                and self._fine_db_key[1] == len(database) and self._fine_db_key[2] is version):
+            return self._fine_db
+        if self.resident is None:
+            size = fine_bytes(database)
+            limit = RESIDENT_FRACTION * device_memory_bytes(self.scorer.devices[0])
+            if size is None or size > limit:
+                return None
+        self._fine_db = None                       # free the previous copy first
+        self._fine_db = self.scorer.resident(database)
+        self._fine_db_key = (weakref.ref(database), len(database), version)
+        return self._fine_db
+
     def search(self, queries: Representations, database, budget: float = 0.1, topk: Optional[int] = 100,
                coarse_dtype="float32", progress: Optional[Callable] = None,
                fine_mapping: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> SearchResults:
-        """Coarse similarities to every database video, selector scores, the top `budget` fraction
-        (per query, by selector score) re-scored by the fine student; ranked by the mixed score.
+        """Coarse similarities to every database video, selector scores, the top `budget` (a fraction
+        of the database, or an int: a number of videos; per query, by selector score) re-scored by
+        the fine student; ranked by the mixed score. The selected videos are gathered from the
+        resident copy of the database where one is kept (see `resident`).
         `fine_mapping`: raw fine similarities [-1, 1] -> the coarse scale (default: the official
         s / 2 + 0.5)."""
         n = len(database)
@@ -233,10 +322,12 @@ class DnS:
         t2 = time.perf_counter()
         chosen = selection(sel, budget)
         fine = np.full(coarse.shape, np.nan, np.float32)
+        resident = self.fine_database(database) if chosen.shape[1] else None
         for qi in range(len(queries)):
             idx = chosen[qi]
             if len(idx):
-                fine[qi, idx] = self.scorer.similarities([queries.fine_rep(qi)], database.fine_reps(idx))[0]
+                targets = resident.subset(idx) if resident is not None else database.fine_reps(idx)
+                fine[qi, idx] = self.scorer.similarities([queries.fine_rep(qi)], targets)[0]
             if progress is not None:
                 progress(1)
         t3 = time.perf_counter()

@@ -48,6 +48,14 @@ def repeat_min_frames(x: np.ndarray, min_frames: int = MIN_FRAMES) -> np.ndarray
     return x
 
 
+def repeated_length(t: int, min_frames: int = MIN_FRAMES) -> int:
+    """Frames of a t-frame video after repeat_min_frames (doubled until it has min_frames)."""
+    t = int(t)
+    while 0 < t < min_frames:
+        t *= 2
+    return t
+
+
 def _tile_divisor(n: int, limit: int) -> int:
     """Largest multiple of 16 that divides n and is <= limit (0 if none)."""
     for d in range(min(limit, n) // 16 * 16, 15, -16):
@@ -261,11 +269,11 @@ class FineScorer:
         return a
 
     # -- scoring ----------------------------------------------------------------------------
-    def _segments(self, targets: List[np.ndarray]) -> List[Tuple[int, int, int]]:
-        """(target index, start, length) of every scored piece of every target."""
+    def _segments(self, lengths: Sequence[int]) -> List[Tuple[int, int, int]]:
+        """(target index, start, length) of every scored piece of targets of these frame counts."""
         segs = []
-        for n, t in enumerate(targets):
-            length = t.shape[0]
+        for n, length in enumerate(lengths):
+            length = int(length)
             if not self.comparator:
                 segs.append((n, 0, length))
                 continue
@@ -314,17 +322,25 @@ class FineScorer:
         first = pieces[0][0]
         dense = np.zeros((dense_size,) + first.shape[1:], first.dtype)
         lengths = [n for _, _, n in pieces]
-        starts, _ = place(lengths, self.padding)
-        index = np.zeros(size, np.int32)
+        index = self._canvas_index(lengths, size)
         pos = 0
-        for (arr, a, n), s in zip(pieces, starts):
+        for arr, a, n in pieces:
             dense[pos:pos + n] = arr[a:a + n]
-            index[s:s + n] = np.arange(pos, pos + n, dtype=np.int32)
             pos += n
         device = device if device is not None else self.devices[0]
         return Canvas(dense=jax.device_put(dense, device), index=jax.device_put(index, device), lengths=lengths,
                       owners=list(owners), size=size, dense_size=dense_size, regions=first.shape[1],
                       device=device)
+
+    def _canvas_index(self, lengths: Sequence[int], size: int) -> np.ndarray:
+        """Canvas position -> dense frame for segments of these lengths stored back to back."""
+        starts, _ = place(lengths, self.padding)
+        index = np.zeros(size, np.int32)
+        pos = 0
+        for n, s in zip(lengths, starts):
+            index[s:s + n] = np.arange(pos, pos + n, dtype=np.int32)
+            pos += n
+        return index
 
     def prepare(self, targets: Sequence) -> "PreparedDatabase":
         """Indexed database videos -> a PreparedDatabase: their frames laid out once on canvases and
@@ -338,32 +354,121 @@ class FineScorer:
         round robin over the scorer's devices."""
         if isinstance(targets, PreparedDatabase):
             return targets
+        if isinstance(targets, ResidentSubset):
+            return self._prepare_subset(targets)
         if len(targets) == 0:
             raise FeatureError("empty database: no target videos to score")
         ts = [self._kernel_input(t, f"target {i}") for i, t in enumerate(targets)]
-        segs = self._segments(ts)
+        segs = self._segments([t.shape[0] for t in ts])
         counts = np.zeros(len(ts), np.int64)
-        for n, _, _ in segs:
-            counts[n] += 1
-        by_r: Dict[int, List[int]] = {}
-        for k, (n, _, _) in enumerate(segs):
-            by_r.setdefault(ts[n].shape[1], []).append(k)
         canvases = []
-        for _, seg_ids in sorted(by_r.items()):
+        for _, ids, dense_size, size in self._canvas_groups(segs, [t.shape[1] for t in ts], counts):
+            canvases.append(self._canvas([(ts[segs[k][0]], segs[k][1], segs[k][2]) for k in ids],
+                                         [segs[k][0] for k in ids], dense_size, size,
+                                         self.devices[len(canvases) % len(self.devices)]))
+        return PreparedDatabase(n=len(ts), counts=counts, canvases=canvases)
+
+    def _canvas_groups(self, segs: List[Tuple[int, int, int]], keys: Sequence, counts: np.ndarray):
+        """The database canvases of these target pieces: (key, piece ids, dense frames, canvas size)
+        per canvas, pieces grouped by their target's key (regions, or the resident part) and packed
+        first-fit decreasing; counts[n] gets the pieces of target n."""
+        by_key: Dict[Any, List[int]] = {}
+        for k, (n, _, _) in enumerate(segs):
+            counts[n] += 1
+            by_key.setdefault(keys[n], []).append(k)
+        for key, seg_ids in sorted(by_key.items()):
             lens = [segs[k][2] for k in seg_ids]
             cap = max(self.options.max_cols, max(lens))
             for group in pack_dense(lens, cap):
                 ids = [seg_ids[g] for g in group]
                 pl = [segs[k][2] for k in ids]
                 _, placed = place(pl, self.padding)
-                canvases.append(self._canvas([(ts[segs[k][0]], segs[k][1], segs[k][2]) for k in ids],
-                                             [segs[k][0] for k in ids], dense_width(sum(pl), cap),
-                                             canvas_width(placed), self.devices[len(canvases) % len(self.devices)]))
-        return PreparedDatabase(n=len(ts), counts=counts, canvases=canvases)
+                yield key, ids, dense_width(sum(pl), cap), canvas_width(placed)
+
+    def resident(self, targets, devices: Optional[Sequence] = None) -> "ResidentDatabase":
+        """Every target's kernel input stored once on the device(s) (`devices`, default the
+        scorer's: contiguous ranges of videos, balanced by frames, one per device), so that any
+        subset can later be scored without its frames crossing the host: `similarities(queries,
+        resident.subset(idx))` lays the subset out on canvases by gathering its frames on the device
+        (only the small index arrays of the layout are sent; the kernel gathers the frames block
+        by block while multiplying), at about the cost of a prepared database.
+
+        `targets`: a list of indexed videos, or a database with `fine_rep(i)` and `len()` (an Index,
+        Representations), read one device range at a time. Takes as much device memory as the
+        representations (FG-Bin codes: 576 bytes per frame; FG-Att: 18 KiB)."""
+        if isinstance(targets, ResidentDatabase):
+            return targets
+        n = len(targets)
+        if n == 0:
+            raise FeatureError("empty database: no target videos to store")
+        get = targets.fine_rep if hasattr(targets, "fine_rep") else targets.__getitem__
+        devices = list(devices) if devices is not None else self.devices
+        lengths = np.zeros(n, np.int64)
+        regions = np.zeros(n, np.int64)
+        for i in range(n):
+            shape = np.shape(get(i))
+            if len(shape) != 3 or shape[0] == 0:
+                raise FeatureError(f"target {i}: expected an indexed video [T, R, C], got shape {shape}")
+            lengths[i] = repeated_length(shape[0]) if self.comparator else shape[0]
+            regions[i] = shape[1]
+        # contiguous ranges of about equal frames, one per device
+        bounds = np.searchsorted(np.cumsum(lengths), np.arange(1, len(devices)) * lengths.sum() / len(devices))
+        ranges = np.split(np.arange(n), np.minimum(bounds + 1, n))
+        part = np.zeros(n, np.int32)
+        start = np.zeros(n, np.int64)
+        parts: List[ResidentPart] = []
+        for device, rng in zip(devices, ranges):
+            for r in sorted(set(regions[rng].tolist())):
+                vids = rng[regions[rng] == r]
+                first = self._kernel_input(get(int(vids[0])), f"target {int(vids[0])}")
+                frames = np.zeros((int(lengths[vids].sum()) + 1, r) + first.shape[2:], first.dtype)
+                pos = 0
+                for i in vids.tolist():
+                    a = first if i == vids[0] else self._kernel_input(get(i), f"target {i}")
+                    if a.shape[1:] != first.shape[1:] or a.dtype != first.dtype:
+                        raise FeatureError(f"target {i}: shape {a.shape} / {a.dtype} differs from the other "
+                                           f"targets ({first.shape[1:]} / {first.dtype})")
+                    frames[pos:pos + a.shape[0]] = a
+                    part[i], start[i] = len(parts), pos
+                    pos += a.shape[0]
+                parts.append(ResidentPart(frames=jax.device_put(frames, device), device=device, regions=int(r),
+                                          zero=pos))
+                del frames
+        return ResidentDatabase(n=n, lengths=lengths, part=part, start=start, parts=parts)
+
+    def _prepare_subset(self, sub: "ResidentSubset") -> "PreparedDatabase":
+        """Canvases of a subset of a resident database, gathered on its devices: the layout (which
+        frame goes where) is computed here from the lengths alone, exactly as `prepare` lays out
+        the same videos given as arrays (same canvases, the same zero padding frames); a canvas
+        holds only the index of each of its dense frames in the resident array (`Canvas.take`),
+        and the kernel gathers them block by block as it multiplies (kernels.frame_to_frame_canvas)."""
+        db, idx = sub.db, np.asarray(sub.idx, np.int64).reshape(-1)
+        if idx.size == 0:
+            raise FeatureError("empty database: no target videos to score")
+        if idx.min() < 0 or idx.max() >= db.n:
+            raise IndexError(f"subset indices out of range for a database of {db.n} videos")
+        segs = self._segments(db.lengths[idx])
+        counts = np.zeros(len(idx), np.int64)
+        canvases = []
+        for p, ids, dense_size, size in self._canvas_groups(segs, db.part[idx].tolist(), counts):
+            part = db.parts[p]
+            take = np.full(dense_size, part.zero, np.int32)
+            pos = 0
+            for k in ids:
+                m, a, length = segs[k]
+                first = int(db.start[idx[m]]) + a
+                take[pos:pos + length] = np.arange(first, first + length, dtype=np.int32)
+                pos += length
+            pl = [segs[k][2] for k in ids]
+            canvases.append(Canvas(dense=part.frames, index=jax.device_put(self._canvas_index(pl, size), part.device),
+                                   lengths=pl, owners=[segs[k][0] for k in ids], size=size,
+                                   dense_size=dense_size, regions=part.regions, device=part.device,
+                                   take=jax.device_put(take, part.device)))
+        return PreparedDatabase(n=len(idx), counts=counts, canvases=canvases)
 
     def similarities(self, queries: Sequence, targets, progress=None) -> np.ndarray:
-        """Indexed queries x indexed targets (a list, or a PreparedDatabase from `prepare`) ->
-        (Q, N) float32 similarities, official path."""
+        """Indexed queries x indexed targets (a list, a PreparedDatabase from `prepare`, or a
+        `ResidentDatabase.subset(idx)`) -> (Q, N) float32 similarities, official path."""
         if not isinstance(targets, PreparedDatabase) and len(targets) == 0:
             raise FeatureError("empty database: no target videos to score")
         if len(queries) == 0:
@@ -405,7 +510,7 @@ class FineScorer:
         def run(rc: Canvas, cc: Canvas, spec: KernelSpec):
             return canvas_similarity(self.conv_params, rc.dense, cc.dense, rc.maps(self, bool(spec.tile_rows)),
                                      cc.maps(self, bool(spec.tile_cols)), spec, rows_index=rc.index,
-                                     cols_index=cc.index)
+                                     cols_index=cc.index, cols_take=cc.take)
 
         per_db_canvas = len(work) // max(len(db.canvases), 1)
         threads = min(o.threads(), len(work))
@@ -437,8 +542,9 @@ class FineScorer:
 @dataclasses.dataclass
 class Canvas:
     """One axis of the canvas, device-resident: `dense` [dense_size, R, C] frames of the segments
-    back to back; `index` [size] the dense frame shown at each canvas position (segment i starts
-    at layout.place(lengths)[0][i]); `owners` the video of each segment."""
+    back to back (or, with `take` [dense_size], a resident array whose frames `take` are those);
+    `index` [size] the dense frame shown at each canvas position (segment i starts at
+    layout.place(lengths)[0][i]); `owners` the video of each segment."""
 
     dense: Any
     index: Any
@@ -448,6 +554,7 @@ class Canvas:
     dense_size: int
     regions: int
     device: Any = None
+    take: Any = None          # a resident subset's canvas: dense is the resident frames, these its dense frames
     _maps: Dict[bool, Dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def maps(self, scorer: "FineScorer", tiled: bool) -> Dict[str, Any]:
@@ -469,6 +576,51 @@ class PreparedDatabase:
 
     def __len__(self):
         return self.n
+
+
+@dataclasses.dataclass
+class ResidentPart:
+    """Frames of some resident videos back to back on one device, [F + 1, R, C] kernel inputs (float32
+    or uint32 code words); frame `zero` (the last) is all zeros, the padding of gathered canvases."""
+
+    frames: Any
+    device: Any
+    regions: int
+    zero: int
+
+
+@dataclasses.dataclass
+class ResidentDatabase:
+    """A database's kernel inputs kept on the device(s) (FineScorer.resident): video i is frames
+    start[i] : start[i] + lengths[i] of parts[part[i]]. `subset(idx)` is what `similarities` takes to
+    score some of its videos (in idx's order) with an on-device layout."""
+
+    n: int
+    lengths: np.ndarray
+    part: np.ndarray
+    start: np.ndarray
+    parts: List[ResidentPart]
+
+    def __len__(self):
+        return self.n
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(p.frames.nbytes for p in self.parts))
+
+    def subset(self, idx) -> "ResidentSubset":
+        return ResidentSubset(self, np.asarray(idx, np.int64).reshape(-1))
+
+
+@dataclasses.dataclass
+class ResidentSubset:
+    """Videos `idx` of a ResidentDatabase, in that order (FineScorer.similarities' targets)."""
+
+    db: ResidentDatabase
+    idx: np.ndarray
+
+    def __len__(self):
+        return int(self.idx.shape[0])
 
 
 def _pow2_floor(n: int) -> int:

@@ -228,19 +228,27 @@ def _map_blocks(fn, x: Array, size: int, axis: int) -> Array:
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
 
 
-def frame_to_frame_canvas(q: Array, t: Array, spec: KernelSpec) -> Array:
+def frame_to_frame_canvas(q: Array, t: Array, spec: KernelSpec, t_take=None) -> Array:
     """[H, R, .] x [W, R, .] -> [H, W], computed by blocks of row_block x col_block frames (the
     last block of each axis may be shorter: H and W need not be multiples of the blocks); packed
-    codes by blocks of packed_block target frames instead (see _f2f_packed)."""
+    codes by blocks of packed_block target frames instead (see _f2f_packed).
+
+    `t_take` [W] int32: the target frames are t[t_take] (t: a resident array of frames), gathered
+    block by block inside the column loop, so a block is copied while it is in cache and the
+    gathered canvas never exists in memory (packed codes, 16x smaller, are gathered at once)."""
     if spec.sim == "packed":
+        if t_take is not None:
+            t = jnp.take(t, t_take, axis=0)
         return _f2f_packed(q, t, spec)       # elementwise blocks of its own; memory ~ H*R x W
     fn = functools.partial(_f2f_float_block, spec=spec)
-    hh, ww = q.shape[0], t.shape[0]
+    cols = t if t_take is None else t_take
+    block = (lambda tj: tj) if t_take is None else (lambda ij: jnp.take(t, ij, axis=0))
+    hh, ww = q.shape[0], cols.shape[0]
     rb = min(spec.row_block or hh, hh)
     cb = min(spec.col_block or ww, ww)
     if rb == hh and cb == ww:
-        return fn(q, t)
-    rows = lambda qi: _map_blocks(lambda tj: fn(qi, tj), t, cb, axis=1) if cb < ww else fn(qi, t)
+        return fn(q, block(cols))
+    rows = lambda qi: _map_blocks(lambda tj: fn(qi, block(tj)), cols, cb, axis=1) if cb < ww else fn(qi, block(cols))
     return _map_blocks(rows, q, rb, axis=0) if rb < hh else rows(q)
 
 
@@ -375,17 +383,19 @@ def place_dense(f2f: Array, rows_index, cols_index) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
-def canvas_similarity(params, q, t, rmaps, cmaps, spec: KernelSpec, rows_index=None, cols_index=None) -> Array:
+def canvas_similarity(params, q, t, rmaps, cmaps, spec: KernelSpec, rows_index=None, cols_index=None,
+                      cols_take=None) -> Array:
     """Video similarity of every (query segment, target segment) pair of a canvas.
 
     params: the comparator's {'conv1', 'conv2', 'conv3', 'fconv'} (ignored without comparator);
     q [H, R, .], t [W, R, .] (float features or packed codes) laid out on the canvas; maps from
     layout.Axis.maps. Or, with rows_index [H] / cols_index [W] int32, q [Hd, R, .] / t [Wd, R, .]
     hold the frames densely (no gaps, no padding): the frame-to-frame products are computed on the
-    dense frames only and then placed on the canvas (see place_dense).
+    dense frames only and then placed on the canvas (see place_dense). With cols_take [Wd] int32,
+    t is a resident array of frames and the dense target frames are t[cols_take].
     Returns [Sr+1, Sc+1] float32.
     """
-    f2f = place_dense(frame_to_frame_canvas(q, t, spec), rows_index, cols_index)
+    f2f = place_dense(frame_to_frame_canvas(q, t, spec, cols_take), rows_index, cols_index)
     if spec.comparator:
         out = comparator_canvas(params, f2f, rmaps, cmaps, spec)
         if spec.clip:

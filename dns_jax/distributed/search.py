@@ -1,0 +1,228 @@
+"""Sharded DnS search: an index split over Ray actors.
+
+    with ShardedSearch(dns, 'indexes/fivr', actors=4) as search:     # local cluster, or address=...
+        res = search.search(queries, budget=0.05, topk=100)          # like search_index(..., 'dns')
+        [search.ids[i] for i in res.ranking[0]]
+
+Each actor holds a contiguous run of the index's shards (balanced by videos): their CG vectors
+(`CoarseDatabase`), selector self-similarities and fine representations, resident on its device
+(a GPU where the cluster has them) or read from the memory-mapped shards (`resident=False`). A
+search is two fan-outs:
+
+1. every actor scores its videos with the coarse stage and the selector, keeps them, and returns
+   its `K` best selector scores (`K` = the budget over the whole index, `budget_count(budget, N)`);
+   the driver merges them into the global top K, ties to the lower index position, exactly as
+   `selection` ranks the whole index;
+2. every actor re-scores its share of those K videos with the fine student, mixes (the official
+   s / 2 + 0.5, or `fine_mapping`) and returns its top-k by mixed score; the driver merges them.
+
+The ranked ids and scores are those of `search_index(dns, index, queries, 'dns', ...)` in one
+process: the selection is the same by construction, and each score is computed from the same
+stored representations (the fine kernel lays other canvases out, which may move a float32 score by
+an ulp, as it does on several devices in one process).
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+import types
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from dns_jax.distributed.cluster import PortableNetwork, cluster, cluster_resources
+from dns_jax.index.store import Index, read_manifest
+from dns_jax.retrieval import DnS, Representations, SearchResults, budget_count, selector_scores
+from dns_jax.validation import FeatureError
+
+
+class ShardActor:
+    """One actor of a ShardedSearch (run as a Ray actor; usable in-process too, as the tests do)."""
+
+    def __init__(self, directory: str, shards: Sequence[str], fine: PortableNetwork, coarse: PortableNetwork,
+                 selector: PortableNetwork, binary: str = "packed", coarse_dtype: str = "float32",
+                 resident: Optional[bool] = True):
+        self.index = Index.open(directory, shards=list(shards))
+        self.dns = DnS(fine.load(), coarse.load(), selector.load(), binary, resident=resident)
+        self.coarse_dtype = coarse_dtype
+        self.pending: Dict[int, tuple] = {}
+        if len(self.index):
+            self.dns.coarse_database(self.index, coarse_dtype)
+            self.dns.fine_database(self.index)            # resident copy made now, not on the first query
+
+    def info(self) -> dict:
+        resident = self.dns.fine_database(self.index) if len(self.index) else None
+        return {"ids": list(self.index.ids), "resident_bytes": resident.nbytes if resident is not None else 0}
+
+    def select(self, key: int, queries: Representations, k: int):
+        """Coarse + selector for every held video; returns the local top-k selector scores
+        (indices, scores), best first, ties to the lower position."""
+        t0 = time.perf_counter()
+        n = len(self.index)
+        if n == 0:
+            empty = np.zeros((len(queries), 0))
+            self.pending[key] = (queries, empty, empty, {})
+            return empty.astype(np.int64), empty.astype(np.float32)
+        coarse = self.dns.coarse_database(self.index, self.coarse_dtype).similarities(queries.coarse)
+        t1 = time.perf_counter()
+        sel = selector_scores(self.dns.selector_model, queries.selfsim, self.index.selfsim, coarse)
+        t2 = time.perf_counter()
+        order = np.argsort(-sel, axis=1, kind="stable")[:, :min(k, n)]
+        self.pending[key] = (queries, coarse, sel, {"coarse_s": t1 - t0, "selector_s": t2 - t1})
+        return order, np.take_along_axis(sel, order, 1)
+
+    def rerank(self, key: int, chosen: List[np.ndarray], topk: Optional[int],
+               fine_mapping: Optional[Callable[[np.ndarray], np.ndarray]] = None):
+        """Fine scores for `chosen[q]` (local indices) of each query, mixed with the coarse ones;
+        returns the local top-k (indices, scores, re-ranked flags, timings)."""
+        queries, coarse, _, timings = self.pending.pop(key)
+        t0 = time.perf_counter()
+        n = coarse.shape[1]
+        mixed = np.array(coarse, dtype=np.float32, copy=True)
+        reranked = np.zeros(coarse.shape, bool)
+        resident = self.dns.fine_database(self.index) if any(len(c) for c in chosen) else None
+        for qi, idx in enumerate(chosen):
+            idx = np.asarray(idx, np.int64)
+            if not len(idx):
+                continue
+            targets = resident.subset(idx) if resident is not None else self.index.fine_reps(idx)
+            vals = self.dns.scorer.similarities([queries.fine_rep(qi)], targets)[0]
+            mixed[qi, idx] = vals / 2.0 + 0.5 if fine_mapping is None else \
+                np.asarray(fine_mapping(vals), np.float32)
+            reranked[qi, idx] = True
+        k = n if not topk else min(int(topk), n)
+        order = np.argsort(-mixed, axis=1, kind="stable")[:, :k]
+        timings["fine_s"] = time.perf_counter() - t0
+        return order, np.take_along_axis(mixed, order, 1), np.take_along_axis(reranked, order, 1), timings
+
+
+def _balanced_runs(counts: Sequence[int], parts: int) -> List[range]:
+    """Split shards (with these video counts) into at most `parts` contiguous, non-empty runs whose
+    videos are as close as possible to equal."""
+    cum = np.cumsum(counts)
+    bounds = [0]
+    for c in range(1, parts):
+        b = int(np.argmin(np.abs(cum - cum[-1] * c / parts))) + 1
+        if bounds[-1] < b < len(counts):
+            bounds.append(b)
+    bounds.append(len(counts))
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def _merge(lists, offsets, k: Optional[int]):
+    """Per query: merge per-actor (indices, scores, extra) lists, best score first, ties to the
+    lower global position -> (global indices, scores, extra) of the top k."""
+    idx = np.concatenate([o + off for (o, _, _), off in zip(lists, offsets)], axis=1)
+    score = np.concatenate([s for _, s, _ in lists], axis=1)
+    extra = np.concatenate([e for _, _, e in lists], axis=1)
+    order = np.lexsort((idx, -score.astype(np.float64)), axis=1)
+    if k is not None:
+        order = order[:, :k]
+    return (np.take_along_axis(idx, order, 1), np.take_along_axis(score, order, 1),
+            np.take_along_axis(extra, order, 1))
+
+
+class _InProcess:
+    """A ShardActor called directly, behind the `.method.remote(...)` spelling of a Ray actor."""
+
+    def __init__(self, actor: ShardActor):
+        self._actor = actor
+
+    def __getattr__(self, name):
+        return types.SimpleNamespace(remote=getattr(self._actor, name))
+
+
+class ShardedSearch:
+    """DnS search over an index split among `actors` Ray actors (default: one per GPU of the
+    cluster, else 2). `address`: a running cluster; None starts a local one (`num_cpus`).
+    `resident`: actors keep their fine representations on the device (default True).
+    `use_ray=False` runs the same shards in this process (no Ray: for tests and small machines)."""
+
+    def __init__(self, dns: DnS, directory: str, actors: Optional[int] = None, *, address: Optional[str] = None,
+                 num_cpus: Optional[int] = None, coarse_dtype: str = "float32", resident: Optional[bool] = True,
+                 actor_cpus: Optional[float] = None, use_ray: bool = True):
+        manifest = read_manifest(directory)
+        entries = manifest["shards"]
+        if not entries:
+            raise FeatureError(f"the index at {directory!r} is empty")
+        self._stack = contextlib.ExitStack()
+        ray = self._stack.enter_context(cluster(address, num_cpus)) if use_ray else None
+        try:
+            gpus = int(cluster_resources(ray).get("GPU", 0)) if ray else 0
+            n = actors or (gpus or 2)
+            counts = [e["count"] - len(e.get("removed", ())) for e in entries]
+            runs = _balanced_runs(counts, min(n, len(entries)))
+            nets = [PortableNetwork.of(m) for m in (dns.fine_model, dns.coarse_model, dns.selector_model)]
+            binary = "packed" if dns.scorer.packed or not dns.scorer.bits else "float"
+            shards = [[entries[i]["name"] for i in run] for run in runs]
+            if ray is None:
+                self.actors = [_InProcess(ShardActor(directory, names, *nets, binary, coarse_dtype, resident))
+                               for names in shards]
+                self._get, self._put = (lambda x: x), (lambda x: x)
+            else:
+                cpus = cluster_resources(ray).get("CPU", 1)
+                options = {"num_gpus": 1} if gpus else {"num_cpus": actor_cpus or max(0.25, min(1.0, cpus / len(runs)))}
+                remote = ray.remote(**options)(ShardActor)
+                refs = [ray.put(x) for x in nets]
+                self.actors = [remote.remote(directory, names, *refs, binary, coarse_dtype, resident)
+                               for names in shards]
+                self._get, self._put = ray.get, ray.put
+            infos = self._get([a.info.remote() for a in self.actors])
+        except Exception:
+            self._stack.close()
+            raise
+        self.ray = ray
+        self.directory = directory
+        self.ids: List[str] = [v for info in infos for v in info["ids"]]
+        self.sizes = [len(info["ids"]) for info in infos]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+        self.resident_bytes = [info["resident_bytes"] for info in infos]
+        self._keys = itertools.count()
+
+    def __len__(self):
+        return len(self.ids)
+
+    def search(self, queries: Representations, budget=0.1, topk: Optional[int] = 100,
+               fine_mapping: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> SearchResults:
+        """Rank every indexed video for each query (Representations: from `dns.index` or an index):
+        the results of `search_index(dns, index, queries, 'dns', budget, topk)` (ranking: positions
+        in `self.ids`, the index's order)."""
+        n = len(self.ids)
+        k_fine = budget_count(budget, n)
+        key = next(self._keys)
+        t0 = time.perf_counter()
+        q = self._put(queries)
+        picks = self._get([a.select.remote(key, q, k_fine) for a in self.actors])
+        t1 = time.perf_counter()
+        nq = len(queries)
+        holder = [np.full(o.shape, a) for a, (o, _) in enumerate(picks)]          # which actor holds each pick
+        chosen, _, who = _merge([(o, s, h) for (o, s), h in zip(picks, holder)], self.offsets, k_fine)
+        shares = [[chosen[qi][who[qi] == a] - self.offsets[a] for qi in range(nq)] for a in range(len(self.actors))]
+        k = n if not topk else min(int(topk), n)
+        parts = self._get([a.rerank.remote(key, shares[i], k, fine_mapping) for i, a in enumerate(self.actors)])
+        t2 = time.perf_counter()
+        ranking, scores, flags = _merge([(o, s, r) for o, s, r, _ in parts], self.offsets, k)
+        per = max(nq, 1)
+        worst = lambda name: max(p[3].get(name, 0.0) for p in parts) / per  # noqa: E731
+        return SearchResults(query_ids=list(queries.ids), ranking=ranking, scores=scores, reranked=flags,
+                             timings={"coarse_s_per_query": worst("coarse_s"), "selector_s_per_query": worst("selector_s"),
+                                      "fine_s_per_query": worst("fine_s"), "fine_pairs_per_query": k_fine,
+                                      "select_round_s_per_query": (t1 - t0) / per,
+                                      "rerank_round_s_per_query": (t2 - t1) / per})
+
+    def close(self):
+        for a in getattr(self, "actors", []):
+            if self.ray is not None:
+                try:
+                    self.ray.kill(a)
+                except Exception:          # already gone
+                    pass
+        self.actors = []
+        self._stack.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

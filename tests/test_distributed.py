@@ -1,0 +1,346 @@
+"""dns_jax.distributed and the staged shards it relies on.
+
+Without Ray: staging and adopting shards (retries, duplicates, shards of other networks or format
+versions, a commit killed half way), the sharded search run in-process, the command line's errors.
+On a local Ray cluster of 2 CPUs (slow; skipped without Ray): the distributed index equals the
+single-process one, a killed worker or driver then a rerun loses and duplicates nothing, sharded
+search on Ray actors equals search_index, distributed extraction equals extract_to_hdf5."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import jax
+import numpy as np
+import pytest
+
+from dns_jax import pretrained, retrieval
+from dns_jax.distributed import ShardedSearch
+from dns_jax.distributed.search import _balanced_runs
+from dns_jax.index import Index, build_index, clean_staging, describe_network, search_index, stage_shard, staged_parts
+from dns_jax.index.store import STAGING, part_name
+from helpers import network
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return network("fg_bin_student")[1], network("cg_student")[1], network("selector")[1]
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory):
+    """18 videos of 2-39 frames (reference fixtures and random ones) and one with NaN features."""
+    ref = network("selector")[0]
+    rng = np.random.default_rng(5)
+    path = str(tmp_path_factory.mktemp("feats") / "f.hdf5")
+    with h5py.File(path, "w") as f:
+        for i, v in enumerate(ref.videos("q") + ref.videos("d")):
+            f[f"v{i}"] = v
+        for i in range(13):
+            x = rng.standard_normal((int(rng.integers(2, 40)), 9, 512)).astype(np.float32)
+            f[f"grp/r{i}"] = x / np.linalg.norm(x, axis=-1, keepdims=True)
+        f["bad"] = np.full((3, 9, 512), np.nan, np.float32)
+    return path
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, features, nets):
+    d = str(tmp_path_factory.mktemp("single") / "idx")
+    build_index(d, [features], *nets, shard_size=4, progress=False, log=lambda m: None)
+    return d
+
+
+def assert_same_index(a: str, b: str):
+    """Same ids once each, fine representations bit for bit, vectors to float rounding."""
+    ia, ib = Index.open(a), Index.open(b)
+    assert len(ib.ids) == len(set(ib.ids)) == len(ia)
+    assert sorted(ia.ids) == sorted(ib.ids)
+    ra, rb = ia.representations(ia.ids), ib.representations(ia.ids)
+    for x, y in zip(ra.fine, rb.fine):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(ra.coarse, rb.coarse, atol=2e-6)
+    np.testing.assert_allclose(ra.selfsim, rb.selfsim, atol=1e-6)
+    assert ia.skipped == ib.skipped
+    assert ia.manifest["zero_codes"] == ib.manifest["zero_codes"]
+
+
+# -- staged shards (no Ray) ---------------------------------------------------------------------
+
+def _stage(d, nets, ids, reps, **kw):
+    networks = {role: describe_network(m) for role, m in zip(("fine", "coarse", "selector"), nets)}
+    return stage_shard(d, ids, reps.fine, reps.coarse, reps.selfsim, networks=networks, fine_kind="packed",
+                       fine_dims=64, **kw)
+
+
+def test_staged_shards_are_adopted_once(tmp_path, single, nets):
+    src = Index.open(single)
+    d = str(tmp_path / "idx")
+    index = Index.create(d, *nets, "packed", 64)
+    a = _stage(d, nets, src.ids[:3], src.representations(src.ids[:3]))
+    # a retried task: the same part, kept as it is (not written twice)
+    stamp = os.stat(os.path.join(a, "fine.npy")).st_mtime_ns
+    assert _stage(d, nets, src.ids[:3], src.representations(src.ids[:3])) == a
+    assert os.stat(os.path.join(a, "fine.npy")).st_mtime_ns == stamp
+    b = _stage(d, nets, src.ids[2:6], src.representations(src.ids[2:6]), skipped={"x": "broken"})  # overlaps a
+    c = _stage(d, nets, [], _empty(), skipped={"y": "unreadable"})                   # only a failed video
+    os.makedirs(os.path.join(d, STAGING, ".tmp-part-killed"))                                   # a killed worker
+    assert staged_parts(d) == sorted([a, b, c])
+    assert index.adopt([a, b, c]) == {}
+    assert index.ids == src.ids[:3] + src.ids[3:6]                                             # src.ids[2] once
+    assert index.manifest["count"] == 6 and index.manifest["shards"][1]["removed"] == [src.ids[2]]
+    assert index.skipped == {"x": "broken", "y": "unreadable"}
+    assert staged_parts(d) == []
+    for v in index.ids:
+        np.testing.assert_array_equal(index.representations([v]).fine[0], src.representations([v]).fine[0])
+    index.close()
+    clean_staging(d)                                                  # what index_ray does first
+    assert os.listdir(os.path.join(d, STAGING)) == []
+    assert Index.open(d).ids == index.ids
+
+
+def _empty():
+    return retrieval.Representations(ids=[], fine=[], coarse=np.zeros((0, 1024), np.float32),
+                                     selfsim=np.zeros(0, np.float32))
+
+
+def test_shards_of_other_networks_or_versions_are_rejected(tmp_path, single, nets):
+    src = Index.open(single)
+    d = str(tmp_path / "idx")
+    index = Index.create(d, *nets, "packed", 64)
+    good = _stage(d, nets, src.ids[:2], src.representations(src.ids[:2]))
+    other = pretrained.init_network("fg_bin_student", jax.random.PRNGKey(9), indexing="bin")   # same name, other weights
+    alien = _stage(d, (other, nets[1], nets[2]), src.ids[2:4], src.representations(src.ids[2:4]))
+    old = _stage(d, nets, src.ids[4:6], src.representations(src.ids[4:6]))
+    meta = json.load(open(os.path.join(old, "part.json")))
+    meta["format_version"] = 0
+    json.dump(meta, open(os.path.join(old, "part.json"), "w"))
+    rejected = index.adopt([good, alien, old])
+    assert set(rejected) == {alien, old}
+    assert "fine network" in rejected[alien] and "fingerprint" in rejected[alien]
+    assert "format version 0" in rejected[old]
+    assert index.ids == src.ids[:2]                                  # the rest is committed
+    assert sorted(os.listdir(os.path.join(d, STAGING, "rejected"))) == sorted(map(os.path.basename, (alien, old)))
+    index.close()
+
+
+def test_a_commit_killed_before_its_manifest_is_restaged(tmp_path, single, nets):
+    """A part moved under shards/ whose manifest write never happened is staged again when the
+    index is next opened for writing (not deleted as an unlisted shard), then adopted."""
+    src = Index.open(single)
+    d = str(tmp_path / "idx")
+    Index.create(d, *nets, "packed", 64).close()
+    part = _stage(d, nets, src.ids[:3], src.representations(src.ids[:3]))
+    os.rename(part, os.path.join(d, "shards", "000000"))                 # killed right after the move
+    index = Index.open(d, writable=True)
+    assert len(index) == 0 and staged_parts(d) == [os.path.join(d, STAGING, part_name(src.ids[:3]))]
+    index.adopt(staged_parts(d))
+    assert index.ids == src.ids[:3]
+    index.close()
+
+
+def test_balanced_runs():
+    assert _balanced_runs([4, 4, 4, 4, 1], 2) == [range(0, 2), range(2, 5)]
+    assert _balanced_runs([1], 4) == [range(0, 1)]
+    assert [len(r) for r in _balanced_runs([3] * 9, 3)] == [3, 3, 3]
+
+
+@pytest.mark.parametrize("budget,topk", [(0.5, None), (3, 5), (1.0, 4), (0, None), (1000, None)])
+def test_sharded_search_in_process_equals_search_index(single, nets, budget, topk):
+    """The shards split over 3 holders (run in this process): the driver's merges give the ranked ids
+    and scores of one search over the whole index, fractions and numbers of videos alike."""
+    index = Index.open(single)
+    dns = retrieval.DnS(*nets)
+    queries = index.representations(["v0", "grp/r3", "grp/r7"])
+    sharded = ShardedSearch(dns, single, actors=3, use_ray=False)
+    assert sharded.ids == index.ids and len(sharded.sizes) == 3
+    a = sharded.search(queries, budget, topk)
+    b = search_index(dns, index, queries, "dns", budget, topk)
+    np.testing.assert_array_equal(a.ranking, b.ranking)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(a.reranked, b.reranked)
+    assert a.timings["fine_pairs_per_query"] == retrieval.budget_count(budget, len(index))
+
+
+# -- Ray ----------------------------------------------------------------------------------------
+
+def _ray():
+    return pytest.importorskip("ray", reason="Ray is not installed (pip install 'dns-jax[ray]')")
+
+
+def test_unreachable_address_and_flag_errors(tmp_path, features, nets, capsys):
+    _ray()
+    from dns_jax import checkpoint, cli
+    flags = []
+    for role, net in zip(("fine", "coarse", "selector"), nets):
+        checkpoint.save_network(str(tmp_path / role), net.name, net.config, net.variables)
+        flags += [f"--{role}", str(tmp_path / role)]
+    base = ["index", "--index", str(tmp_path / "idx"), "--features", features, "--quiet"] + flags
+    assert cli.main(base + ["--ray", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot reach the Ray cluster at '127.0.0.1:1'" in err[0]
+    assert cli.main(base + ["--ray", "nonsense"]) == 2
+    assert "not HOST:PORT" in capsys.readouterr().err
+    assert cli.main(base + ["--workers", "2"]) == 2
+    assert "--workers and --cpus need --ray" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "idx")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray cluster of 2 CPUs for the module (its workers import dns_jax and these tests)."""
+    ray = _ray()
+    if ray.is_initialized():
+        pytest.skip("Ray is already initialised in this process")
+    path = os.pathsep.join([ROOT, HERE] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"PYTHONPATH": path, "JAX_PLATFORMS": "cpu",
+                                       "DNS_JAX_COMPILATION_CACHE": "off"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_index_ray_equals_single_process(ray_cluster, tmp_path, features, single, nets):
+    """2 workers, shards of 4: the single-process index (the bad video listed as skipped); a staged
+    shard left by a run with other networks is rejected with an error line and the rest is built."""
+    from dns_jax.distributed import index_ray
+    d = str(tmp_path / "idx")
+    Index.create(d, *nets, "packed", 64).close()
+    other = retrieval.DnS(network("fg_att_student")[1], nets[1], nets[2])
+    alien = stage_shard(d, ["v0"], other.scorer.index(network("selector")[0].videos("q")[:1]), np.zeros((1, 1024)),
+                        np.zeros(1), networks={r: describe_network(m) for r, m in
+                                               zip(("fine", "coarse", "selector"), (other.fine_model, *nets[1:]))},
+                        fine_kind="float32", fine_dims=512)
+    logs = []
+    report = index_ray(d, [features], *nets, shard_size=4, workers=2, progress=False, log=logs.append)
+    assert (report.added, report.already, list(report.skipped)) == (18, 0, ["bad"])
+    assert any(line.startswith("error: staged shard " + os.path.basename(alien)) and "fine network" in line
+               for line in logs)
+    assert_same_index(single, d)
+    again = index_ray(d, [features], *nets, shard_size=4, workers=2, progress=False, log=logs.append)
+    assert (again.added, again.already) == (0, 18)
+
+
+@pytest.mark.slow
+def test_killed_worker_then_rerun_loses_and_duplicates_nothing(ray_cluster, tmp_path, features, single, nets):
+    """A worker dies between writing a shard and renaming it into place: that run either recovers
+    (Ray retries the batch on a new worker) or stops with a one-line error; a rerun completes, and
+    the index equals the single-process one, each video once."""
+    from dns_jax.distributed import ClusterError, index_ray
+    d = str(tmp_path / "idx")
+    marker = str(tmp_path / "killed")
+    try:
+        index_ray(d, [features], *nets, shard_size=4, workers=2, progress=False, log=lambda m: None,
+                  _faults={"worker_exit_before_rename": marker})
+    except ClusterError as e:
+        assert "run the same command again" in str(e)
+    assert os.path.exists(marker)                                     # the worker was killed
+    index_ray(d, [features], *nets, shard_size=4, workers=2, progress=False, log=lambda m: None)
+    assert_same_index(single, d)
+    assert not [n for n in os.listdir(os.path.join(d, STAGING)) if n != "rejected"]
+
+
+_DRIVER = r"""
+import sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+from helpers import network
+from dns_jax.distributed import index_ray
+nets = network("fg_bin_student")[1], network("cg_student")[1], network("selector")[1]
+index_ray(sys.argv[3], [sys.argv[4]], *nets, shard_size=4, workers=2, address=sys.argv[5], progress=False,
+          _faults={"driver_exit_after_parts": 2})
+"""
+
+
+@pytest.mark.slow
+def test_killed_driver_then_rerun_loses_and_duplicates_nothing(ray_cluster, tmp_path, features, single, nets):
+    """The driver dies after two shards were staged and before its commit: nothing of it is in the
+    index yet; the rerun adopts what was staged, indexes the rest, and equals the single-process index."""
+    from dns_jax.distributed import index_ray
+    d = str(tmp_path / "idx")
+    address = ray_cluster.get_runtime_context().gcs_address
+    env = dict(os.environ, JAX_PLATFORMS="cpu", DNS_JAX_COMPILATION_CACHE="off")
+    out = subprocess.run([sys.executable, "-c", _DRIVER, ROOT, HERE, d, features, address], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert len(Index.open(d)) == 0 and len(staged_parts(d)) >= 2
+    report = index_ray(d, [features], *nets, shard_size=4, workers=2, progress=False, log=lambda m: None)
+    assert report.added == 18
+    assert_same_index(single, d)
+
+
+@pytest.mark.slow
+def test_sharded_search_on_ray_actors_equals_search_index(ray_cluster, single, nets):
+    index = Index.open(single)
+    dns = retrieval.DnS(*nets)
+    queries = index.representations(["v0", "grp/r3", "v4"])
+    with ShardedSearch(dns, single, actors=2) as sharded:
+        assert sharded.ids == index.ids and len(sharded.sizes) == 2 and min(sharded.resident_bytes) > 0
+        for budget, topk in ((0.3, None), (4, 6)):
+            a = sharded.search(queries, budget, topk)
+            b = search_index(dns, index, queries, "dns", budget, topk)
+            np.testing.assert_array_equal(a.ranking, b.ranking)
+            np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(a.reranked, b.reranked)
+
+
+def _write_video(path, n, level):
+    av = pytest.importorskip("av")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.height, s.width, s.pix_fmt = 64, 80, "yuv420p"
+        for i in range(n):
+            img = np.full((64, 80, 3), (level + 7 * i) % 200, np.uint8)
+            img[:, : 8 + i % 40] = 255 - img[:, : 8 + i % 40]
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return str(path)
+
+
+def _tiny_extractor():
+    import jax
+    from dns_jax.features.backbone import ResNet
+    from dns_jax.features.extractor import Extractor, FeatureExtractor
+    model = FeatureExtractor(backbone=ResNet(stage_sizes=(1, 1, 1, 1), width=4), normalizer="imagenet")
+    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 224, 224, 3), np.uint8))
+    return Extractor(model, variables, batch_size=4, name="tiny")
+
+
+@pytest.mark.slow
+def test_extract_features_ray_equals_extract_to_hdf5(ray_cluster, tmp_path):
+    """Videos decoded in Ray tasks and extracted by 2 actors: the features of extract_to_hdf5, bit for
+    bit; the broken file is listed as failed; a part staged with other settings is rejected with an
+    error line; a rerun extracts nothing more."""
+    from dns_jax.distributed import extract_features_ray
+    from dns_jax.distributed.extraction import PART_META, parts_dir
+    from dns_jax.features.extract_folder import extract_to_hdf5
+    videos = [(f"v{i}", _write_video(tmp_path / "videos" / f"v{i}.mp4", 10 + 7 * i, 20 * i)) for i in range(5)]
+    (tmp_path / "videos" / "broken.mp4").write_bytes(b"\x00not a video" * 50)
+    videos.append(("broken", str(tmp_path / "videos" / "broken.mp4")))
+    extractor = _tiny_extractor()
+    one = tmp_path / "one.hdf5"
+    s1 = extract_to_hdf5(videos, one, extractor, settings={"x": 1}, progress=False, log=lambda m: None)
+    out = tmp_path / "ray.hdf5"
+    stale = os.path.join(parts_dir(out), "part-stale")
+    os.makedirs(stale)
+    json.dump({"settings": '{"x": 2}', "ids": [], "failed": []}, open(os.path.join(stale, PART_META), "w"))
+    logs = []
+    s2 = extract_features_ray(videos, out, extractor, settings={"x": 1}, part_size=2, workers=2, progress=False,
+                              log=logs.append)
+    assert any("part-stale was extracted with other settings" in line for line in logs)
+    assert (s2.extracted, s2.frames) == (s1.extracted, s1.frames) == (5, s1.frames)
+    assert [f[0] for f in s2.failed] == ["broken"]
+    with h5py.File(one, "r") as a, h5py.File(out, "r") as b:
+        assert sorted(a) == sorted(b)
+        for k in a:
+            np.testing.assert_array_equal(a[k][()], b[k][()])
+    s3 = extract_features_ray(videos, out, extractor, settings={"x": 1}, progress=False, log=lambda m: None)
+    assert (s3.extracted, s3.skipped) == (0, 5)
+    shutil.rmtree(parts_dir(out), ignore_errors=True)
