@@ -174,12 +174,8 @@ def _ray():
 
 def test_unreachable_address_and_flag_errors(tmp_path, features, nets, capsys):
     _ray()
-    from dns_jax import checkpoint, cli
-    flags = []
-    for role, net in zip(("fine", "coarse", "selector"), nets):
-        checkpoint.save_network(str(tmp_path / role), net.name, net.config, net.variables)
-        flags += [f"--{role}", str(tmp_path / role)]
-    base = ["index", "--index", str(tmp_path / "idx"), "--features", features, "--quiet"] + flags
+    from dns_jax import cli
+    base = ["index", "--index", str(tmp_path / "idx"), "--features", features, "--quiet"] + _network_flags(tmp_path, nets)
     assert cli.main(base + ["--ray", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot reach the Ray cluster at '127.0.0.1:1'" in err[0]
@@ -204,10 +200,21 @@ def ray_cluster():
     ray.shutdown()
 
 
+def _network_flags(tmp_path, nets):
+    from dns_jax import checkpoint
+    flags = []
+    for role, net in zip(("fine", "coarse", "selector"), nets):
+        checkpoint.save_network(str(tmp_path / role), net.name, net.config, net.variables)
+        flags += [f"--{role}", str(tmp_path / role)]
+    return flags
+
+
 @pytest.mark.slow
-def test_index_ray_equals_single_process(ray_cluster, tmp_path, features, single, nets):
-    """2 workers, shards of 4: the single-process index (the bad video listed as skipped); a staged
-    shard left by a run with other networks is rejected with an error line and the rest is built."""
+def test_index_ray_equals_single_process(ray_cluster, tmp_path, features, single, nets, capsys):
+    """`dns-jax index --ray`, 2 workers, shards of 4: the single-process index (the bad video listed
+    as skipped); a staged shard left by a run with other networks is rejected with an error line
+    and the rest is built."""
+    from dns_jax import cli
     from dns_jax.distributed import index_ray
     d = str(tmp_path / "idx")
     Index.create(d, *nets, "packed", 64).close()
@@ -216,13 +223,16 @@ def test_index_ray_equals_single_process(ray_cluster, tmp_path, features, single
                         np.zeros(1), networks={r: describe_network(m) for r, m in
                                                zip(("fine", "coarse", "selector"), (other.fine_model, *nets[1:]))},
                         fine_kind="float32", fine_dims=512)
-    logs = []
-    report = index_ray(d, [features], *nets, shard_size=4, workers=2, progress=False, log=logs.append)
-    assert (report.added, report.already, list(report.skipped)) == (18, 0, ["bad"])
+    capsys.readouterr()
+    assert cli.main(["index", "--index", d, "--features", features, "--ray", "--workers", "2", "--shard-size", "4",
+                     "--quiet"] + _network_flags(tmp_path, nets)) == 0
+    err = capsys.readouterr().err.splitlines()
     assert any(line.startswith("error: staged shard " + os.path.basename(alien)) and "fine network" in line
-               for line in logs)
+               for line in err)
+    assert any(line.startswith("skipped bad: ") for line in err)
+    assert f"{d}: 18 videos added, 0 already indexed, 1 skipped" in err
     assert_same_index(single, d)
-    again = index_ray(d, [features], *nets, shard_size=4, workers=2, progress=False, log=logs.append)
+    again = index_ray(d, [features], *nets, shard_size=4, workers=2, progress=False, log=lambda m: None)
     assert (again.added, again.already) == (0, 18)
 
 

@@ -31,6 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 import dns_jax
+<<<<<<< HEAD
 from dns_jax.distributed.cluster import (
     ClusterError,
     PortableExtractor,
@@ -39,6 +40,10 @@ from dns_jax.distributed.cluster import (
     require_ray,
     worker_resources,
 )
+=======
+from dns_jax.compile_cache import enable_compilation_cache
+from dns_jax.distributed.cluster import ClusterError, PortableExtractor, cluster, exit_once, require_ray, worker_resources
+>>>>>>> wt-ray
 from dns_jax.features.extract_folder import SCRATCH, Summary, has_features, prepare_output, write_features_atomic
 from dns_jax.features.extractor import Extractor
 from dns_jax.features.video import VideoError, iter_frames
@@ -91,6 +96,7 @@ class _ExtractWorker:
 
     def __init__(self, output: str, extractor: PortableExtractor, settings_json: str, chunk_frames: int,
                  faults: Optional[dict] = None):
+        enable_compilation_cache()          # $DNS_JAX_COMPILATION_CACHE, as the command-line tools
         self.root = parts_dir(output)
         self.extractor = extractor.load()
         self.settings_json = settings_json

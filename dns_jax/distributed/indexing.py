@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from dns_jax.compile_cache import enable_compilation_cache
 from dns_jax.datasets.stores import open_features, read_checked
 from dns_jax.distributed.cluster import ClusterError, PortableNetwork, cluster, exit_once, require_ray, worker_resources
 from dns_jax.index.build import BuildReport, iter_videos, open_for_writing
@@ -61,6 +62,7 @@ class _IndexWorker:
 
     def __init__(self, directory: str, fine: PortableNetwork, coarse: PortableNetwork, selector: PortableNetwork,
                  binary: str, fine_kind: str, fine_dims: int, faults: Optional[dict] = None):
+        enable_compilation_cache()          # $DNS_JAX_COMPILATION_CACHE, as the command-line tools
         self.directory = directory
         self.fine, self.coarse, self.selector = fine.load(), coarse.load(), selector.load()
         self.scorer = scorer_for(self.fine, binary)

@@ -31,6 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from dns_jax.compile_cache import enable_compilation_cache
 from dns_jax.distributed.cluster import PortableNetwork, cluster, cluster_resources
 from dns_jax.index.store import Index, read_manifest
 from dns_jax.retrieval import DnS, Representations, SearchResults, budget_count, selector_scores
@@ -42,7 +43,9 @@ class ShardActor:
 
     def __init__(self, directory: str, shards: Sequence[str], fine: PortableNetwork, coarse: PortableNetwork,
                  selector: PortableNetwork, binary: str = "packed", coarse_dtype: str = "float32",
-                 resident: Optional[bool] = True):
+                 resident: Optional[bool] = True, own_process: bool = True):
+        if own_process:                     # a Ray actor: $DNS_JAX_COMPILATION_CACHE, as the command-line tools
+            enable_compilation_cache()
         self.index = Index.open(directory, shards=list(shards))
         self.dns = DnS(fine.load(), coarse.load(), selector.load(), binary, resident=resident)
         self.coarse_dtype = coarse_dtype
@@ -157,8 +160,8 @@ class ShardedSearch:
             binary = "packed" if dns.scorer.packed or not dns.scorer.bits else "float"
             shards = [[entries[i]["name"] for i in run] for run in runs]
             if ray is None:
-                self.actors = [_InProcess(ShardActor(directory, names, *nets, binary, coarse_dtype, resident))
-                               for names in shards]
+                self.actors = [_InProcess(ShardActor(directory, names, *nets, binary, coarse_dtype, resident,
+                                                     own_process=False)) for names in shards]
                 self._get, self._put = (lambda x: x), (lambda x: x)
             else:
                 cpus = cluster_resources(ray).get("CPU", 1)

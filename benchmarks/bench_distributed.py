@@ -1,0 +1,256 @@
+"""Distributed throughput on Ray and DnS at FIVR-200K size, on this machine.
+
+    python benchmarks/bench_distributed.py [--skip ray,fivr] [--videos 48] [--clips 8]
+        [--fivr-videos 225960] [--queries 2]
+
+Random weights and random features (speed does not depend on their values). Prints:
+
+* Ray throughput (videos/s) of `index_ray` (feature files -> index: FG-Bin, CG, selector) and of
+  `extract_features_ray` (video files -> HDF5: decoding + a ResNet-50 L3-iMAC + PCA extractor)
+  with 1 and 2 workers on a local Ray cluster of this machine's CPUs, beside the single-process
+  `build_index` / `extract_to_hdf5`. Each Ray run starts its actors (JAX import, network
+  compilation): `wall` includes that, `steady` is the marginal rate between a small and a full run.
+* DnS per query on a FIVR-200K-sized database (225,960 videos, FG-Bin codes) on CPU, at a 5 %
+  budget and at a fixed 1,000 re-ranked videos, stage by stage. Video lengths are an assumption
+  (log-normal, median 80 s, sigma 0.9, clipped to 4-1800 s at 1 frame per second: mean ~ 2 min);
+  the FG-Bin codes of 225,960 such videos take ~15 GB, more than this shared VM can spare, so every
+  video's codes are a window of a 512 MiB pool of random codes, kept resident (the kernel's work per
+  video is that of its own length). Coarse vectors (float32) and self-similarities are real-sized.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from dns_jax import pretrained, retrieval  # noqa: E402
+from dns_jax.retrieval.fine import ResidentDatabase, ResidentPart  # noqa: E402
+
+R, D = 9, 512
+
+
+def load():
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def networks():
+    fg = pretrained.init_network("fg_bin_student", jax.random.PRNGKey(1), indexing="bin")
+    cg = pretrained.init_network("cg_student", jax.random.PRNGKey(2))
+    sel = pretrained.init_network("selector", jax.random.PRNGKey(3))
+    return fg, cg, sel
+
+
+# ------------------------------------------------------------------------------------------------
+# Ray throughput
+
+def _features_file(path, n, rng):
+    import h5py
+    with h5py.File(path, "w") as f:
+        for i in range(n):
+            x = rng.standard_normal((int(rng.integers(30, 121)), R, D)).astype(np.float32)
+            f[f"v{i:05d}"] = x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _clip(path, seconds, rng):
+    import av
+    with av.open(path, "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.height, s.width, s.pix_fmt = 240, 320, "yuv420p"
+        for i in range(seconds * 10):
+            img = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def _extractor():
+    from dns_jax.features.backbone import resnet50
+    from dns_jax.features.extractor import Extractor, FeatureExtractor
+    model = FeatureExtractor(backbone=resnet50(), pca_dims=512)
+    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 224, 224, 3), np.uint8))
+    return Extractor(model, variables, batch_size=16, name="resnet50 (random weights)")
+
+
+def ray_rows(n_videos, n_clips, cpus):
+    import ray
+
+    from dns_jax.distributed import extract_features_ray, index_ray
+    from dns_jax.features.extract_folder import extract_to_hdf5
+    from dns_jax.index import build_index
+    rng = np.random.default_rng(0)
+    tmp = tempfile.mkdtemp(prefix="bench_ray_")
+    fg, cg, sel = networks()
+    feats = os.path.join(tmp, "feats.hdf5")
+    _features_file(feats, n_videos, rng)
+    small = os.path.join(tmp, "small.hdf5")
+    _features_file(small, 4, rng)
+    clips = []
+    for i in range(n_clips):
+        clips.append((f"c{i}", os.path.join(tmp, f"c{i}.mp4")))
+        _clip(clips[-1][1], int(rng.integers(8, 16)), rng)
+    extractor = _extractor()
+    quiet = dict(progress=False, log=lambda m: None)
+    rows = []
+
+    def timed(fn):
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    # single process (networks compiled by a first small run, as the actors' steady rate excludes it)
+    build_index(os.path.join(tmp, "warm"), [small], fg, cg, sel, **quiet)
+    t = timed(lambda: build_index(os.path.join(tmp, "one"), [feats], fg, cg, sel, shard_size=16, **quiet))
+    rows.append(("index", "single process", n_videos, t, float("nan")))
+    extract_to_hdf5(clips[:1], os.path.join(tmp, "warm.hdf5"), extractor, **quiet)
+    t = timed(lambda: extract_to_hdf5(clips, os.path.join(tmp, "one.hdf5"), extractor, **quiet))
+    rows.append(("extract", "single process", n_clips, t, float("nan")))
+    env = {"PYTHONPATH": os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."),
+           "DNS_JAX_COMPILATION_CACHE": os.path.join(tmp, "xla")}       # actors of later runs reuse compiles
+    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="WARNING", runtime_env={"env_vars": env})
+    try:
+        for workers in (1, 2):
+            index_ray(os.path.join(tmp, f"w{workers}-warm"), [small], fg, cg, sel, shard_size=4, workers=workers,
+                      **quiet)
+            t_small = timed(lambda: index_ray(os.path.join(tmp, f"w{workers}-small"), [small], fg, cg, sel,
+                                              shard_size=4, workers=workers, **quiet))
+            t = timed(lambda: index_ray(os.path.join(tmp, f"w{workers}"), [feats], fg, cg, sel, shard_size=16,
+                                        workers=workers, **quiet))
+            rows.append(("index", f"Ray, {workers} worker{'s' * (workers > 1)}", n_videos, t,
+                         (n_videos - 4) / max(t - t_small, 1e-9)))
+            extract_features_ray(clips[:1], os.path.join(tmp, f"w{workers}-warm.hdf5"), extractor, workers=workers,
+                                 **quiet)
+            t_small = timed(lambda: extract_features_ray(clips[:1], os.path.join(tmp, f"w{workers}-s.hdf5"),
+                                                         extractor, workers=workers, **quiet))
+            t = timed(lambda: extract_features_ray(clips, os.path.join(tmp, f"w{workers}.hdf5"), extractor,
+                                                   part_size=2, workers=workers, **quiet))
+            rows.append(("extract", f"Ray, {workers} worker{'s' * (workers > 1)}", n_clips, t,
+                         (n_clips - 1) / max(t - t_small, 1e-9)))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\n## Ray throughput on this machine ({cpus} CPUs for the local cluster; load average {load()})")
+    print(f"{'stage':8s} {'how':18s} {'videos':>6s} {'wall s':>7s} {'videos/s':>9s} {'steady videos/s':>15s}")
+    for stage, how, n, t, steady in rows:
+        print(f"{stage:8s} {how:18s} {n:6d} {t:7.1f} {n / t:9.3f} {steady:15.3f}")
+    print(f"(index: {n_videos} feature sets of 30-120 frames, FG-Bin + CG + selector, random weights; extract: "
+          f"{n_clips} clips of 8-15 s at 10 fps, 320x240, decoded at 1 frame/s, ResNet-50 + L3-iMAC + PCA 512, "
+          "random weights. wall: the whole call, Ray's actor start and compiles included (the persistent XLA "
+          "cache, warmed by a first run, serves later actors); steady: the marginal rate between a 4-video "
+          "(index) / 1-clip (extract) run and the full run. Single process: networks compiled beforehand.)")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# DnS at FIVR-200K size
+
+class SyntheticDatabase:
+    """The database protocol of DnS.search (ids, coarse, selfsim, fine_rep) with a resident copy:
+    each video's FG-Bin codes are a window of a shared pool of random codes."""
+
+    def __init__(self, n, lengths, pool_frames, rng, coarse_dims=1024):
+        self.n = n
+        self.ids = [str(i) for i in range(n)]
+        self.lengths = np.asarray(lengths, np.int64)
+        c = rng.standard_normal((n, coarse_dims), dtype=np.float32)
+        c /= np.linalg.norm(c, axis=1, keepdims=True)
+        self.coarse = c
+        self.selfsim = rng.uniform(0.2, 0.9, n).astype(np.float32)
+        words = rng.integers(0, 2 ** 32, (pool_frames + 1, R, 16), dtype=np.uint32)
+        words[-1] = 0
+        self.pool = words                                   # kernel input: uint32 code words
+        self.packed = words[:-1].view(np.uint8)             # [F, R, 64] stored codes
+        self.starts = rng.integers(0, pool_frames - self.lengths + 1)
+        dev = jax.local_devices()[0]
+        self.resident_fine = ResidentDatabase(
+            n=n, lengths=self.lengths, part=np.zeros(n, np.int32), start=self.starts,
+            parts=[ResidentPart(frames=jax.device_put(words, dev), device=dev, regions=R, zero=pool_frames)])
+
+    def __len__(self):
+        return self.n
+
+    def fine_rep(self, i):
+        s = int(self.starts[i])
+        return self.packed[s:s + int(self.lengths[i])]
+
+    def fine_reps(self, idx):
+        return [self.fine_rep(int(i)) for i in idx]
+
+
+def fivr_lengths(n, rng):
+    return np.clip(np.round(rng.lognormal(np.log(80.0), 0.9, n)), 4, 1800).astype(np.int64)
+
+
+def fivr_rows(n, n_queries, budgets):
+    rng = np.random.default_rng(0)
+    fg, cg, sel = networks()
+    lengths = fivr_lengths(n, rng)
+    t = time.perf_counter()
+    db = SyntheticDatabase(n, lengths, pool_frames=(1 << 29) // (R * 64), rng=rng)
+    built = time.perf_counter() - t
+    dns = retrieval.DnS(fg, cg, sel)
+    q = rng.standard_normal((n_queries, 60, R, D)).astype(np.float32)
+    queries = dns.index(list(q / np.linalg.norm(q, axis=-1, keepdims=True)))
+    print(f"\n## DnS per query at FIVR-200K size on CPU ({jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
+          f"load average {load()})")
+    print(f"database: {n} videos, lengths {lengths.min()}-{lengths.max()} frames (mean {lengths.mean():.1f}, "
+          f"median {np.median(lengths):.0f}); FG-Bin codes {lengths.sum() * R * 64 / 1e9:.1f} GB at full size "
+          f"(here windows of a {db.pool.nbytes / 2**30:.1f} GiB resident pool); coarse {db.coarse.nbytes / 1e9:.2f} GB "
+          f"float32; built in {built:.0f} s")
+    print(f"{'budget':>12s} {'re-ranked':>9s} {'frames':>9s} {'total s':>8s} {'coarse s':>9s} {'selector s':>10s} "
+          f"{'fine s':>8s} {'ms/target':>9s} {'rest s':>7s}")
+    out = {}
+    for budget in budgets:
+        for qi in range(n_queries):
+            one = retrieval.Representations(ids=[queries.ids[qi]], fine=[queries.fine[qi]],
+                                            coarse=queries.coarse[qi:qi + 1], selfsim=queries.selfsim[qi:qi + 1])
+            t = time.perf_counter()
+            res = dns.search(one, db, budget=budget, topk=100)
+            total = time.perf_counter() - t
+            tm = res.timings
+            chosen = retrieval.selection(retrieval.selector_scores(sel, one.selfsim, db.selfsim,
+                                                                   one.coarse @ db.coarse.T), budget)[0]
+            frames = int(db.lengths[chosen].sum())
+            rest = total - tm["coarse_s_per_query"] - tm["selector_s_per_query"] - tm["fine_s_per_query"]
+            label = f"{budget:.0%}" if isinstance(budget, float) else f"{budget} videos"
+            note = " (first: compiles)" if qi == 0 else ""
+            print(f"{label:>12s} {tm['fine_pairs_per_query']:9d} {frames:9d} {total:8.2f} {tm['coarse_s_per_query']:9.3f} "
+                  f"{tm['selector_s_per_query']:10.3f} {tm['fine_s_per_query']:8.2f} "
+                  f"{tm['fine_s_per_query'] / max(tm['fine_pairs_per_query'], 1) * 1e3:9.3f} {rest:7.2f}{note}")
+            if qi:
+                out[budget] = min(out.get(budget, float("inf")), total)
+            gc.collect()
+    print("(one 60-frame query per search; total = coarse + selector + fine + selection, mixing and ranking "
+          "(rest); the first query of each budget compiles the canvas sizes it meets)")
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--skip", default="", help="comma list of sections to skip: ray,fivr")
+    p.add_argument("--videos", type=int, default=48, help="feature sets indexed per Ray run")
+    p.add_argument("--clips", type=int, default=8, help="video clips extracted per Ray run")
+    p.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray cluster")
+    p.add_argument("--fivr-videos", type=int, default=225960)
+    p.add_argument("--queries", type=int, default=2, help="queries per budget (the first one compiles)")
+    args = p.parse_args()
+    skip = set(args.skip.split(","))
+    print(f"# dns_jax distributed benchmark: {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
+          f"jax {jax.__version__}, load average {load()}")
+    if "fivr" not in skip:
+        fivr_rows(args.fivr_videos, args.queries, [0.05, 1000])
+    if "ray" not in skip:
+        ray_rows(args.videos, args.clips, args.cpus)
+
+
+if __name__ == "__main__":
+    main()
