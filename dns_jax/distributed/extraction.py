@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 import dns_jax
-<<<<<<< HEAD
+from dns_jax.compile_cache import enable_compilation_cache
 from dns_jax.distributed.cluster import (
     ClusterError,
     PortableExtractor,
@@ -40,10 +40,6 @@ from dns_jax.distributed.cluster import (
     require_ray,
     worker_resources,
 )
-=======
-from dns_jax.compile_cache import enable_compilation_cache
-from dns_jax.distributed.cluster import ClusterError, PortableExtractor, cluster, exit_once, require_ray, worker_resources
->>>>>>> wt-ray
 from dns_jax.features.extract_folder import SCRATCH, Summary, has_features, prepare_output, write_features_atomic
 from dns_jax.features.extractor import Extractor
 from dns_jax.features.video import VideoError, iter_frames
