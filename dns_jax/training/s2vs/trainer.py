@@ -129,8 +129,9 @@ def prepare_extractor(cfg, workdir: str, col: Collection, is_main: bool, say: Ca
 
 
 def _settings(cfg) -> Dict[str, Any]:
-    """What the view bank depends on."""
-    return {"augmentation": cfg.augmentation.to_dict(), "extractor": cfg.extractor.to_dict(),
+    """What the view bank depends on (not the label mode: targets are built at each step)."""
+    augmentation = {k: v for k, v in cfg.augmentation.to_dict().items() if k != "labels"}
+    return {"augmentation": augmentation, "extractor": cfg.extractor.to_dict(),
             "fps": cfg.data.fps, "jpeg_quality": cfg.data.jpeg_quality, "seed": cfg.seed,
             "batch_size": cfg.feature_bank.batch_size}
 
