@@ -414,10 +414,16 @@ def test_teacher_for_the_build(real_run, tmp_path):
     recipe.update(num_train_steps=5, warmup_steps=1)
     messages = []
     path = train_s2vs_teacher(videos, str(work / "features.hdf5"), str(out), recipe=recipe, seed=cfg.seed,
-                              progress=False, log=messages.append)
+                              progress=False, log=messages.append, pca=str(work / "pca.npz"))
     name, teacher = pretrained.load_teacher("s2vs:" + path)
     assert name == "s2vs" and teacher.dims == 32
     assert len(pretrained.load("s2vs", path).variables["params"]) > 0
     assert any("final loss" in m for m in messages)
     with pytest.raises(ConfigError, match="unknown config key"):
         train_s2vs_teacher(videos, None, str(out), recipe={"num_steps": 5})
+    pca = dict(np.load(work / "pca.npz"))
+    pca["V"] = pca["V"][:, ::-1].copy()                    # another whitening than the build's
+    np.savez(tmp_path / "other_pca.npz", **pca)
+    with pytest.raises(ConfigError, match="does not reproduce the features"):
+        train_s2vs_teacher(videos, str(work / "features.hdf5"), str(tmp_path / "t2"), recipe=recipe,
+                           pca=str(tmp_path / "other_pca.npz"))
