@@ -190,6 +190,43 @@ def test_plain_features_split_shared_batches_back_into_videos():
     assert {k: v.tolist() for k, v in out.items()} == {"1": [1, 2, 3], "20": list(range(20, 26)), "40": [40, 41]}
 
 
+def _write_video(path, n=20, rate=10):
+    import av
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=rate)
+        s.height, s.width, s.pix_fmt = 64, 80, "yuv420p"
+        for i in range(n):
+            img = np.zeros((64, 80, 3), np.uint8)
+            img[:, : 8 * (i % 10) + 8] = 40 + 8 * i
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return str(path)
+
+
+def test_frame_store_raw_and_jpeg(tmp_path):
+    from dns_jax.training.s2vs import FrameStore, FrameStoreError, build_frame_store
+    videos = [("a", _write_video(tmp_path / "a.mp4")), ("b", _write_video(tmp_path / "b.mp4", n=10))]
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    videos.append(("bad", str(tmp_path / "bad.mp4")))
+    frames = {}
+    for quality in (0, 90):
+        path = str(tmp_path / f"frames{quality}.hdf5")
+        summary = build_frame_store(videos, path, fps=5, size=48, jpeg_quality=quality, log=lambda m: None)
+        assert summary.lengths == {"a": 10, "b": 5} and [f[0] for f in summary.failed] == ["bad"]
+        again = build_frame_store(videos[:2], path, fps=5, size=48, jpeg_quality=quality, log=lambda m: None)
+        assert again.decoded == 0 and again.lengths == summary.lengths        # resumed: nothing decoded
+        store = FrameStore(path)
+        frames[quality] = store.read("a", np.asarray([3, 0, 3]))
+        store.close()
+        with pytest.raises(FrameStoreError, match="other settings"):
+            build_frame_store(videos[:1], path, fps=1, size=48, jpeg_quality=quality)
+    assert frames[0].shape == (3, 48, 48, 3) and frames[0].dtype == np.uint8
+    np.testing.assert_array_equal(frames[0][0], frames[0][2])
+    assert np.abs(frames[0].astype(int) - frames[90].astype(int)).mean() < 3
+
+
 def test_windows_and_epochs():
     rng = np.random.default_rng(0)
     starts = {int(window_index(rng, 10, 4)[0]) for _ in range(200)}
@@ -273,7 +310,7 @@ def test_training_learns_views_of_videos_it_never_saw():
     """The step's objective does what it is for: after training on noisy views of random feature
     videos, a held-out video's weak view retrieves its strong view (at initialisation: chance)."""
     rng = np.random.default_rng(0)
-    cfg = _small_config(batch_size=8, num_train_steps=60, learning_rate=2e-3)
+    cfg = _small_config(batch_size=8, num_train_steps=40, learning_rate=2e-3)
     module, state, step = _setup(cfg)
     init_vars = jax.device_get(state.variables())
 
@@ -377,10 +414,16 @@ def test_teacher_for_the_build(real_run, tmp_path):
     recipe.update(num_train_steps=5, warmup_steps=1)
     messages = []
     path = train_s2vs_teacher(videos, str(work / "features.hdf5"), str(out), recipe=recipe, seed=cfg.seed,
-                              progress=False, log=messages.append)
+                              progress=False, log=messages.append, pca=str(work / "pca.npz"))
     name, teacher = pretrained.load_teacher("s2vs:" + path)
     assert name == "s2vs" and teacher.dims == 32
     assert len(pretrained.load("s2vs", path).variables["params"]) > 0
     assert any("final loss" in m for m in messages)
     with pytest.raises(ConfigError, match="unknown config key"):
         train_s2vs_teacher(videos, None, str(out), recipe={"num_steps": 5})
+    pca = dict(np.load(work / "pca.npz"))
+    pca["V"] = pca["V"][:, ::-1].copy()                    # another whitening than the build's
+    np.savez(tmp_path / "other_pca.npz", **pca)
+    with pytest.raises(ConfigError, match="does not reproduce the features"):
+        train_s2vs_teacher(videos, str(work / "features.hdf5"), str(tmp_path / "t2"), recipe=recipe,
+                           pca=str(tmp_path / "other_pca.npz"))

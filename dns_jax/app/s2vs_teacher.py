@@ -18,7 +18,10 @@ import os
 from typing import Callable, Optional, Sequence, Tuple
 
 import ml_collections
+import numpy as np
 
+from dns_jax.features.extractor import load_extractor
+from dns_jax.features.video import load_video
 from dns_jax.training.config import ConfigError
 from dns_jax.training.s2vs import default_s2vs_config, train_s2vs, validate_s2vs_config
 
@@ -66,6 +69,31 @@ def _deep_merge(base: dict, given: dict) -> dict:
     return out
 
 
+def check_features(cfg, videos: Sequence[Tuple[str, str]], features_hdf5: str, min_cosine: float = 0.95) -> float:
+    """The mean cosine between the features `features_hdf5` holds for the first of `videos` and
+    the ones the teacher's frozen extractor computes from the same frames; a ConfigError when they
+    differ (another backbone or PCA than the build's: the teacher would learn on other features
+    than it scores)."""
+    import h5py
+    with h5py.File(features_hdf5, "r") as h5:
+        vid, path = next(((v, p) for v, p in videos if v in h5), (None, None))
+        if vid is None:
+            raise ConfigError(f"none of the videos has features in {features_hdf5}")
+        stored = h5[vid][:]
+    e = cfg.extractor
+    extractor = load_extractor(e.backbone, e.pca, e.dims, batch_size=len(stored),
+                               precision=None if e.precision == "default" else e.precision)
+    a = cfg.augmentation
+    ours = extractor(load_video(path, fps=cfg.data.fps, rs_size=a.source_size, cc_size=a.frame_size))
+    n = min(len(ours), len(stored))
+    cosine = float(np.mean(np.sum(ours[:n] * stored[:n], axis=-1)))
+    if cosine < min_cosine:
+        raise ConfigError(f"the teacher's extractor ({e.backbone}, PCA {e.pca}) does not reproduce the features in "
+                          f"{features_hdf5} (mean cosine {cosine:.3f} on video {vid!r}): pass the build's backbone "
+                          "and PCA file")
+    return cosine
+
+
 def train_s2vs_teacher(videos: Sequence[Tuple[str, str]], features_hdf5: Optional[str], out_dir: str,
                        recipe=None, seed: int = 0, progress: bool = True,
                        log: Callable[[str], None] = print, *, backbone: Optional[str] = None,
@@ -85,8 +113,9 @@ def train_s2vs_teacher(videos: Sequence[Tuple[str, str]], features_hdf5: Optiona
       pca: the build's whitening file (features/pca.npz or the official download). None: fitted
         here on the same frames, which matches the build's own fit only approximately.
 
-    Raises ConfigError / S2VSDataError (ValueErrors) for a bad recipe or a collection that cannot
-    be trained on (fewer usable videos than the batch), TeacherInterrupted when stopped.
+    Raises ConfigError / S2VSDataError (ValueErrors) for a bad recipe, a backbone or PCA that does
+    not reproduce `features_hdf5` (checked on one video when `pca` is given) or a collection that
+    cannot be trained on (fewer usable videos than the batch); TeacherInterrupted when stopped.
     """
     dims = _features_dims(features_hdf5) if features_hdf5 else None
     cfg = teacher_config(recipe, seed, dims, backbone, pca, progress)
@@ -94,6 +123,8 @@ def train_s2vs_teacher(videos: Sequence[Tuple[str, str]], features_hdf5: Optiona
         raise ConfigError(f"the features in {features_hdf5} are {dims}-d, the recipe's network {cfg.model.dims}-d")
     if pca is None:
         log("s2vs teacher: no PCA file given, fitting the whitening on the collection's frames")
+    elif features_hdf5:
+        check_features(cfg, videos, features_hdf5)
     result = train_s2vs(cfg, out_dir, videos=list(videos), say=log)
     if result.preempted:
         raise TeacherInterrupted(f"S2VS teacher training stopped at step {result.step} of "

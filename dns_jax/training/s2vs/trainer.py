@@ -11,6 +11,7 @@ Stages, each resumable (rerunning the same command continues where it stopped):
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -115,7 +116,8 @@ def prepare_frames(cfg, workdir: str, videos: Optional[Sequence], is_main: bool,
 
 
 def prepare_extractor(cfg, workdir: str, col: Collection, is_main: bool, say: Callable):
-    """Stage 2: (FeatureExtractor module, its variables) with the configured or a fitted PCA."""
+    """Stage 2: (FeatureExtractor module, its variables, the PCA file) with the configured or a
+    fitted PCA."""
     e = cfg.extractor
     pca = e.pca
     if not pca:
@@ -125,14 +127,26 @@ def prepare_extractor(cfg, workdir: str, col: Collection, is_main: bool, say: Ca
             ext.fit_collection_pca(raw, col.frames, col.ids, col.lengths, cfg.augmentation.frame_size, e.dims,
                                    workdir, say)
         _barrier("s2vs-pca")
-    return ext.load_frozen_extractor(e.backbone, pca, e.dims, e.batch_frames, e.precision)
+    module, variables = ext.load_frozen_extractor(e.backbone, pca, e.dims, e.batch_frames, e.precision)
+    return module, variables, pca
 
 
-def _settings(cfg) -> Dict[str, Any]:
-    """What the view bank depends on."""
-    return {"augmentation": cfg.augmentation.to_dict(), "extractor": cfg.extractor.to_dict(),
-            "fps": cfg.data.fps, "jpeg_quality": cfg.data.jpeg_quality, "seed": cfg.seed,
-            "batch_size": cfg.feature_bank.batch_size}
+def _file_digest(path: str) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _settings(cfg, pca_path: str) -> Dict[str, Any]:
+    """What the view bank depends on: the PCA by its content (not where it lies); not the label
+    mode (targets are built at each step) nor the extractor's batch size."""
+    augmentation = {k: v for k, v in cfg.augmentation.to_dict().items() if k != "labels"}
+    extractor = {k: v for k, v in cfg.extractor.to_dict().items() if k != "batch_frames"}
+    extractor["pca"] = _file_digest(pca_path)
+    return {"augmentation": augmentation, "extractor": extractor, "fps": cfg.data.fps,
+            "jpeg_quality": cfg.data.jpeg_quality, "seed": cfg.seed, "batch_size": cfg.feature_bank.batch_size}
 
 
 def _check_batch(cfg) -> None:
@@ -141,7 +155,7 @@ def _check_batch(cfg) -> None:
         raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the {n} devices")
 
 
-def _loader(cfg, workdir, col, extractor, frozen, aug_cfg, overlays, is_main, say, closers):
+def _loader(cfg, workdir, col, extractor, frozen, pca_path, aug_cfg, overlays, is_main, say, closers):
     """Stage 3 (the view bank) and the grain loader of the configured mode."""
     sampler = EpochSampler(len(col.ids), cfg.batch_size, cfg.seed)
     kw = dict(num_threads=cfg.data.num_threads, prefetch=cfg.data.prefetch,
@@ -153,7 +167,7 @@ def _loader(cfg, workdir, col, extractor, frozen, aug_cfg, overlays, is_main, sa
         fn = make_bank_fn(extractor, aug_cfg, overlays, cfg.extractor.batch_frames, frozen)
         bank_lib.build_view_bank(path, col.frames, col.ids, col.lengths, cfg.feature_bank.views,
                                  cfg.feature_bank.batch_size, cfg.augmentation.source_frames, cfg.seed,
-                                 _settings(cfg), fn, say, progress=cfg.progress_bar)
+                                 _settings(cfg, pca_path), fn, say, progress=cfg.progress_bar)
     _barrier("s2vs-bank")
     bank = bank_lib.ViewBank(path, cfg.feature_bank.views, len(col.ids))
     closers.append(bank)
@@ -189,9 +203,10 @@ def train_s2vs(config, workdir: str, videos: Optional[Sequence] = None,
         replicated, _ = shardings(mesh)
         extractor, frozen, loader = None, {}, None
         if not finished:
-            extractor, ex_vars = prepare_extractor(cfg, workdir, col, is_main, say)
+            extractor, ex_vars, pca_path = prepare_extractor(cfg, workdir, col, is_main, say)
             frozen = frozen_variables(ex_vars, mesh)
-            loader = _loader(cfg, workdir, col, extractor, frozen, aug_cfg, overlays, is_main, say, closers)
+            loader = _loader(cfg, workdir, col, extractor, frozen, pca_path, aug_cfg, overlays, is_main, say,
+                             closers)
         tx = make_optimizer(cfg)
         base = jax.random.PRNGKey(cfg.seed)
         state = (state_from_variables(initial, tx) if initial is not None
