@@ -156,7 +156,7 @@ def test_cli_exit_codes_and_one_line_errors(workdir, tmp_path, capsys):
     _, work, _ = workdir
     out = tmp_path / "r.json"
     out.write_text('{"kept": {}}')
-    for bad in (["--budget", "nan"], ["--budget", "2"], ["--budget", "-1"], ["--top", "-3"],
+    for bad in (["--budget", "nan"], ["--budget", "1.5"], ["--budget", "-1"], ["--budget", "5 videos"], ["--top", "-3"],
                 ["--output", str(tmp_path / "missing" / "r.json")]):
         assert cli.main(["query", "--workdir", work, "--output", str(out), *bad, "a"]) == 2
         err = capsys.readouterr().err

@@ -42,8 +42,9 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
 
 
-def budget_value(text: str):
-    """`--budget`: a whole number is a number of videos per query (`1000`), a decimal a fraction of
+def budget_value(text):
+    """`--budget` (read as text, converted in the command's run so that a bad value is the usual
+    one-line error): a whole number is a number of videos per query (`1000`), a decimal a fraction of
     the collection (`0.05`, `1.0` = every video), `N%` a percentage."""
     t = str(text).strip()
     try:
@@ -51,8 +52,8 @@ def budget_value(text: str):
     except ValueError:
         value = None
     if value is None or (isinstance(value, float) and not 0.0 <= value <= 1.0):
-        raise argparse.ArgumentTypeError(f"budget must be a fraction in [0, 1] (0.05, 5%) or a whole number of "
-                                         f"videos per query (1000), got {text!r}")
+        raise ValueError(f"budget must be a fraction in [0, 1] (0.05, 5%) or a whole number of "
+                         f"videos per query (1000), got {text!r}")
     return value
 
 

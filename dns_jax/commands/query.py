@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, metavar="WORK", help="folder made by `dns-jax build`")
     p.add_argument("--stage", choices=STAGES, default="dns",
                    help="coarse student only, fine student for all, or DnS (default)")
-    p.add_argument("--budget", type=budget_value, default=0.05,
+    p.add_argument("--budget", default="0.05",
                    help="DnS: re-scored by the fine student per query: a fraction of the collection (0.05, 5%%; "
                         "1.0 = all) or a number of videos (1000); default 0.05")
     p.add_argument("--output", metavar="JSON", help="write {query_id: {video_id: score}} here")
@@ -38,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     """Exit status 0 when every query was answered, 1 when some failed (each is reported on
     stderr and the others' scores are still written), 2 for a bad option (nothing is touched)."""
+    args.budget = budget_value(args.budget)
     log = (lambda *a, **k: None) if args.quiet else print
     outcome = answer_queries(args.workdir, args.videos, args.stage, args.budget, args.output, args.top, log=log,
                              segments=args.segments, output_format=args.output_format)

@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--query-features", metavar="FEATURES",
                    help="feature file or folder holding the queries (default: queries come from the index)")
     p.add_argument("--stage", choices=STAGES, default="dns", help="default: dns")
-    p.add_argument("--budget", type=budget_value, default=0.1,
+    p.add_argument("--budget", default="0.1",
                    help="re-ranked by the fine student per query: a fraction of the database (0.1, 5%%; 1.0 = "
                         "all) or a number of videos (1000); default 0.1")
     p.add_argument("--top", type=int, default=100, help="results per query (0 = all; default 100)")
@@ -62,6 +62,7 @@ def _queries(args, dns: DnS, index: Index, ids):
 
 
 def run(args) -> int:
+    args.budget = budget_value(args.budget)
     fmt = args.format or ("csv" if args.output.lower().endswith(".csv") else "json")
     check_search_options(args.stage, args.budget, args.top)
     ids = list(args.query_ids or [])
