@@ -56,7 +56,8 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------
 # setup helpers
 
-def _maybe_initialize_distributed(cfg) -> None:
+def initialize_distributed(cfg) -> None:
+    """Join the multi-host job described by cfg.distributed (no-op when off or already joined)."""
     d = cfg.distributed
     if not d.initialize or jax.distributed.is_initialized():
         return
@@ -243,7 +244,7 @@ def _shapes(variables) -> List[Tuple[str, Tuple[int, ...]]]:
     return [(jax.tree_util.keystr(k), tuple(np.shape(v))) for k, v in leaves]
 
 
-def _init_from(cfg, module, model_kwargs) -> Dict[str, Any]:
+def init_variables_from(cfg, module, model_kwargs) -> Dict[str, Any]:
     """The Flax variables of the checkpoint / .pth in cfg.init_from, checked against `module`
     (its shapes, without initialising it)."""
     network = cfg.network
@@ -269,7 +270,7 @@ def _lower_is_better(metric: str) -> bool:
 def train_and_evaluate(config, workdir: str) -> TrainResult:
     """Train `config.network` as configured; checkpoints, metrics and pair files go to `workdir`."""
     cfg = validate_config(config)
-    _maybe_initialize_distributed(cfg)
+    initialize_distributed(cfg)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
@@ -283,7 +284,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     base = jax.random.PRNGKey(cfg.seed)
     try:
         ckpt.check_network(network, model_kwargs)   # before any expensive data preparation
-        initial = _init_from(cfg, module, model_kwargs) if cfg.init_from else None
+        initial = init_variables_from(cfg, module, model_kwargs) if cfg.init_from else None
         data = (_selector_data if network == "selector" else _student_data)(cfg, workdir, is_main, module)
         _check_dims(cfg, data.store)
     except BaseException:

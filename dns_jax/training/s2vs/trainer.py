@@ -58,7 +58,7 @@ from dns_jax.training.step import (
     shardings,
     state_from_variables,
 )
-from dns_jax.training.trainer import _init_from, _maybe_initialize_distributed
+from dns_jax.training.trainer import init_variables_from, initialize_distributed
 
 log = logging.getLogger("dns_jax.training")
 
@@ -180,7 +180,7 @@ def train_s2vs(config, workdir: str, videos: Optional[Sequence] = None,
     config.data.videos; `say` receives the stage messages (default: the log)."""
     cfg = validate_s2vs_config(config)
     say = say or log.info
-    _maybe_initialize_distributed(cfg)
+    initialize_distributed(cfg)
     _check_batch(cfg)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -193,7 +193,7 @@ def train_s2vs(config, workdir: str, videos: Optional[Sequence] = None,
     closers: List[Any] = [ckpt]
     try:
         ckpt.check_network(NETWORK, model_cfg)
-        initial = _init_from(cfg, module, model_cfg) if cfg.init_from else None
+        initial = init_variables_from(cfg, module, model_cfg) if cfg.init_from else None
         col = prepare_frames(cfg, workdir, videos, is_main, say)
         closers.append(col.frames)
         finished = (ckpt.latest_step() or 0) >= cfg.num_train_steps
