@@ -59,6 +59,14 @@ def probe(address: str, timeout: float = PROBE_SECONDS) -> None:
         raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {e.strerror or e}") from None
 
 
+def check_address(address: Optional[str]) -> None:
+    """ClusterError now, before any work, if Ray is missing or `address` does not answer (None or
+    '': a local cluster, started later)."""
+    require_ray()
+    if address:
+        probe(address)
+
+
 def _package_root() -> str:
     """The checkout or site-packages directory that holds dns_jax."""
     return os.path.dirname(os.path.dirname(os.path.abspath(dns_jax.__file__)))
