@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 # Tests run on CPU with float32 defaults unless a test enables x64 locally.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # CLI mains called in-process must not write compiled kernels under ~/.cache
@@ -7,3 +9,20 @@ os.environ.setdefault("DNS_JAX_COMPILATION_CACHE", "off")
 
 # the built collection the service tests share (one build per session)
 from service_fixtures import service_collection  # noqa: E402,F401
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A local Ray cluster of 2 CPUs for the module that asks for it (skipped without Ray). Its
+    workers import this checkout and these tests, run JAX on CPU and share one compilation cache,
+    so that each new actor loads the kernels the first one compiled."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'dns-jax[ray]')")
+    if ray.is_initialized():
+        pytest.skip("Ray is already initialised in this process")
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join([os.path.dirname(here), here] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    cache = str(tmp_path_factory.mktemp("ray_xla_cache"))
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"PYTHONPATH": path, "JAX_PLATFORMS": "cpu", "DNS_JAX_COMPILATION_CACHE": cache}})
+    yield ray
+    ray.shutdown()

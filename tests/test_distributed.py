@@ -186,20 +186,6 @@ def test_unreachable_address_and_flag_errors(tmp_path, features, nets, capsys):
     assert not os.path.exists(tmp_path / "idx")
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """One local Ray cluster of 2 CPUs for the module (its workers import dns_jax and these tests)."""
-    ray = _ray()
-    if ray.is_initialized():
-        pytest.skip("Ray is already initialised in this process")
-    path = os.pathsep.join([ROOT, HERE] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": path, "JAX_PLATFORMS": "cpu",
-                                       "DNS_JAX_COMPILATION_CACHE": "off"}})
-    yield ray
-    ray.shutdown()
-
-
 def _network_flags(tmp_path, nets):
     from dns_jax import checkpoint
     flags = []
