@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 
@@ -26,3 +27,24 @@ def ray_cluster(tmp_path_factory):
              runtime_env={"env_vars": {"PYTHONPATH": path, "JAX_PLATFORMS": "cpu", "DNS_JAX_COMPILATION_CACHE": cache}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _deadline(request):
+    """A test marked `deadline(seconds)` fails with TimeoutError instead of hanging (SIGALRM)."""
+    marker = request.node.get_closest_marker("deadline")
+    if marker is None or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+    seconds = int(marker.args[0])
+
+    def expire(signum, frame):
+        raise TimeoutError(f"{request.node.name} ran past its deadline of {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
