@@ -23,6 +23,7 @@ from dns_jax.index import Index, build_index, clean_staging, describe_network, s
 from dns_jax.index.store import STAGING, part_name
 from helpers import network
 
+pytestmark = pytest.mark.deadline(300)     # a stuck Ray job fails the test instead of hanging CI
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -34,7 +35,8 @@ def nets():
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory):
-    """18 videos of 2-39 frames (reference fixtures and random ones) and one with NaN features."""
+    """18 videos of 2-23 frames (reference fixtures and random ones) and one with NaN features. Short
+    lengths keep the canvases to 2 sizes: compiling their kernels is most of these tests' time."""
     ref = network("selector")[0]
     rng = np.random.default_rng(5)
     path = str(tmp_path_factory.mktemp("feats") / "f.hdf5")
@@ -42,7 +44,7 @@ def features(tmp_path_factory):
         for i, v in enumerate(ref.videos("q") + ref.videos("d")):
             f[f"v{i}"] = v
         for i in range(13):
-            x = rng.standard_normal((int(rng.integers(2, 40)), 9, 512)).astype(np.float32)
+            x = rng.standard_normal((int(rng.integers(2, 24)), 9, 512)).astype(np.float32)
             f[f"grp/r{i}"] = x / np.linalg.norm(x, axis=-1, keepdims=True)
         f["bad"] = np.full((3, 9, 512), np.nan, np.float32)
     return path
@@ -196,6 +198,25 @@ def _network_flags(tmp_path, nets):
 
 
 @pytest.mark.slow
+def test_killed_worker_then_rerun_loses_and_duplicates_nothing(ray_cluster, tmp_path, features, single, nets):
+    """A worker dies between writing a shard and renaming it into place: that run either recovers
+    (Ray retries the batch on a new worker) or stops with a one-line error; a rerun completes, and
+    the index equals the single-process one, each video once."""
+    from dns_jax.distributed import ClusterError, index_ray
+    d = str(tmp_path / "idx")
+    marker = str(tmp_path / "killed")
+    try:
+        index_ray(d, [features], *nets, shard_size=4, workers=1, progress=False, log=lambda m: None,
+                  _faults={"worker_exit_before_rename": marker})
+    except ClusterError as e:
+        assert "run the same command again" in str(e)
+    assert os.path.exists(marker)                                     # the worker was killed
+    index_ray(d, [features], *nets, shard_size=4, workers=1, progress=False, log=lambda m: None)
+    assert_same_index(single, d)
+    assert not [n for n in os.listdir(os.path.join(d, STAGING)) if n != "rejected"]
+
+
+@pytest.mark.slow
 def test_index_ray_equals_single_process(ray_cluster, tmp_path, features, single, nets, capsys):
     """`dns-jax index --ray`, 2 workers, shards of 4: the single-process index (the bad video listed
     as skipped); a staged shard left by a run with other networks is rejected with an error line
@@ -222,32 +243,15 @@ def test_index_ray_equals_single_process(ray_cluster, tmp_path, features, single
     assert (again.added, again.already) == (0, 18)
 
 
-@pytest.mark.slow
-def test_killed_worker_then_rerun_loses_and_duplicates_nothing(ray_cluster, tmp_path, features, single, nets):
-    """A worker dies between writing a shard and renaming it into place: that run either recovers
-    (Ray retries the batch on a new worker) or stops with a one-line error; a rerun completes, and
-    the index equals the single-process one, each video once."""
-    from dns_jax.distributed import ClusterError, index_ray
-    d = str(tmp_path / "idx")
-    marker = str(tmp_path / "killed")
-    try:
-        index_ray(d, [features], *nets, shard_size=4, workers=2, progress=False, log=lambda m: None,
-                  _faults={"worker_exit_before_rename": marker})
-    except ClusterError as e:
-        assert "run the same command again" in str(e)
-    assert os.path.exists(marker)                                     # the worker was killed
-    index_ray(d, [features], *nets, shard_size=4, workers=2, progress=False, log=lambda m: None)
-    assert_same_index(single, d)
-    assert not [n for n in os.listdir(os.path.join(d, STAGING)) if n != "rejected"]
-
-
 _DRIVER = r"""
-import sys
+import json, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import ray
 from helpers import network
 from dns_jax.distributed import index_ray
+ray.init(address=sys.argv[5], runtime_env={"env_vars": json.loads(sys.argv[6])}, logging_level="WARNING")
 nets = network("fg_bin_student")[1], network("cg_student")[1], network("selector")[1]
-index_ray(sys.argv[3], [sys.argv[4]], *nets, shard_size=4, workers=2, address=sys.argv[5], progress=False,
+index_ray(sys.argv[3], [sys.argv[4]], *nets, shard_size=4, workers=1, progress=False,
           _faults={"driver_exit_after_parts": 2})
 """
 
@@ -260,11 +264,12 @@ def test_killed_driver_then_rerun_loses_and_duplicates_nothing(ray_cluster, tmp_
     d = str(tmp_path / "idx")
     address = ray_cluster.get_runtime_context().gcs_address
     env = dict(os.environ, JAX_PLATFORMS="cpu", DNS_JAX_COMPILATION_CACHE="off")
-    out = subprocess.run([sys.executable, "-c", _DRIVER, ROOT, HERE, d, features, address], env=env,
-                         capture_output=True, text=True, timeout=900)
+    workers_env = json.dumps(ray_cluster.get_runtime_context().runtime_env["env_vars"])  # the module's XLA cache
+    out = subprocess.run([sys.executable, "-c", _DRIVER, ROOT, HERE, d, features, address, workers_env], env=env,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 1, out.stderr[-3000:]
     assert len(Index.open(d)) == 0 and len(staged_parts(d)) >= 2
-    report = index_ray(d, [features], *nets, shard_size=4, workers=2, progress=False, log=lambda m: None)
+    report = index_ray(d, [features], *nets, shard_size=4, workers=1, progress=False, log=lambda m: None)
     assert report.added == 18
     assert_same_index(single, d)
 
