@@ -16,12 +16,12 @@ import jax
 import numpy as np
 import pytest
 
-from dns_jax import pretrained, retrieval
+from dns_jax import retrieval
 from dns_jax.distributed import ShardedSearch
 from dns_jax.distributed.search import _balanced_runs
 from dns_jax.index import Index, build_index, clean_staging, describe_network, search_index, stage_shard, staged_parts
 from dns_jax.index.store import STAGING, part_name
-from helpers import network
+from helpers import network, tiny_extractor
 
 pytestmark = pytest.mark.deadline(300)     # a stuck Ray job fails the test instead of hanging CI
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -115,7 +115,8 @@ def test_shards_of_other_networks_or_versions_are_rejected(tmp_path, single, net
     d = str(tmp_path / "idx")
     index = Index.create(d, *nets, "packed", 64)
     good = _stage(d, nets, src.ids[:2], src.representations(src.ids[:2]))
-    other = pretrained.init_network("fg_bin_student", jax.random.PRNGKey(9), indexing="bin")   # same name, other weights
+    fine = nets[0]
+    other = type(fine)(fine.name, fine.config, fine.module, jax.tree_util.tree_map(lambda w: w + 1, fine.variables))
     alien = _stage(d, (other, nets[1], nets[2]), src.ids[2:4], src.representations(src.ids[2:4]))
     old = _stage(d, nets, src.ids[4:6], src.representations(src.ids[4:6]))
     meta = json.load(open(os.path.join(old, "part.json")))
@@ -225,10 +226,10 @@ def test_index_ray_equals_single_process(ray_cluster, tmp_path, features, single
     from dns_jax.distributed import index_ray
     d = str(tmp_path / "idx")
     Index.create(d, *nets, "packed", 64).close()
-    other = retrieval.DnS(network("fg_att_student")[1], nets[1], nets[2])
-    alien = stage_shard(d, ["v0"], other.scorer.index(network("selector")[0].videos("q")[:1]), np.zeros((1, 1024)),
+    att = network("fg_att_student")[1]                      # its representations: float32 [T, R, 512]
+    alien = stage_shard(d, ["v0"], [np.zeros((9, 9, 512), np.float32)], np.zeros((1, 1024)),
                         np.zeros(1), networks={r: describe_network(m) for r, m in
-                                               zip(("fine", "coarse", "selector"), (other.fine_model, *nets[1:]))},
+                                               zip(("fine", "coarse", "selector"), (att, *nets[1:]))},
                         fine_kind="float32", fine_dims=512)
     capsys.readouterr()
     assert cli.main(["index", "--index", d, "--features", features, "--ray", "--workers", "2", "--shard-size", "4",
@@ -247,7 +248,7 @@ _DRIVER = r"""
 import json, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import ray
-from helpers import network
+from helpers import network, tiny_extractor
 from dns_jax.distributed import index_ray
 ray.init(address=sys.argv[5], runtime_env={"env_vars": json.loads(sys.argv[6])}, logging_level="WARNING")
 nets = network("fg_bin_student")[1], network("cg_student")[1], network("selector")[1]
@@ -305,15 +306,6 @@ def _write_video(path, n, level):
     return str(path)
 
 
-def _tiny_extractor():
-    import jax
-    from dns_jax.features.backbone import ResNet
-    from dns_jax.features.extractor import Extractor, FeatureExtractor
-    model = FeatureExtractor(backbone=ResNet(stage_sizes=(1, 1, 1, 1), width=4), normalizer="imagenet")
-    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 224, 224, 3), np.uint8))
-    return Extractor(model, variables, batch_size=4, name="tiny")
-
-
 @pytest.mark.slow
 def test_extract_features_ray_equals_extract_to_hdf5(ray_cluster, tmp_path):
     """Videos decoded in Ray tasks and extracted by 2 actors: the features of extract_to_hdf5, bit for
@@ -325,7 +317,7 @@ def test_extract_features_ray_equals_extract_to_hdf5(ray_cluster, tmp_path):
     videos = [(f"v{i}", _write_video(tmp_path / "videos" / f"v{i}.mp4", 10 + 7 * i, 20 * i)) for i in range(5)]
     (tmp_path / "videos" / "broken.mp4").write_bytes(b"\x00not a video" * 50)
     videos.append(("broken", str(tmp_path / "videos" / "broken.mp4")))
-    extractor = _tiny_extractor()
+    extractor = tiny_extractor(batch_size=4)
     one = tmp_path / "one.hdf5"
     s1 = extract_to_hdf5(videos, one, extractor, settings={"x": 1}, progress=False, log=lambda m: None)
     out = tmp_path / "ray.hdf5"

