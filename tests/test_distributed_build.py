@@ -5,7 +5,9 @@ unreachable address is one line (exit 2).
 
 The networks are given (random, saved as checkpoints), so no training runs: training stays on the
 driver and is the same code with or without --ray."""
+import json
 import os
+import shutil
 
 import h5py
 import numpy as np
@@ -49,7 +51,7 @@ def collection(tmp_path_factory):
 
 
 def _opts(videos, work, nets, **kw):
-    return BuildOptions(videos=str(videos), workdir=str(work), dims=DIMS, progress=False, **nets, **kw)
+    return BuildOptions(videos=str(videos), workdir=str(work), dims=DIMS, **{**nets, "progress": False, **kw})
 
 
 def _flags(videos, work, nets):
@@ -104,6 +106,43 @@ def test_build_on_ray_equals_the_single_process_build(ray_cluster, collection, t
     shards = sorted(os.listdir(work / "index" / "shards"))
     run_build(_opts(videos, work, nets, ray="", workers=2))     # nothing to do: no Ray job
     assert sorted(os.listdir(work / "index" / "shards")) == shards
+
+
+@pytest.mark.slow
+def test_a_collection_change_drops_what_a_killed_ray_run_staged(collection, tmp_path, capsys):
+    """A feature part and an index shard staged by a killed --ray run hold a video that is then
+    removed from the folder: the next build drops them (a later --ray run would commit them and
+    bring the video back), and the video is gone from the features and the index. No Ray needed."""
+    from dns_jax.app.build import load_networks
+    from dns_jax.app.workdir import Workdir
+    from dns_jax.distributed.extraction import PART_META, parts_dir, staged_feature_parts
+    from dns_jax.features.extract_folder import ATTR
+    from dns_jax.index import describe_network, stage_shard, staged_parts
+    videos, nets, single, _ = collection
+    shutil.copytree(videos, tmp_path / "videos")
+    shutil.copytree(single, tmp_path / "work")
+    wd = Workdir(str(tmp_path / "work"))
+    gone = sorted(Index.open(wd.index).ids)[0]
+    with h5py.File(wd.raw_features, "r") as h5:
+        feats, settings = h5[gone][()], h5.attrs[ATTR]
+    part = os.path.join(parts_dir(wd.raw_features), "part-killed")
+    os.makedirs(part)
+    np.save(os.path.join(part, "0.npy"), feats)
+    json.dump({"settings": settings, "ids": [gone], "failed": []}, open(os.path.join(part, PART_META), "w"))
+    index = Index.open(wd.index)
+    reps = index.representations([gone])
+    networks = dict(zip(("fine", "coarse", "selector"), map(describe_network, load_networks(wd))))
+    stage_shard(wd.index, [gone], reps.fine, reps.coarse, reps.selfsim, networks=networks,
+                fine_kind=index.manifest["fine"]["kind"], fine_dims=index.manifest["fine"]["dims"])
+    assert staged_feature_parts(wd.raw_features) and staged_parts(wd.index)
+    (tmp_path / "videos" / f"{gone}.mp4").unlink()
+    capsys.readouterr()
+    run_build(_opts(tmp_path / "videos", tmp_path / "work", nets, progress=True))
+    assert "dropped what an interrupted --ray run had staged" in capsys.readouterr().out
+    assert staged_feature_parts(wd.raw_features) == [] and staged_parts(wd.index) == []
+    assert gone not in Index.open(wd.index).ids
+    with h5py.File(wd.raw_features, "r") as h5:
+        assert gone not in h5
 
 
 def test_unreachable_address_and_flag_errors(tmp_path, capsys):

@@ -41,7 +41,7 @@ from dns_jax.app.workdir import Workdir, WorkdirError
 from dns_jax.config_files import apply_overrides, load_config
 from dns_jax.datasets.stores import hdf5_dataset_paths, open_features
 from dns_jax.distributed import extract_features_ray, index_ray
-from dns_jax.distributed.extraction import parts_dir
+from dns_jax.distributed.extraction import staged_feature_parts
 from dns_jax.features import load_extractor
 from dns_jax.features.extract_folder import extract_to_hdf5, list_videos
 from dns_jax.features.offline import OPENNSFW
@@ -544,8 +544,7 @@ def _sync_sources(opts: BuildOptions, wd: Workdir, log) -> SourceChanges:
 def _drop_staged(wd: Workdir, log) -> None:
     """Drop what a killed --ray run staged and did not commit (feature parts, index shards): it may
     hold removed or changed videos, which a rerun would otherwise commit; it is redone."""
-    staged = [parts_dir(wd.raw_features)] + (staged_parts(wd.index) if os.path.isdir(wd.index) else [])
-    staged = [p for p in staged if os.path.isdir(p)]
+    staged = staged_feature_parts(wd.raw_features) + (staged_parts(wd.index) if os.path.isdir(wd.index) else [])
     for path in staged:
         shutil.rmtree(path)
     if staged:
