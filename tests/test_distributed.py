@@ -152,14 +152,20 @@ def test_balanced_runs():
     assert [len(r) for r in _balanced_runs([3] * 9, 3)] == [3, 3, 3]
 
 
-@pytest.mark.parametrize("budget,topk", [(0.5, None), (3, 5), (1.0, 4), (0, None), (1000, None)])
-def test_sharded_search_in_process_equals_search_index(single, nets, budget, topk):
-    """The shards split over 3 holders (run in this process): the driver's merges give the ranked ids
-    and scores of one search over the whole index, fractions and numbers of videos alike."""
-    index = Index.open(single)
+@pytest.fixture(scope="module")
+def in_process(single, nets):
+    """One DnS and the index's shards split over 3 holders run in this process, for every budget
+    (the kernels compile once per shape)."""
     dns = retrieval.DnS(*nets)
+    return dns, Index.open(single), ShardedSearch(dns, single, actors=3, use_ray=False)
+
+
+@pytest.mark.parametrize("budget,topk", [(0.5, None), (3, 5), (1.0, 4), (0, None), (1000, None)])
+def test_sharded_search_in_process_equals_search_index(in_process, budget, topk):
+    """The shards split over 3 holders: the driver's merges give the ranked ids and scores of one
+    search over the whole index, fractions and numbers of videos alike."""
+    dns, index, sharded = in_process
     queries = index.representations(["v0", "grp/r3", "grp/r7"])
-    sharded = ShardedSearch(dns, single, actors=3, use_ray=False)
     assert sharded.ids == index.ids and len(sharded.sizes) == 3
     a = sharded.search(queries, budget, topk)
     b = search_index(dns, index, queries, "dns", budget, topk)
