@@ -7,6 +7,7 @@ import numpy as np
 
 from dns_jax import pretrained
 from dns_jax.features import Extractor, FeatureExtractor, ResNet
+from dns_jax.index import Index
 from reference import Reference
 
 REFERENCE_NETWORKS = {
@@ -54,6 +55,20 @@ def tiny_extractor(batch_size=3, seed=0):
     model = FeatureExtractor(backbone=ResNet(stage_sizes=(1, 1, 1, 1), width=4), normalizer="imagenet")
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3), jnp.uint8))
     return Extractor(model, random_like(shapes, seed), batch_size=batch_size, name="tiny")
+
+
+def assert_same_index(a: str, b: str):
+    """Same ids once each, fine representations bit for bit, vectors to float rounding."""
+    ia, ib = Index.open(a), Index.open(b)
+    assert len(ib.ids) == len(set(ib.ids)) == len(ia)
+    assert sorted(ia.ids) == sorted(ib.ids)
+    ra, rb = ia.representations(ia.ids), ib.representations(ia.ids)
+    for x, y in zip(ra.fine, rb.fine):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(ra.coarse, rb.coarse, atol=2e-6)
+    np.testing.assert_allclose(ra.selfsim, rb.selfsim, atol=1e-6)
+    assert ia.skipped == ib.skipped
+    assert ia.manifest["zero_codes"] == ib.manifest["zero_codes"]
 
 
 def pairs(n_q=2, n_d=3):

@@ -21,7 +21,7 @@ from dns_jax.distributed import ShardedSearch
 from dns_jax.distributed.search import _balanced_runs
 from dns_jax.index import Index, build_index, clean_staging, describe_network, search_index, stage_shard, staged_parts
 from dns_jax.index.store import STAGING, part_name
-from helpers import network, tiny_extractor
+from helpers import assert_same_index, network, tiny_extractor
 
 pytestmark = pytest.mark.deadline(300)     # a stuck Ray job fails the test instead of hanging CI
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,20 +55,6 @@ def single(tmp_path_factory, features, nets):
     d = str(tmp_path_factory.mktemp("single") / "idx")
     build_index(d, [features], *nets, shard_size=4, progress=False, log=lambda m: None)
     return d
-
-
-def assert_same_index(a: str, b: str):
-    """Same ids once each, fine representations bit for bit, vectors to float rounding."""
-    ia, ib = Index.open(a), Index.open(b)
-    assert len(ib.ids) == len(set(ib.ids)) == len(ia)
-    assert sorted(ia.ids) == sorted(ib.ids)
-    ra, rb = ia.representations(ia.ids), ib.representations(ia.ids)
-    for x, y in zip(ra.fine, rb.fine):
-        np.testing.assert_array_equal(x, y)
-    np.testing.assert_allclose(ra.coarse, rb.coarse, atol=2e-6)
-    np.testing.assert_allclose(ra.selfsim, rb.selfsim, atol=1e-6)
-    assert ia.skipped == ib.skipped
-    assert ia.manifest["zero_codes"] == ib.manifest["zero_codes"]
 
 
 # -- staged shards (no Ray) ---------------------------------------------------------------------
@@ -254,7 +240,7 @@ _DRIVER = r"""
 import json, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import ray
-from helpers import network, tiny_extractor
+from helpers import assert_same_index, network, tiny_extractor
 from dns_jax.distributed import index_ray
 ray.init(address=sys.argv[5], runtime_env={"env_vars": json.loads(sys.argv[6])}, logging_level="WARNING")
 nets = network("fg_bin_student")[1], network("cg_student")[1], network("selector")[1]

@@ -22,7 +22,7 @@ from dns_jax import checkpoint, cli  # noqa: E402
 from dns_jax.app.build import BuildOptions, run_build  # noqa: E402
 from dns_jax.datasets.video_collection import make_collection  # noqa: E402
 from dns_jax.index import Index  # noqa: E402
-from helpers import random_network  # noqa: E402
+from helpers import assert_same_index, random_network  # noqa: E402
 
 pytestmark = pytest.mark.deadline(300)     # a stuck Ray job fails the test instead of hanging CI
 DIMS = 32
@@ -60,21 +60,15 @@ def _flags(videos, work, nets):
 
 
 def assert_same_build(a, b):
-    """Same features (float tolerance) and the same index: ids once each, FG-Bin codes bit for bit,
-    CG vectors and self-similarities to float rounding."""
+    """Same features (float tolerance) and the same index (FG-Bin codes: packed uint8)."""
     for name in ("raw.hdf5", "features.hdf5"):
         with h5py.File(a / "features" / name, "r") as fa, h5py.File(b / "features" / name, "r") as fb:
             assert sorted(fa) == sorted(fb)
             for k in fa:
                 np.testing.assert_allclose(fa[k][()], fb[k][()], rtol=1e-5, atol=1e-6)
-    ia, ib = Index.open(str(a / "index")), Index.open(str(b / "index"))
-    assert sorted(ia.ids) == sorted(ib.ids) and len(set(ib.ids)) == len(ib.ids)
-    ra, rb = ia.representations(ia.ids), ib.representations(ia.ids)
-    for x, y in zip(ra.fine, rb.fine):
-        assert x.dtype == np.uint8                              # packed FG-Bin codes
-        np.testing.assert_array_equal(x, y)
-    np.testing.assert_allclose(ra.coarse, rb.coarse, atol=2e-6)
-    np.testing.assert_allclose(ra.selfsim, rb.selfsim, atol=1e-6)
+    assert_same_index(str(a / "index"), str(b / "index"))
+    index = Index.open(str(b / "index"))
+    assert index.representations(index.ids[:1]).fine[0].dtype == np.uint8
 
 
 @pytest.mark.slow
