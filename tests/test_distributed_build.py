@@ -1,7 +1,7 @@
 """`dns-jax build --ray`: the build's feature extraction and index run on a local Ray cluster of 2
 CPUs and give the single-process build (same ids, features, index vectors and FG-Bin codes), also
-after a killed worker and a rerun; an undecodable file is listed and the rest built; an
-unreachable address is one line (exit 2).
+after a killed worker or driver and a rerun; an undecodable file is listed and the rest built; a
+collection change drops what a killed run staged; an unreachable address is one line (exit 2).
 
 The networks are given (random, saved as checkpoints), so no training runs: training stays on the
 driver and is the same code with or without --ray."""
