@@ -1,9 +1,13 @@
 """Shared test helpers: reference networks converted once per session."""
 import functools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dns_jax import pretrained
+from dns_jax.features import Extractor, FeatureExtractor, ResNet
+from dns_jax.index import Index
 from reference import Reference
 
 REFERENCE_NETWORKS = {
@@ -28,6 +32,43 @@ def network(name):
     """(Reference, wrapper from dns_jax.pretrained.load) for a reference file."""
     ref = reference(name)
     return ref, pretrained.load(REFERENCE_NETWORKS[name], ref.state)
+
+
+def random_like(shapes, seed=0):
+    """Random values of the shapes and dtypes of a pytree of ShapeDtypeStructs (vectors around 1,
+    for scales and variances; the rest around 0)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(
+        lambda s: (rng.standard_normal(s.shape) * 0.1 + (1.0 if len(s.shape) == 1 else 0.0)).astype(s.dtype), shapes)
+
+
+def random_network(name, seed=0, **config):
+    """(config, variables) of a network with random weights of the shapes `init_network` gives, without
+    running `init` (eagerly it takes ~10 s a network on CPU, and compiling it about as long)."""
+    module = pretrained.build_module(name, config)
+    return config, random_like(jax.eval_shape(lambda r: module.init(r, method="init_all"), jax.random.PRNGKey(0)), seed)
+
+
+def tiny_extractor(batch_size=3, seed=0):
+    """A narrow one-block-per-stage ResNet extractor with random weights: the feature pipeline's
+    shapes and batching at a fraction of ResNet-50's cost."""
+    model = FeatureExtractor(backbone=ResNet(stage_sizes=(1, 1, 1, 1), width=4), normalizer="imagenet")
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3), jnp.uint8))
+    return Extractor(model, random_like(shapes, seed), batch_size=batch_size, name="tiny")
+
+
+def assert_same_index(a: str, b: str):
+    """Same ids once each, fine representations bit for bit, vectors to float rounding."""
+    ia, ib = Index.open(a), Index.open(b)
+    assert len(ib.ids) == len(set(ib.ids)) == len(ia)
+    assert sorted(ia.ids) == sorted(ib.ids)
+    ra, rb = ia.representations(ia.ids), ib.representations(ia.ids)
+    for x, y in zip(ra.fine, rb.fine):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(ra.coarse, rb.coarse, atol=2e-6)
+    np.testing.assert_allclose(ra.selfsim, rb.selfsim, atol=1e-6)
+    assert ia.skipped == ib.skipped
+    assert ia.manifest["zero_codes"] == ib.manifest["zero_codes"]
 
 
 def pairs(n_q=2, n_d=3):

@@ -16,13 +16,14 @@ import jax
 import numpy as np
 import pytest
 
-from dns_jax import pretrained, retrieval
+from dns_jax import retrieval
 from dns_jax.distributed import ShardedSearch
 from dns_jax.distributed.search import _balanced_runs
 from dns_jax.index import Index, build_index, clean_staging, describe_network, search_index, stage_shard, staged_parts
 from dns_jax.index.store import STAGING, part_name
-from helpers import network
+from helpers import assert_same_index, network, tiny_extractor
 
+pytestmark = pytest.mark.deadline(300)     # a stuck Ray job fails the test instead of hanging CI
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -34,7 +35,8 @@ def nets():
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory):
-    """18 videos of 2-39 frames (reference fixtures and random ones) and one with NaN features."""
+    """18 videos of 2-23 frames (reference fixtures and random ones) and one with NaN features. Short
+    lengths keep the canvases to 2 sizes: compiling their kernels is most of these tests' time."""
     ref = network("selector")[0]
     rng = np.random.default_rng(5)
     path = str(tmp_path_factory.mktemp("feats") / "f.hdf5")
@@ -42,7 +44,7 @@ def features(tmp_path_factory):
         for i, v in enumerate(ref.videos("q") + ref.videos("d")):
             f[f"v{i}"] = v
         for i in range(13):
-            x = rng.standard_normal((int(rng.integers(2, 40)), 9, 512)).astype(np.float32)
+            x = rng.standard_normal((int(rng.integers(2, 24)), 9, 512)).astype(np.float32)
             f[f"grp/r{i}"] = x / np.linalg.norm(x, axis=-1, keepdims=True)
         f["bad"] = np.full((3, 9, 512), np.nan, np.float32)
     return path
@@ -53,20 +55,6 @@ def single(tmp_path_factory, features, nets):
     d = str(tmp_path_factory.mktemp("single") / "idx")
     build_index(d, [features], *nets, shard_size=4, progress=False, log=lambda m: None)
     return d
-
-
-def assert_same_index(a: str, b: str):
-    """Same ids once each, fine representations bit for bit, vectors to float rounding."""
-    ia, ib = Index.open(a), Index.open(b)
-    assert len(ib.ids) == len(set(ib.ids)) == len(ia)
-    assert sorted(ia.ids) == sorted(ib.ids)
-    ra, rb = ia.representations(ia.ids), ib.representations(ia.ids)
-    for x, y in zip(ra.fine, rb.fine):
-        np.testing.assert_array_equal(x, y)
-    np.testing.assert_allclose(ra.coarse, rb.coarse, atol=2e-6)
-    np.testing.assert_allclose(ra.selfsim, rb.selfsim, atol=1e-6)
-    assert ia.skipped == ib.skipped
-    assert ia.manifest["zero_codes"] == ib.manifest["zero_codes"]
 
 
 # -- staged shards (no Ray) ---------------------------------------------------------------------
@@ -113,7 +101,8 @@ def test_shards_of_other_networks_or_versions_are_rejected(tmp_path, single, net
     d = str(tmp_path / "idx")
     index = Index.create(d, *nets, "packed", 64)
     good = _stage(d, nets, src.ids[:2], src.representations(src.ids[:2]))
-    other = pretrained.init_network("fg_bin_student", jax.random.PRNGKey(9), indexing="bin")   # same name, other weights
+    fine = nets[0]
+    other = type(fine)(fine.name, fine.config, fine.module, jax.tree_util.tree_map(lambda w: w + 1, fine.variables))
     alien = _stage(d, (other, nets[1], nets[2]), src.ids[2:4], src.representations(src.ids[2:4]))
     old = _stage(d, nets, src.ids[4:6], src.representations(src.ids[4:6]))
     meta = json.load(open(os.path.join(old, "part.json")))
@@ -149,14 +138,20 @@ def test_balanced_runs():
     assert [len(r) for r in _balanced_runs([3] * 9, 3)] == [3, 3, 3]
 
 
-@pytest.mark.parametrize("budget,topk", [(0.5, None), (3, 5), (1.0, 4), (0, None), (1000, None)])
-def test_sharded_search_in_process_equals_search_index(single, nets, budget, topk):
-    """The shards split over 3 holders (run in this process): the driver's merges give the ranked ids
-    and scores of one search over the whole index, fractions and numbers of videos alike."""
-    index = Index.open(single)
+@pytest.fixture(scope="module")
+def in_process(single, nets):
+    """One DnS and the index's shards split over 3 holders run in this process, for every budget
+    (the kernels compile once per shape)."""
     dns = retrieval.DnS(*nets)
+    return dns, Index.open(single), ShardedSearch(dns, single, actors=3, use_ray=False)
+
+
+@pytest.mark.parametrize("budget,topk", [(0.5, None), (3, 5), (1.0, 4), (0, None), (1000, None)])
+def test_sharded_search_in_process_equals_search_index(in_process, budget, topk):
+    """The shards split over 3 holders: the driver's merges give the ranked ids and scores of one
+    search over the whole index, fractions and numbers of videos alike."""
+    dns, index, sharded = in_process
     queries = index.representations(["v0", "grp/r3", "grp/r7"])
-    sharded = ShardedSearch(dns, single, actors=3, use_ray=False)
     assert sharded.ids == index.ids and len(sharded.sizes) == 3
     a = sharded.search(queries, budget, topk)
     b = search_index(dns, index, queries, "dns", budget, topk)
@@ -186,20 +181,6 @@ def test_unreachable_address_and_flag_errors(tmp_path, features, nets, capsys):
     assert not os.path.exists(tmp_path / "idx")
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """One local Ray cluster of 2 CPUs for the module (its workers import dns_jax and these tests)."""
-    ray = _ray()
-    if ray.is_initialized():
-        pytest.skip("Ray is already initialised in this process")
-    path = os.pathsep.join([ROOT, HERE] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": path, "JAX_PLATFORMS": "cpu",
-                                       "DNS_JAX_COMPILATION_CACHE": "off"}})
-    yield ray
-    ray.shutdown()
-
-
 def _network_flags(tmp_path, nets):
     from dns_jax import checkpoint
     flags = []
@@ -207,6 +188,25 @@ def _network_flags(tmp_path, nets):
         checkpoint.save_network(str(tmp_path / role), net.name, net.config, net.variables)
         flags += [f"--{role}", str(tmp_path / role)]
     return flags
+
+
+@pytest.mark.slow
+def test_killed_worker_then_rerun_loses_and_duplicates_nothing(ray_cluster, tmp_path, features, single, nets):
+    """A worker dies between writing a shard and renaming it into place: that run either recovers
+    (Ray retries the batch on a new worker) or stops with a one-line error; a rerun completes, and
+    the index equals the single-process one, each video once."""
+    from dns_jax.distributed import ClusterError, index_ray
+    d = str(tmp_path / "idx")
+    marker = str(tmp_path / "killed")
+    try:
+        index_ray(d, [features], *nets, shard_size=4, workers=1, progress=False, log=lambda m: None,
+                  _faults={"worker_exit_before_rename": marker})
+    except ClusterError as e:
+        assert "run the same command again" in str(e)
+    assert os.path.exists(marker)                                     # the worker was killed
+    index_ray(d, [features], *nets, shard_size=4, workers=1, progress=False, log=lambda m: None)
+    assert_same_index(single, d)
+    assert not [n for n in os.listdir(os.path.join(d, STAGING)) if n != "rejected"]
 
 
 @pytest.mark.slow
@@ -218,10 +218,10 @@ def test_index_ray_equals_single_process(ray_cluster, tmp_path, features, single
     from dns_jax.distributed import index_ray
     d = str(tmp_path / "idx")
     Index.create(d, *nets, "packed", 64).close()
-    other = retrieval.DnS(network("fg_att_student")[1], nets[1], nets[2])
-    alien = stage_shard(d, ["v0"], other.scorer.index(network("selector")[0].videos("q")[:1]), np.zeros((1, 1024)),
+    att = network("fg_att_student")[1]                      # its representations: float32 [T, R, 512]
+    alien = stage_shard(d, ["v0"], [np.zeros((9, 9, 512), np.float32)], np.zeros((1, 1024)),
                         np.zeros(1), networks={r: describe_network(m) for r, m in
-                                               zip(("fine", "coarse", "selector"), (other.fine_model, *nets[1:]))},
+                                               zip(("fine", "coarse", "selector"), (att, *nets[1:]))},
                         fine_kind="float32", fine_dims=512)
     capsys.readouterr()
     assert cli.main(["index", "--index", d, "--features", features, "--ray", "--workers", "2", "--shard-size", "4",
@@ -236,32 +236,15 @@ def test_index_ray_equals_single_process(ray_cluster, tmp_path, features, single
     assert (again.added, again.already) == (0, 18)
 
 
-@pytest.mark.slow
-def test_killed_worker_then_rerun_loses_and_duplicates_nothing(ray_cluster, tmp_path, features, single, nets):
-    """A worker dies between writing a shard and renaming it into place: that run either recovers
-    (Ray retries the batch on a new worker) or stops with a one-line error; a rerun completes, and
-    the index equals the single-process one, each video once."""
-    from dns_jax.distributed import ClusterError, index_ray
-    d = str(tmp_path / "idx")
-    marker = str(tmp_path / "killed")
-    try:
-        index_ray(d, [features], *nets, shard_size=4, workers=2, progress=False, log=lambda m: None,
-                  _faults={"worker_exit_before_rename": marker})
-    except ClusterError as e:
-        assert "run the same command again" in str(e)
-    assert os.path.exists(marker)                                     # the worker was killed
-    index_ray(d, [features], *nets, shard_size=4, workers=2, progress=False, log=lambda m: None)
-    assert_same_index(single, d)
-    assert not [n for n in os.listdir(os.path.join(d, STAGING)) if n != "rejected"]
-
-
 _DRIVER = r"""
-import sys
+import json, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
-from helpers import network
+import ray
+from helpers import assert_same_index, network, tiny_extractor
 from dns_jax.distributed import index_ray
+ray.init(address=sys.argv[5], runtime_env={"env_vars": json.loads(sys.argv[6])}, logging_level="WARNING")
 nets = network("fg_bin_student")[1], network("cg_student")[1], network("selector")[1]
-index_ray(sys.argv[3], [sys.argv[4]], *nets, shard_size=4, workers=2, address=sys.argv[5], progress=False,
+index_ray(sys.argv[3], [sys.argv[4]], *nets, shard_size=4, workers=1, progress=False,
           _faults={"driver_exit_after_parts": 2})
 """
 
@@ -274,11 +257,12 @@ def test_killed_driver_then_rerun_loses_and_duplicates_nothing(ray_cluster, tmp_
     d = str(tmp_path / "idx")
     address = ray_cluster.get_runtime_context().gcs_address
     env = dict(os.environ, JAX_PLATFORMS="cpu", DNS_JAX_COMPILATION_CACHE="off")
-    out = subprocess.run([sys.executable, "-c", _DRIVER, ROOT, HERE, d, features, address], env=env,
-                         capture_output=True, text=True, timeout=900)
+    workers_env = json.dumps(ray_cluster.get_runtime_context().runtime_env["env_vars"])  # the module's XLA cache
+    out = subprocess.run([sys.executable, "-c", _DRIVER, ROOT, HERE, d, features, address, workers_env], env=env,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 1, out.stderr[-3000:]
     assert len(Index.open(d)) == 0 and len(staged_parts(d)) >= 2
-    report = index_ray(d, [features], *nets, shard_size=4, workers=2, progress=False, log=lambda m: None)
+    report = index_ray(d, [features], *nets, shard_size=4, workers=1, progress=False, log=lambda m: None)
     assert report.added == 18
     assert_same_index(single, d)
 
@@ -314,15 +298,6 @@ def _write_video(path, n, level):
     return str(path)
 
 
-def _tiny_extractor():
-    import jax
-    from dns_jax.features.backbone import ResNet
-    from dns_jax.features.extractor import Extractor, FeatureExtractor
-    model = FeatureExtractor(backbone=ResNet(stage_sizes=(1, 1, 1, 1), width=4), normalizer="imagenet")
-    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 224, 224, 3), np.uint8))
-    return Extractor(model, variables, batch_size=4, name="tiny")
-
-
 @pytest.mark.slow
 def test_extract_features_ray_equals_extract_to_hdf5(ray_cluster, tmp_path):
     """Videos decoded in Ray tasks and extracted by 2 actors: the features of extract_to_hdf5, bit for
@@ -334,7 +309,7 @@ def test_extract_features_ray_equals_extract_to_hdf5(ray_cluster, tmp_path):
     videos = [(f"v{i}", _write_video(tmp_path / "videos" / f"v{i}.mp4", 10 + 7 * i, 20 * i)) for i in range(5)]
     (tmp_path / "videos" / "broken.mp4").write_bytes(b"\x00not a video" * 50)
     videos.append(("broken", str(tmp_path / "videos" / "broken.mp4")))
-    extractor = _tiny_extractor()
+    extractor = tiny_extractor(batch_size=4)
     one = tmp_path / "one.hdf5"
     s1 = extract_to_hdf5(videos, one, extractor, settings={"x": 1}, progress=False, log=lambda m: None)
     out = tmp_path / "ray.hdf5"

@@ -1,29 +1,19 @@
 """Streaming extraction: decoded frames go through the network batch by batch, never all at once."""
 import weakref
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dns_jax.features import Extractor, FeatureExtractor, ResNet, extract_video, load_video
+from dns_jax.features import extract_video, load_video
 from dns_jax.features import extractor as extractor_module
+from helpers import tiny_extractor
 
 av = pytest.importorskip("av")
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    """A narrow one-block-per-stage ResNet with random weights: the pipeline's shapes and batching
-    at a fraction of ResNet-50's cost."""
-    model = FeatureExtractor(backbone=ResNet(stage_sizes=(1, 1, 1, 1), width=4), normalizer="imagenet")
-    # random values of the right shapes (XLA takes long to compile `init` itself on CPU)
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3), jnp.uint8))
-    rng = np.random.default_rng(0)
-    variables = jax.tree_util.tree_map(
-        lambda s: (rng.standard_normal(s.shape) * 0.1 + (1.0 if len(s.shape) == 1 else 0.0)).astype(np.float32),
-        shapes)
-    return Extractor(model, variables, batch_size=3, name="tiny")
+    return tiny_extractor(batch_size=3)
 
 
 def _frames(n, seed=0):

@@ -12,7 +12,7 @@ import tomllib
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MAIN_JOB = ("dns_jax.commands.build", "dns_jax.commands.query")
 # imports the code guards (ImportError / find_spec) and works without: module -> (extra, distribution)
-OPTIONAL = {"faiss": ("faiss", "faiss-cpu"), "tensorboardX": ("train", "tensorboardx")}
+OPTIONAL = {"faiss": ("faiss", "faiss-cpu"), "tensorboardX": ("train", "tensorboardx"), "ray": ("ray", "ray")}
 
 
 def _name(requirement: str) -> str:

@@ -16,11 +16,14 @@ Stages (each resumable; a finished stage is recorded in WORK/state.json and skip
 8. index     the DnS index of the collection
 
 Networks the user supplies (`--fine`, `--coarse`, `--selector`: .pth or checkpoint) replace the
-corresponding training stage.
+corresponding training stage. With `ray` (`--ray [ADDRESS]`) the features and index stages run on
+a Ray cluster (dns_jax.distributed: the same features and index, resumable, failed videos listed);
+the training stages stay in this process.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 import time
@@ -37,12 +40,14 @@ from dns_jax.app.summary import format_build_summary
 from dns_jax.app.workdir import Workdir, WorkdirError
 from dns_jax.config_files import apply_overrides, load_config
 from dns_jax.datasets.stores import hdf5_dataset_paths, open_features
+from dns_jax.distributed import extract_features_ray, index_ray
+from dns_jax.distributed.extraction import staged_feature_parts
 from dns_jax.features import load_extractor
 from dns_jax.features.extract_folder import extract_to_hdf5, list_videos
 from dns_jax.features.offline import OPENNSFW
 from dns_jax.features.pca import apply_whitening, fit_pca_hdf5, whitening_matrices
 from dns_jax.fileio import atomic_savez
-from dns_jax.index import Index, build_index
+from dns_jax.index import Index, build_index, staged_parts
 from dns_jax.models import registry
 from dns_jax.training import default_config, train_and_evaluate
 from dns_jax.training.metric_writers import read_jsonl
@@ -79,6 +84,9 @@ class BuildOptions:
     reset: Optional[str] = None         # forget this stage and the later ones, build them again
     retrain: bool = False               # train the networks again (from the PCA fit on)
     auto_retrain: bool = True           # retrain when the collection grew past RETRAIN_GROWTH (build only)
+    ray: Optional[str] = None           # extract and index on Ray: '' a local cluster, else its address
+    workers: Optional[int] = None       # Ray network actors (default: one per GPU, else per CPU slot)
+    cpus: Optional[int] = None          # CPUs of the local Ray cluster (default: all)
 
     def config(self):
         """The recipe with this build's options written over it."""
@@ -137,8 +145,9 @@ def stage_features(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChan
         os.makedirs(os.path.dirname(wd.raw_features), exist_ok=True)
         backbone, extractor = _extractor(opts, rc, log)
         load_kwargs = {"fps": rc.features.fps, "rs_size": rc.features.rs_size, "cc_size": rc.features.cc_size}
-        summary = extract_to_hdf5(todo, wd.raw_features, extractor, settings={"backbone": backbone},
-                                  load_kwargs=load_kwargs, progress=opts.progress, log=log)
+        extract = extract_to_hdf5 if opts.ray is None else _on_ray(extract_features_ray, opts)
+        summary = extract(todo, wd.raw_features, extractor, settings={"backbone": backbone},
+                          load_kwargs=load_kwargs, progress=opts.progress, log=log)
         failed = [[v, wd.relative(p), m] for v, p, m in summary.failed]
     bad = {v: m for v, _, m in failed}
     for vid, path in todo:
@@ -152,6 +161,11 @@ def stage_features(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChan
     all_failed = [[v, r["path"], r.get("error", "")] for v, r in sorted(sources.items()) if r.get("status") == "failed"]
     return {"videos": len(changes.current), "extracted": len(changes.current) - len(all_failed),
             "failed": all_failed, "last_update": changes.describe()}
+
+
+def _on_ray(fn, opts: BuildOptions):
+    """`fn` (extract_features_ray, index_ray) with the build's Ray options."""
+    return functools.partial(fn, address=opts.ray or None, workers=opts.workers, num_cpus=opts.cpus)
 
 
 def _dataset_names(path: str) -> List[str]:
@@ -402,7 +416,8 @@ def selector_threshold(fine: PairSet, coarse: PairSet, threshold: float, min_per
 def stage_index(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) -> Dict:
 
     fine, coarse, selector = load_networks(wd)
-    report = build_index(wd.index, [wd.features], fine, coarse, selector, progress=opts.progress, log=log)
+    index = build_index if opts.ray is None else _on_ray(index_ray, opts)
+    report = index(wd.index, [wd.features], fine, coarse, selector, progress=opts.progress, log=log)
     return {"videos": len(Index.open(wd.index)), "report": str(report)}
 
 
@@ -416,7 +431,7 @@ SPEED_ONLY = ("teacher_job.batch_size", "checkpoint_fraction", "min_checkpoint_e
               "min_log_every")
 RETRAIN_GROWTH = 2.0    # a collection grown past this factor of the videos the networks saw is retrained
 # what each stage leaves in the work directory (removed when the stage is reset)
-_OUTPUTS = {"features": ("features/raw.hdf5",), "pca": ("features/pca.npz",), "whiten": ("features/features.hdf5",),
+_OUTPUTS = {"features": ("features/raw.hdf5", "features/raw.hdf5.parts"), "pca": ("features/pca.npz",), "whiten": ("features/features.hdf5",),
             "teacher": ("pairs/teacher.json.gz", "models/s2vs_teacher"), "fine": ("models/fg_att_student", "models/fg_bin_student",
                                                             "models/fg_student", "pairs/fine.json.gz"),
             "coarse": ("models/cg_student", "coarse_init", "pairs/coarse.json.gz"),
@@ -520,9 +535,20 @@ def _sync_sources(opts: BuildOptions, wd: Workdir, log) -> SourceChanges:
                 index.remove(gone)
             finally:
                 index.close()
+        _drop_staged(wd, log)
     if wd.done("features"):
         log(f"collection: {changes.describe()}")
     return changes
+
+
+def _drop_staged(wd: Workdir, log) -> None:
+    """Drop what a killed --ray run staged and did not commit (feature parts, index shards): it may
+    hold removed or changed videos, which a rerun would otherwise commit; it is redone."""
+    staged = staged_feature_parts(wd.raw_features) + (staged_parts(wd.index) if os.path.isdir(wd.index) else [])
+    for path in staged:
+        shutil.rmtree(path)
+    if staged:
+        log("collection: dropped what an interrupted --ray run had staged (the collection changed since)")
 
 
 def _maybe_retrain(opts: BuildOptions, wd: Workdir, changes: SourceChanges, log) -> None:

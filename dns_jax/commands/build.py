@@ -5,7 +5,8 @@ import argparse
 import sys
 
 from dns_jax.app.build import RETRAIN_GROWTH, STAGES, BuildInterrupted, BuildOptions, run_build
-from dns_jax.commands.common import add_quiet
+from dns_jax.commands.common import add_quiet, add_ray_arguments, check_ray_arguments
+from dns_jax.distributed import check_address
 
 NAME = "build"
 DESCRIPTION = (
@@ -15,7 +16,9 @@ DESCRIPTION = (
     "Every stage is resumable: rerun the same command after an interruption. On an existing work "
     "directory the build brings the collection up to date with the folder: new videos are "
     "extracted and indexed with the trained networks, removed ones leave the index, changed ones are "
-    "extracted again.")
+    "extracted again. With --ray the feature extraction and the index run on a Ray cluster (pip install "
+    "'dns-jax[ray]'; --ray alone starts a local one): the same features and index, resumable, "
+    "videos that fail to decode listed; training stays in this process.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrain", action="store_true",
                    help="train the networks again on the collection as it is now (PCA, teacher, students, "
                         f"selector, index); done automatically once it has grown past {RETRAIN_GROWTH:g}x")
+    add_ray_arguments(p, "extract the features and index")
     add_quiet(p)
 
 
@@ -55,10 +59,13 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
+    check_ray_arguments(args)
+    if args.ray is not None:
+        check_address(args.ray)             # before any work: a missing extra or a dead address is one line
     run_build(BuildOptions(
         videos=args.videos, workdir=args.workdir, backbone=args.backbone, pca=args.pca, dims=args.dims,
         teacher=args.teacher, fine=args.fine, coarse=args.coarse, selector=args.selector,
         fine_steps=args.steps, coarse_steps=args.steps, selector_steps=args.steps,
         batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, recipe=args.recipe,
-        reset=args.reset, retrain=args.retrain))
+        reset=args.reset, retrain=args.retrain, ray=args.ray, workers=args.workers, cpus=args.cpus))
     return 0

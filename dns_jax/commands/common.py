@@ -42,6 +42,25 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
 
 
+def add_ray_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    """--ray [ADDRESS], --workers, --cpus (check them with `check_ray_arguments`)."""
+    r = p.add_argument_group("distributed (Ray)")
+    r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help=f"{what} on Ray: a local cluster without ADDRESS, else the cluster at HOST:PORT, "
+                        "ray://HOST:PORT or auto")
+    r.add_argument("--workers", type=int, default=None,
+                   help="network actors (default: one per GPU of the cluster, else one per CPU slot)")
+    r.add_argument("--cpus", type=int, default=None, help="CPUs of the local cluster (default: all)")
+
+
+def check_ray_arguments(args) -> None:
+    if args.ray is None and (args.workers is not None or args.cpus is not None):
+        raise ValueError("--workers and --cpus need --ray")
+    for flag in ("workers", "cpus"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+
+
 def budget_value(text):
     """`--budget` (read as text, converted in the command's run so that a bad value is the usual
     one-line error): a whole number is a number of videos per query (`1000`), a decimal a fraction of

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dns_jax.commands.common import add_quiet
+from dns_jax.commands.common import add_quiet, add_ray_arguments, check_ray_arguments
 from dns_jax.commands.networks import add_network_args, load_index_networks
-from dns_jax.distributed import index_ray, probe, require_ray
+from dns_jax.distributed import check_address, index_ray
 from dns_jax.fileio import read_id_list
 from dns_jax.index import build_index
 
@@ -37,13 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ids-file", metavar="TXT", help="index only these ids (one per line); default: every video")
     p.add_argument("--shard-size", type=int, default=None,
                    help="videos per committed shard (default 512; with --ray, per staged shard: 128)")
-    r = p.add_argument_group("distributed (Ray)")
-    r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help="build on Ray: a local cluster without ADDRESS, else the cluster at HOST:PORT, "
-                        "ray://HOST:PORT or auto")
-    r.add_argument("--workers", type=int, default=None,
-                   help="network actors (default: one per GPU of the cluster, else one per CPU slot)")
-    r.add_argument("--cpus", type=int, default=None, help="CPUs of the local cluster (default: all)")
+    add_ray_arguments(p, "build")
     add_quiet(p)
     add_network_args(p)
 
@@ -52,12 +46,9 @@ def run(args) -> int:
     ids = read_id_list(args.ids_file) if args.ids_file else None
     if args.shard_size is not None and args.shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {args.shard_size}")
-    if args.ray is None and (args.workers is not None or args.cpus is not None):
-        raise ValueError("--workers and --cpus need --ray")
+    check_ray_arguments(args)
     if args.ray is not None:
-        require_ray()                       # before loading the networks: a missing extra is one line
-        if args.ray:
-            probe(args.ray)
+        check_address(args.ray)             # before loading the networks: a missing extra is one line
     fine, coarse, selector = load_index_networks(args)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     if args.ray is not None:

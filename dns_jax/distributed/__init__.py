@@ -17,10 +17,18 @@
 
 Everything here imports Ray lazily; without it, `ClusterError` says what to install.
 """
-from dns_jax.distributed.cluster import ClusterError, PortableExtractor, PortableNetwork, cluster, probe, require_ray
+from dns_jax.distributed.cluster import (
+    ClusterError,
+    PortableExtractor,
+    PortableNetwork,
+    check_address,
+    cluster,
+    probe,
+    require_ray,
+)
 from dns_jax.distributed.extraction import extract_features_ray
 from dns_jax.distributed.indexing import index_ray
 from dns_jax.distributed.search import ShardActor, ShardedSearch
 
-__all__ = ["ClusterError", "PortableExtractor", "PortableNetwork", "cluster", "probe", "require_ray", "index_ray", "extract_features_ray",
+__all__ = ["ClusterError", "PortableExtractor", "PortableNetwork", "check_address", "cluster", "probe", "require_ray", "index_ray", "extract_features_ray",
            "ShardedSearch", "ShardActor"]

@@ -59,6 +59,14 @@ def probe(address: str, timeout: float = PROBE_SECONDS) -> None:
         raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {e.strerror or e}") from None
 
 
+def check_address(address: Optional[str]) -> None:
+    """ClusterError now, before any work, if Ray is missing or `address` does not answer (None or
+    '': a local cluster, started later)."""
+    require_ray()
+    if address:
+        probe(address)
+
+
 def _package_root() -> str:
     """The checkout or site-packages directory that holds dns_jax."""
     return os.path.dirname(os.path.dirname(os.path.abspath(dns_jax.__file__)))
@@ -101,15 +109,16 @@ def cluster_resources(ray) -> Dict[str, float]:
 
 
 def worker_resources(ray, workers: Optional[int], worker_cpus: Optional[float] = None,
-                     reader_cpus: float = 0.25) -> Dict[str, Any]:
+                     reader_cpus: float = 0.25, batches: Optional[int] = None) -> Dict[str, Any]:
     """How many network actors to run and what each reserves: one per GPU where the cluster has
-    GPUs, else one per CPU slot, leaving `reader_cpus` x 2 for the reading / decoding tasks."""
+    GPUs, else one per CPU slot, leaving `reader_cpus` x 2 for the reading / decoding tasks; never
+    more than `batches` (an actor with no batch to run would only start and load its network)."""
     res = cluster_resources(ray)
     gpus, cpus = int(res.get("GPU", 0)), res.get("CPU", 1.0)
+    n = workers or gpus or max(1, int(cpus - 2 * reader_cpus))
+    n = min(n, max(1, batches)) if batches is not None else n
     if gpus:
-        n = workers or gpus
         return {"workers": n, "num_gpus": 1, "num_cpus": worker_cpus or 1.0, "reader_cpus": reader_cpus}
-    n = workers or max(1, int(cpus - 2 * reader_cpus))
     each = worker_cpus or max(0.25, min(1.0, (cpus - 2 * reader_cpus) / n))
     if n * each + reader_cpus > cpus + 1e-9:
         raise ClusterError(f"{n} workers of {each:g} CPU each and a reader of {reader_cpus:g} do not fit the "

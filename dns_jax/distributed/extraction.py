@@ -219,9 +219,10 @@ def extract_features_ray(videos: Sequence, output, extractor: Callable, *, setti
         order = {v: i for i, (v, _) in enumerate(todo)}
         os.makedirs(parts_dir(output), exist_ok=True)
         with cluster(address, num_cpus) as ray:
-            res = worker_resources(ray, workers, worker_cpus)
+            batches = max(1, math.ceil(len(todo) / part_size))
+            res = worker_resources(ray, workers, worker_cpus, batches=batches)
             rows = [{"id": v, "path": os.path.abspath(p)} for v, p in todo]
-            ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / part_size)))
+            ds = ray.data.from_items(rows, override_num_blocks=batches)
             ds = ds.map_batches(_decode, batch_size=1, num_cpus=res["reader_cpus"], fn_kwargs={"load_kwargs": load_kwargs})
             ds = ds.map_batches(_ExtractWorker, batch_size=part_size,
                                 compute=ray.data.ActorPoolStrategy(size=res["workers"]),
@@ -231,9 +232,12 @@ def extract_features_ray(videos: Sequence, output, extractor: Callable, *, setti
                                                            faults=_faults))
             bar = tqdm(total=len(todo), unit="video", disable=not progress, file=sys.stderr,
                        desc=f"extracting ({res['workers']} Ray workers)")
+            stop_after = (_faults or {}).get("driver_exit_after_parts")
             try:
-                for row in ds.iter_rows():
+                for parts, row in enumerate(ds.iter_rows(), 1):
                     bar.update(int(row["videos"]) + len(json.loads(row["failed"])))
+                    if stop_after and parts >= stop_after:
+                        os._exit(1)             # test hook: a driver killed before its commit
             except Exception as exc:           # a worker that died for good: commit what is staged
                 error = exc
             finally:

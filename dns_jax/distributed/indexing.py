@@ -142,10 +142,11 @@ def index_ray(directory: str, feature_files: Sequence[str], fine_model, coarse_m
 def _run_pipeline(ray, index: Index, todo: List[dict], order: Dict[str, int], feature_files, scorer, fine_model,
                   coarse_model, selector_model, binary, shard_size, workers, worker_cpus, progress, log,
                   report: BuildReport, faults: dict) -> None:
-    res = worker_resources(ray, workers, worker_cpus)
+    batches = max(1, math.ceil(len(todo) / shard_size))
+    res = worker_resources(ray, workers, worker_cpus, batches=batches)
     kind = "packed" if scorer.packed else "float32"
     dims = index.manifest["fine"]["dims"]
-    ds = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / shard_size)))
+    ds = ray.data.from_items(todo, override_num_blocks=batches)
     ds = ds.map_batches(_read_features, batch_size=max(1, min(shard_size, 32)), num_cpus=res["reader_cpus"],
                         fn_kwargs={"paths": [os.path.abspath(p) for p in feature_files], "dims": fine_model.module.dims})
     ds = ds.map_batches(_IndexWorker, batch_size=shard_size, compute=ray.data.ActorPoolStrategy(size=res["workers"]),
