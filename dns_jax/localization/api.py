@@ -32,8 +32,48 @@ COARSE_ONLY = ("no frame-level similarity matrix: this result comes from the coa
                "(a query with the 'fine' or 'dns' stage)")
 
 
+MATCH_Z = 4.0               # threshold='relative': a copied cell stands this many robust stds above the background
+MIN_BACKGROUND_FRAMES = 8   # below this many frames a side, a copy is too much of the matrix to measure a
+                            # background: the midpoint rule alone decides
+
+
 class LocalizationError(ValueError):
     """A similarity matrix (or time axis) that cannot be localized, with the reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NotLocalized:
+    """Stands in for the segments of a search result that has none to give, and says why
+    (`reason`; COARSE_ONLY for a result scored by the coarse stage alone). It behaves as an empty
+    list of segments: falsy, iterates over nothing."""
+
+    reason: str
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self):
+        return 0
+
+    def __str__(self):
+        return f"not localized: {self.reason}"
+
+
+def relative_threshold(sim, z: float = MATCH_Z, min_background: int = MIN_BACKGROUND_FRAMES) -> Optional[float]:
+    """The matching threshold of a matrix sim [Tq, Tt] whose scale is not known in advance (a
+    student's similarities depend on its training): the midpoint of its median and its best cell,
+    or None when nothing stands out of the pair's background (the best cell is at most `z` robust
+    standard deviations, 1.4826 MAD, above the median; checked when both sides have at least
+    `min_background` frames). Non-finite cells are ignored; None for a matrix without any."""
+    a = np.asarray(sim, np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return None
+    median, best = float(np.median(a)), float(np.max(a))
+    spread = 1.4826 * float(np.median(np.abs(a - median)))
+    if min(np.shape(sim)) >= min_background and best <= median + z * spread:
+        return None
+    return (median + best) / 2
 
 
 def check_matrix(sim) -> np.ndarray:
@@ -110,17 +150,19 @@ def _bucket(n: int) -> int:
 def _batched(method: str, max_segments: int, static: Tuple):
     """jit(vmap(method candidates)) over a batch of padded matrices, one per static setting."""
     fn = functools.partial(METHODS[method], max_segments=max_segments, **dict(static))
-    return jax.jit(jax.vmap(lambda s, thr, dyn: fn(s, threshold=thr, **dyn), in_axes=(0, None, None)))
+    return jax.jit(jax.vmap(lambda s, thr, dyn: fn(s, threshold=thr, **dyn), in_axes=(0, 0, None)))
 
 
-def _run(method: str, mats: Sequence[np.ndarray], threshold: float, max_segments: int, options: Dict,
+def _run(method: str, mats: Sequence[np.ndarray], thresholds: Sequence[float], max_segments: int, options: Dict,
          chunk: int = 64):
-    """Method candidates of each matrix (in chunks of `chunk` matrices, each padded with -inf to
-    one bucket shape and batch size and run as one vmapped call) -> per matrix [(box, score)]
-    in its own cells."""
+    """Method candidates of each matrix at its threshold (in chunks of `chunk` matrices, each
+    padded with -inf to one bucket shape and batch size and run as one vmapped call) -> per
+    matrix [(box, score)] in its own cells. `thresholds`: one per matrix, or one for all."""
+    if np.ndim(thresholds) == 0:
+        thresholds = [float(thresholds)] * len(mats)
     if len(mats) > chunk:
         return [r for i in range(0, len(mats), chunk)
-                for r in _run(method, mats[i:i + chunk], threshold, max_segments, options, chunk)]
+                for r in _run(method, mats[i:i + chunk], thresholds[i:i + chunk], max_segments, options, chunk)]
     static = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v)
                           for k, v in options.items() if k in STATIC_OPTIONS))
     dynamic = {k: float(v) for k, v in options.items() if k not in STATIC_OPTIONS}
@@ -128,10 +170,12 @@ def _run(method: str, mats: Sequence[np.ndarray], threshold: float, max_segments
     wt = _bucket(max(a.shape[1] for a in mats))
     batch = 1 << (len(mats) - 1).bit_length()
     pad = np.full((batch, hq, wt), -np.inf, np.float32)
+    thr = np.zeros(batch, np.float32)
     for i, a in enumerate(mats):
         pad[i, :a.shape[0], :a.shape[1]] = a
+        thr[i] = thresholds[i]
     boxes, scores, found = (np.asarray(x) for x in
-                            _batched(method, int(max_segments), static)(pad, np.float32(threshold), dynamic))
+                            _batched(method, int(max_segments), static)(pad, thr, dynamic))
     return [[(b, float(s)) for b, s, f in zip(boxes[i], scores[i], found[i]) if f]
             for i in range(len(mats))]
 
@@ -160,7 +204,10 @@ def _check_settings(method, threshold, factor, anchor, options):
     if unknown:
         raise LocalizationError(f"method {method!r} has no option(s) {sorted(unknown)}; "
                                 f"it takes {list(METHOD_OPTIONS[method])}")
-    if not np.isfinite(threshold):
+    if isinstance(threshold, str):
+        if threshold != "relative":
+            raise LocalizationError(f"threshold must be a number or 'relative', got {threshold!r}")
+    elif not np.isfinite(threshold):
         raise LocalizationError(f"threshold must be finite, got {threshold}")
     if int(factor) < 1:
         raise LocalizationError(f"factor must be >= 1, got {factor}")
@@ -193,6 +240,10 @@ def _segments(p: _Prepared, forward, backward, threshold: float, min_length: int
     return [box_to_seconds(b, s, p.qcells, p.tcells, r) for b, s, r in kept]
 
 
+def _threshold(p: _Prepared, threshold) -> Optional[float]:
+    return relative_threshold(p.sim) if threshold == "relative" else float(threshold)
+
+
 def localize(sim, method: str = "tn", *, query_times=None, target_times=None,
              query_duration: Optional[float] = None, target_duration: Optional[float] = None,
              factor: int = 1, threshold: float = 0.3, max_segments: int = 5, min_length: int = 2,
@@ -215,6 +266,8 @@ def localize(sim, method: str = "tn", *, query_times=None, target_times=None,
       scale depends on the source: 0.3 is the best on the benchmark's region Chamfer of 64-d
       whitened features (docs/localization.md); with 256-d whitening copies score lower and 0.1
       is best. Tune it for another source (`benchmarks/bench_localization.py --sweep`).
+      'relative': per matrix, from its own background (`relative_threshold`; no segment when
+      nothing stands out), for a network whose scale is not known (what search results use).
     max_segments: segments searched per direction; min_length: shortest segment, in cells on
       both axes; max_overlap: a segment whose target cells lie more than this fraction in a
       stronger segment's is dropped (a target moment copies one query moment).
@@ -228,9 +281,12 @@ def localize(sim, method: str = "tn", *, query_times=None, target_times=None,
     """
     _check_settings(method, threshold, factor, anchor, options)
     p = _prepare(sim, query_times, target_times, query_duration, target_duration, int(factor), anchor)
-    forward = _run(method, [p.sim], threshold, max_segments, options)[0]
-    backward = _run(method, [p.sim[:, ::-1]], threshold, max_segments, options)[0] if reverse else []
-    return _segments(p, forward, backward, threshold, min_length, max_overlap)
+    thr = _threshold(p, threshold)
+    if thr is None:
+        return []
+    forward = _run(method, [p.sim], [thr], max_segments, options)[0]
+    backward = _run(method, [p.sim[:, ::-1]], [thr], max_segments, options)[0] if reverse else []
+    return _segments(p, forward, backward, thr, min_length, max_overlap)
 
 
 def localize_batch(sims: Sequence, method: str = "tn", *, query_times: Optional[Sequence] = None,
@@ -259,11 +315,13 @@ def localize_batch(sims: Sequence, method: str = "tn", *, query_times: Optional[
             if errors == "raise":
                 raise
             warnings.warn(f"pair {i}: not localized: {e}", RuntimeWarning, stacklevel=2)
-    keys = list(prepared)
+    thr = {i: _threshold(p, threshold) for i, p in prepared.items()}
+    keys = [i for i in prepared if thr[i] is not None]          # 'relative': nothing stands out -> []
     if not keys:
         return [[] for _ in sims]
-    forward = _run(method, [prepared[i].sim for i in keys], threshold, max_segments, options)
-    backward = (_run(method, [prepared[i].sim[:, ::-1] for i in keys], threshold, max_segments, options)
+    thresholds = [thr[i] for i in keys]
+    forward = _run(method, [prepared[i].sim for i in keys], thresholds, max_segments, options)
+    backward = (_run(method, [prepared[i].sim[:, ::-1] for i in keys], thresholds, max_segments, options)
                 if reverse else [[] for _ in keys])
-    out = {i: _segments(prepared[i], f, b, threshold, min_length, max_overlap) for i, f, b in zip(keys, forward, backward)}
+    out = {i: _segments(prepared[i], f, b, thr[i], min_length, max_overlap) for i, f, b in zip(keys, forward, backward)}
     return [out.get(i, []) for i in range(len(sims))]
