@@ -216,7 +216,7 @@ def _check_settings(method, threshold, factor, anchor, options):
 
 
 def _segments(p: _Prepared, forward, backward, threshold: float, min_length: int,
-              max_overlap: float) -> List[Segment]:
+              max_overlap: float, grow: int = 0) -> List[Segment]:
     """Candidates (forward, and found on the target-reversed matrix) -> kept Segments, best
     score first. Stronger candidates (margin over the threshold times length) are kept first. A
     target moment is a copy of one query moment, so a candidate whose target cells lie more than
@@ -224,13 +224,16 @@ def _segments(p: _Prepared, forward, backward, threshold: float, min_length: int
     found again in the other direction, a static stretch of the query matched twice); loops
     (one query stretch at several target places) keep one segment each."""
     tt = p.sim.shape[1]
+    if grow:
+        forward = [(_grow_ends(p.sim, b, threshold, grow), s) for b, s in forward]
+        backward = [(_grow_ends(p.sim[:, ::-1], b, threshold, grow), s) for b, s in backward]
     found = [(b, s, False) for b, s in forward]
     found += [(np.array([b[0], b[1], tt - b[3], tt - b[2]]), s, True) for b, s in backward]
     found.sort(key=lambda x: -(x[1] - threshold) * max(x[0][1] - x[0][0], x[0][3] - x[0][2]))
     taken = np.zeros(tt, bool)
     kept = []
     for box, score, rev in found:
-        if min(box[1] - box[0], box[3] - box[2]) < min_length:
+        if max(box[1] - box[0], box[3] - box[2]) < min_length:
             continue
         if taken[box[2]:box[3]].mean() > max_overlap:
             continue
@@ -238,6 +241,29 @@ def _segments(p: _Prepared, forward, backward, threshold: float, min_length: int
         kept.append((box, score, rev))
     kept.sort(key=lambda x: -x[1])
     return [box_to_seconds(b, s, p.qcells, p.tcells, r) for b, s, r in kept]
+
+
+def _grow_ends(sim: np.ndarray, box, threshold: float, cells: int) -> np.ndarray:
+    """box (q0, q1, t0, t1) of sim [Tq, Tt] grown by up to `cells` cells at both ends of its
+    longer side (both sides of a 1 x 1 box), along its end row or column while they match (sim
+    >= threshold). A path advances on both axes at every step, so where one video runs faster
+    (a 2x speed-up: two query frames per target frame) the cells the longer side spends on the
+    shorter side's end frame are left out; a box of equal sides (speed 1) is left alone."""
+    q0, q1, t0, t1 = (int(v) for v in box)
+    tq, tt = sim.shape
+    lq, lt = q1 - q0, t1 - t0
+    gq = lq > lt or lq == lt == 1
+    gt = lt > lq or lq == lt == 1
+    for _ in range(cells):
+        if gq and q1 < tq and sim[q1, t1 - 1] >= threshold:
+            q1 += 1
+        if gq and q0 > 0 and sim[q0 - 1, t0] >= threshold:
+            q0 -= 1
+        if gt and t1 < tt and sim[q1 - 1, t1] >= threshold:
+            t1 += 1
+        if gt and t0 > 0 and sim[q0, t0 - 1] >= threshold:
+            t0 -= 1
+    return np.array([q0, q1, t0, t1])
 
 
 def _threshold(p: _Prepared, threshold) -> Optional[float]:
@@ -248,7 +274,7 @@ def localize(sim, method: str = "tn", *, query_times=None, target_times=None,
              query_duration: Optional[float] = None, target_duration: Optional[float] = None,
              factor: int = 1, threshold: float = 0.3, max_segments: int = 5, min_length: int = 2,
              max_overlap: float = 0.5, reverse: bool = False, anchor: str = "center",
-             **options) -> List[Segment]:
+             grow: int = 1, **options) -> List[Segment]:
     """Matched segment pairs of a query and a target, best score first.
 
     sim: [Tq, Tt] similarities of query cells (rows, in time order) to target cells: the
@@ -268,9 +294,13 @@ def localize(sim, method: str = "tn", *, query_times=None, target_times=None,
       is best. Tune it for another source (`benchmarks/bench_localization.py --sweep`).
       'relative': per matrix, from its own background (`relative_threshold`; no segment when
       nothing stands out), for a network whose scale is not known (what search results use).
-    max_segments: segments searched per direction; min_length: shortest segment, in cells on
-      both axes; max_overlap: a segment whose target cells lie more than this fraction in a
-      stronger segment's is dropped (a target moment copies one query moment).
+    max_segments: segments searched per direction; min_length: shortest segment, in cells of
+      its longer side (the other may be one cell: a short copy at 2x speed holds one target
+      frame at 1 frame/s); max_overlap: a segment whose target cells lie more than this
+      fraction in a stronger segment's is dropped (a target moment copies one query moment).
+    grow: cells by which each end of a segment's longer side may grow along its end row or
+      column while they match (`_grow_ends`: what a path moving on both axes at every step
+      leaves out at a speed change); 0: none.
     anchor: 'center' (a frame sampled at t s stands for the instants nearest to it) or 'start'
       (frame i covers [t_i, t_{i+1})); see `cell_bounds`.
     reverse: also look for copies played backwards (Segment.reversed marks them).
@@ -286,7 +316,7 @@ def localize(sim, method: str = "tn", *, query_times=None, target_times=None,
         return []
     forward = _run(method, [p.sim], [thr], max_segments, options)[0]
     backward = _run(method, [p.sim[:, ::-1]], [thr], max_segments, options)[0] if reverse else []
-    return _segments(p, forward, backward, thr, min_length, max_overlap)
+    return _segments(p, forward, backward, thr, min_length, max_overlap, grow)
 
 
 def localize_batch(sims: Sequence, method: str = "tn", *, query_times: Optional[Sequence] = None,
@@ -294,7 +324,7 @@ def localize_batch(sims: Sequence, method: str = "tn", *, query_times: Optional[
                    target_durations: Optional[Sequence] = None, errors: str = "warn",
                    factor: int = 1, threshold: float = 0.3, max_segments: int = 5, min_length: int = 2,
                    max_overlap: float = 0.5, reverse: bool = False, anchor: str = "center",
-                   **options) -> List[List[Segment]]:
+                   grow: int = 1, **options) -> List[List[Segment]]:
     """`localize` for many pairs in one vmapped call: sims[i] with query_times[i],
     target_times[i], query_durations[i], target_durations[i] (each a list, or None).
 
@@ -323,5 +353,6 @@ def localize_batch(sims: Sequence, method: str = "tn", *, query_times: Optional[
     forward = _run(method, [prepared[i].sim for i in keys], thresholds, max_segments, options)
     backward = (_run(method, [prepared[i].sim[:, ::-1] for i in keys], thresholds, max_segments, options)
                 if reverse else [[] for _ in keys])
-    out = {i: _segments(prepared[i], f, b, thr[i], min_length, max_overlap) for i, f, b in zip(keys, forward, backward)}
+    out = {i: _segments(prepared[i], f, b, thr[i], min_length, max_overlap, grow)
+           for i, f, b in zip(keys, forward, backward)}
     return [out.get(i, []) for i in range(len(sims))]
