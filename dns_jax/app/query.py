@@ -31,6 +31,7 @@ from dns_jax.index import Index
 from dns_jax.index.search import check_search_options, scores_in_index_order, search_index
 from dns_jax.localization import NotLocalized
 from dns_jax.retrieval import DnS, localize_results, unpack_codes
+from dns_jax.retrieval.layout import ladder_size
 
 
 class QueryError(ValueError):
@@ -125,12 +126,15 @@ class Searcher:
         res = search_index(self.dns, self.index, reps, stage, budget, topk=None,
                            fine_mapping=self.fine_mapping(), segments=min(segments, shown))
         scores = scores_in_index_order(res, 0, len(ids))
+        found = list(res.segments[0]) if res.segments else []
+        missing = [r for r, segs in enumerate(found) if isinstance(segs, NotLocalized)] if pair_matrices else []
+        if missing:        # results the fine stage did not score: their pairs' matrices, in one call
+            for r, segs in zip(missing, self._pair_segments(x, reps.fine_rep(0),
+                                                            [int(res.ranking[0][r]) for r in missing])):
+                found[r] = segs
         best = []
         for rank, (i, score) in enumerate(zip(res.ranking[0][:shown], res.scores[0][:shown])):
-            segs = res.segments[0][rank] if res.segments and rank < len(res.segments[0]) else []
-            if isinstance(segs, NotLocalized) and pair_matrices:
-                segs = self._segments(x, ids[i], reps.fine_rep(0), int(i))
-            best.append((ids[i], float(score), segs))
+            best.append((ids[i], float(score), found[rank] if rank < len(found) else []))
         return QueryResult(qid, {v: float(s) for v, s in zip(ids, scores)}, best)
 
     def dns_scores(self, reps, budget: float) -> np.ndarray:
@@ -146,6 +150,25 @@ class Searcher:
             if video_id in f and hasattr(f[video_id], "shape"):
                 return int(f[video_id].shape[0])
         return len(self.features(video_id)[1])
+
+    def _pair_segments(self, query: np.ndarray, query_rep, positions: Sequence[int]) -> List[list]:
+        """Segments of query features [T, R, D] (indexed: `query_rep`) and the indexed videos at
+        `positions`, localized as search results are, on their frame-to-frame matrices computed
+        here in one call (the frame-to-frame similarity of one query frame and one target frame
+        does not depend on the other frames, so the targets are scored concatenated, padded to a
+        ladder size: few compilations)."""
+        ts = [self.index.fine_rep(p) for p in positions]
+        q = query_rep
+        if np.asarray(ts[0]).dtype == np.uint8:
+            q, ts = unpack_codes(q), [unpack_codes(t) for t in ts]
+        starts = np.concatenate([[0], np.cumsum([len(t) for t in ts])])
+        cat = np.zeros((ladder_size(int(starts[-1])),) + np.shape(ts[0])[1:], np.float32)
+        cat[:starts[-1]] = np.concatenate(ts)
+        f2f = np.asarray(self.fine.frame_to_frame_similarity(q, cat))
+        mats = {p: f2f[:, starts[k]:starts[k + 1]] for k, p in enumerate(positions)}
+        ids = self.index.ids
+        return localize_results(np.asarray([positions]), len(positions), lambda _, j: mats[j], [len(query)],
+                                lambda j: self.frames(ids[j]))[0]
 
     def _segments(self, query: np.ndarray, video_id: str, query_rep=None, position: Optional[int] = None):
         """Copied segments of query features [T, R, D] and an indexed video, in seconds (1 frame/s;
