@@ -51,6 +51,9 @@ def test_frame_matrices_are_the_fine_students_matrices(nets):
         for j in range(4):
             want = np.asarray(fg.frame_to_frame_similarity(q[i], t[j]))
             np.testing.assert_allclose(kept.matrix(i, j), want, atol=1e-6)
+    for i in range(2):      # the same matrices for pairs a search did not score, in one call
+        for j, m in enumerate(scorer.frame_matrices(q[i], t)):
+            np.testing.assert_allclose(m, kept.matrix(i, j), atol=1e-6)
     resident = scorer.resident(t)
     _, sub = scorer.similarities(q, resident.subset([2, 0]), frame_matrices=True)
     np.testing.assert_allclose(sub.matrix(0, 1), kept.matrix(0, 0), atol=1e-6)
@@ -127,6 +130,16 @@ def test_localize_results_marks_missing_matrices():
     out = localize_results(ranking, 2, lambda q, j: f2f if j == 0 else None, [5], lambda j: 6)
     assert [(s.query_start, s.query_end, s.target_start, s.target_end) for s in out[0][0]] == [(0, 5, 1, 6)]
     assert isinstance(out[0][1], NotLocalized) and "coarse stage only" in str(out[0][1])
+    # bad matrices: a reason each, never a crash; NaN cells do not match
+    bad = {0: np.zeros((0, 6), np.float32), 1: np.full((5, 6), np.nan, np.float32)}
+    nan = f2f.copy()
+    nan[2, 3] = np.nan
+    bad[2] = nan
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        out = localize_results(np.array([[0, 1, 2]]), 3, lambda q, j: bad[j], [5], lambda j: 6)
+    assert isinstance(out[0][0], NotLocalized) and "empty" in out[0][0].reason
+    assert isinstance(out[0][1], NotLocalized) and "NaN" in out[0][1].reason
+    assert out[0][2] and all(s.query_end <= 5 and s.target_end <= 6 for s in out[0][2])
 
 
 def test_relative_threshold():

@@ -31,7 +31,6 @@ from dns_jax.index import Index
 from dns_jax.index.search import check_search_options, scores_in_index_order, search_index
 from dns_jax.localization import NotLocalized
 from dns_jax.retrieval import DnS, localize_results, unpack_codes
-from dns_jax.retrieval.layout import ladder_size
 
 
 class QueryError(ValueError):
@@ -156,16 +155,9 @@ class Searcher:
         `positions`, localized as search results are, on their frame-to-frame matrices computed
         here in one call (the frame-to-frame similarity of one query frame and one target frame
         does not depend on the other frames, so the targets are scored concatenated, padded to a
-        ladder size: few compilations)."""
-        ts = [self.index.fine_rep(p) for p in positions]
-        q = query_rep
-        if np.asarray(ts[0]).dtype == np.uint8:
-            q, ts = unpack_codes(q), [unpack_codes(t) for t in ts]
-        starts = np.concatenate([[0], np.cumsum([len(t) for t in ts])])
-        cat = np.zeros((ladder_size(int(starts[-1])),) + np.shape(ts[0])[1:], np.float32)
-        cat[:starts[-1]] = np.concatenate(ts)
-        f2f = np.asarray(self.fine.frame_to_frame_similarity(q, cat))
-        mats = {p: f2f[:, starts[k]:starts[k + 1]] for k, p in enumerate(positions)}
+        ladder size: few compilations; `FineScorer.frame_matrices`)."""
+        found = self.dns.scorer.frame_matrices(query_rep, [self.index.fine_rep(p) for p in positions])
+        mats = dict(zip(positions, found))
         ids = self.index.ids
         return localize_results(np.asarray([positions]), len(positions), lambda _, j: mats[j], [len(query)],
                                 lambda j: self.frames(ids[j]))[0]

@@ -15,6 +15,7 @@ import dataclasses
 import numbers
 import os
 import time
+import warnings
 import weakref
 from typing import Callable, List, Optional, Sequence
 
@@ -22,7 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dns_jax.localization import COARSE_ONLY, NotLocalized, frame_times, localize_batch
+from dns_jax.localization import (
+    COARSE_ONLY,
+    LocalizationError,
+    NotLocalized,
+    check_matrix,
+    frame_times,
+    localize_batch,
+)
 from dns_jax.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork, ViSiLHead
 from dns_jax.retrieval import selector as selector_lib
 from dns_jax.retrieval.coarse import CoarseDatabase
@@ -254,7 +262,8 @@ def localize_results(ranking: np.ndarray, count: int, matrices: Callable, query_
     query q and database video j (the kernel's frames: short videos repeated), or None where the
     result was not scored by it; query_frames[q] / target_frames(j): real frame counts (1 frame/s).
     -> per query, per result: a list of Segments (seconds, inside both videos) or
-    NotLocalized(COARSE_ONLY). One batched `localize_batch` call for all the pairs."""
+    NotLocalized(COARSE_ONLY), or NotLocalized(why) for a matrix that cannot be localized (empty,
+    all NaN). One batched `localize_batch` call for all the pairs (NaN cells: non-matching)."""
     opts = dict(SEGMENT_OPTIONS, **(options or {}))
     out = [[None] * min(int(count), ranking.shape[1]) for _ in range(ranking.shape[0])]
     todo = {}            # min_length -> [(q, r, matrix, query frames, target frames)]
@@ -264,6 +273,13 @@ def localize_results(ranking: np.ndarray, count: int, matrices: Callable, query_
             m = matrices(q, j)
             if m is None:
                 row[r] = NotLocalized(COARSE_ONLY)
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)     # localize_batch warns once
+                    check_matrix(m)
+            except LocalizationError as e:          # empty, all-NaN: the reason, not a crash
+                row[r] = NotLocalized(str(e))
                 continue
             # a target over 2048 frames loses a tail chunk too short to score: its frames end earlier
             tq, tt = min(int(query_frames[q]), m.shape[0]), min(int(target_frames(j)), m.shape[1])

@@ -34,7 +34,7 @@ import numpy as np
 from dns_jax import native
 from dns_jax.models import FineGrainedStudent, ViSiLHead
 from dns_jax.retrieval import binary as codes
-from dns_jax.retrieval.kernels import KernelSpec, canvas_similarity
+from dns_jax.retrieval.kernels import KernelSpec, canvas_similarity, frame_to_frame_dense
 from dns_jax.retrieval.layout import HALO, Axis, ladder_size, pack_dense, pack_segments, place, round_up
 from dns_jax.validation import FeatureError, check_video
 
@@ -543,6 +543,28 @@ class FineScorer:
                 self._collect(item, sums)
         sims = (sums / db.counts[None, :]).astype(np.float32)
         return (sims, kept) if frame_matrices else sims
+
+    def frame_matrices(self, query, targets: Sequence) -> List[np.ndarray]:
+        """Frame-to-frame matrices [Tq, Tt_i] float32 of one indexed query and indexed targets (of
+        one region count), without the comparator: the matrices `similarities(...,
+        frame_matrices=True)` keeps, for pairs it did not score. One kernel call: a frame pair's
+        similarity does not depend on the other frames, so the targets are concatenated (padded to
+        a ladder size, the query to `query_rows`: few compiled shapes)."""
+        q = self._kernel_input(query, "query")
+        ts = [self._kernel_input(t, f"target {i}") for i, t in enumerate(targets)]
+        if not ts:
+            return []
+        if len({t.shape[1:] for t in ts}) > 1:
+            raise FeatureError("frame_matrices: targets with different region counts; call once per count")
+        starts = np.concatenate([[0], np.cumsum([t.shape[0] for t in ts])]).astype(int)
+        cat = np.zeros((ladder_size(int(starts[-1])),) + ts[0].shape[1:], ts[0].dtype)
+        cat[:starts[-1]] = np.concatenate(ts)
+        qp = np.zeros((query_rows(q.shape[0]),) + q.shape[1:], q.dtype)
+        qp[:q.shape[0]] = q
+        spec = self.spec_for(qp.shape[0], cat.shape[0], (q.shape[1], cat.shape[1]))
+        f2f = np.asarray(frame_to_frame_dense(jax.device_put(qp, self.devices[0]),
+                                              jax.device_put(cat, self.devices[0]), spec))[:q.shape[0]]
+        return [f2f[:, a:b] for a, b in zip(starts[:-1], starts[1:])]
 
     @staticmethod
     def _collect(item, sums):

@@ -252,6 +252,9 @@ def frame_to_frame_canvas(q: Array, t: Array, spec: KernelSpec, t_take=None) -> 
     return _map_blocks(rows, q, rb, axis=0) if rb < hh else rows(q)
 
 
+frame_to_frame_dense = jax.jit(frame_to_frame_canvas, static_argnames=("spec",))
+
+
 # ------------------------------------------------------------------------------------------------
 # comparator CNN with exact refills, by tiles
 
