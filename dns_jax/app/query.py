@@ -30,7 +30,7 @@ from dns_jax.fileio import atomic_write_json, atomic_write_text
 from dns_jax.index import Index
 from dns_jax.index.search import check_search_options, scores_in_index_order, search_index
 from dns_jax.localization import NotLocalized
-from dns_jax.retrieval import DnS, localize_results, unpack_codes
+from dns_jax.retrieval import DnS, localize_results, stored_frames, unpack_codes
 
 
 class QueryError(ValueError):
@@ -156,11 +156,11 @@ class Searcher:
         here in one call (the frame-to-frame similarity of one query frame and one target frame
         does not depend on the other frames, so the targets are scored concatenated, padded to a
         ladder size: few compilations; `FineScorer.frame_matrices`)."""
-        found = self.dns.scorer.frame_matrices(query_rep, [self.index.fine_rep(p) for p in positions])
-        mats = dict(zip(positions, found))
-        ids = self.index.ids
+        reps = {p: self.index.fine_rep(p) for p in positions}
+        mats = dict(zip(positions, self.dns.scorer.frame_matrices(query_rep, list(reps.values()))))
+        repeated = self.dns.scorer.comparator
         return localize_results(np.asarray([positions]), len(positions), lambda _, j: mats[j], [len(query)],
-                                lambda j: self.frames(ids[j]))[0]
+                                lambda j: stored_frames(reps[j], repeated))[0]
 
     def _segments(self, query: np.ndarray, video_id: str, query_rep=None, position: Optional[int] = None):
         """Copied segments of query features [T, R, D] and an indexed video, in seconds (1 frame/s;
