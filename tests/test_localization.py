@@ -285,3 +285,20 @@ def test_batch_warns_and_keeps_going():
 def test_segment_str():
     seg = Segment(3.0, 9.0, 12.0, 18.0, 0.71)
     assert str(seg) == "query 3-9s ~ target 12-18s (0.71)"
+
+
+@pytest.mark.parametrize("method", ["tn", "dp", "hough"])
+def test_speed_two_ends_and_one_frame_copies(method):
+    """At 2x speed two query frames share each target frame: a path moving on both axes leaves the
+    last query frame out, which growing the longer side's ends puts back (exact box); a copy held
+    by a single target frame (a 3-s excerpt at 2x, 1 frame/s) is kept, its longer side being 3."""
+    sim = np.full((8, 20), 0.05, np.float32)
+    sim[np.arange(8), 6 + np.arange(8) // 2] = 0.9
+    (seg,) = localize(sim, method, anchor="start")
+    assert (seg.query_start, seg.query_end, seg.target_start, seg.target_end) == (0, 8, 6, 10)
+    assert localize(sim, method, anchor="start", grow=0)[0].query_end < 8 or method == "hough"
+    one = np.full((6, 12), 0.05, np.float32)
+    one[1:4, 5] = 0.9
+    (seg,) = localize(one, method, anchor="start")
+    assert (seg.query_start, seg.query_end, seg.target_start, seg.target_end) == (1, 4, 5, 6)
+    assert localize(one, method, anchor="start", min_length=4) == []

@@ -205,3 +205,26 @@ def test_segments_and_the_vsc22_csv(workdir, tmp_path):
     assert csv_out.read_text().splitlines()[0] == "query_id,ref_id,query_start,query_end,ref_start,ref_end,score"
     with pytest.raises(ValueError, match="output format"):
         answer_queries(work, ["a"], output_format="xml", log=_quiet, warn=_quiet)
+
+
+def test_app_segments_are_the_search_results_segments(workdir):
+    """`dns-jax query --segments` shows the segments the search itself localized on its fine stage's
+    matrices (`search_index(segments=...)`), equal to localizing the pair on its own; results left
+    to the coarse stage are marked by the search, and the app localizes them on their pair's matrix."""
+    from dns_jax.index.search import search_index
+    from dns_jax.localization import COARSE_ONLY, NotLocalized
+    _, work, videos = workdir
+    searcher = Searcher(work)
+    n = len(videos)
+    res = searcher.search("a", stage="dns", budget=0.5, top=0, segments=n)
+    marked = searcher.search("a", stage="dns", budget=0.5, top=0, segments=n, pair_matrices=False)
+    reps = searcher.dns.index([videos["a"]], ["a"])
+    api = search_index(searcher.dns, searcher.index, reps, "dns", 0.5, topk=None, segments=n,
+                       fine_mapping=searcher.fine_mapping())
+    assert api.reranked[0].sum() == 4 and len(res.top) == n
+    for rank, ((vid, _, segs), (_, _, only)) in enumerate(zip(res.top, marked.top)):
+        assert searcher.index.ids[api.ranking[0][rank]] == vid
+        assert [str(s) for s in only] == [str(s) for s in api.segments[0][rank]]
+        assert [str(s) for s in segs] == [str(s) for s in searcher._segments(videos["a"], vid)], vid
+        if not api.reranked[0][rank]:
+            assert isinstance(only, NotLocalized) and only.reason == COARSE_ONLY

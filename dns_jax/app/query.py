@@ -29,8 +29,8 @@ from dns_jax.features.video import VideoError
 from dns_jax.fileio import atomic_write_json, atomic_write_text
 from dns_jax.index import Index
 from dns_jax.index.search import check_search_options, scores_in_index_order, search_index
-from dns_jax.localization import frame_times, localize
-from dns_jax.retrieval import DnS, unpack_codes
+from dns_jax.localization import NotLocalized
+from dns_jax.retrieval import DnS, localize_results, stored_frames, unpack_codes
 
 
 class QueryError(ValueError):
@@ -41,12 +41,8 @@ class QueryError(ValueError):
 class QueryResult:
     query_id: str
     scores: Dict[str, float]             # every indexed video
-    top: List[Tuple[str, float, list]]   # (video id, score, segments) of the best results
-
-
-MATCH_Z = 4.0    # a copied frame pair stands this many robust stds above its pair's background
-MIN_BACKGROUND_FRAMES = 8   # below this many frames a side, a copy's diagonal is too much of the matrix
-                            # to measure a background: the midpoint rule alone decides
+    top: List[Tuple[str, float, list]]   # (video id, score, segments) of the best results; segments is
+                                         # NotLocalized (empty, with its reason) for a coarse-only result
 
 
 class Searcher:
@@ -110,9 +106,13 @@ class Searcher:
         return lambda raw: spread_scores(raw, self.fine_spread)
 
     def search(self, query: str, stage: str = "dns", budget: float = 0.05, top: int = 10,
-               segments: int = 5, query_id: Optional[str] = None) -> QueryResult:
+               segments: int = 5, query_id: Optional[str] = None, pair_matrices: bool = True) -> QueryResult:
         """Scores of every indexed video for one query; `top` results (0: all) with the matching
-        segments of the first `segments`. `query_id` overrides the id the result is filed under."""
+        segments of the first `segments`, localized by the search itself on the frame-to-frame
+        matrices of its fine stage (`search_index(segments=...)`). A result the budget left to the
+        coarse stage has no such matrix: with `pair_matrices` (default) its pair's matrix is
+        computed here (`_segments`), else it keeps the search's NotLocalized marker. `query_id`
+        overrides the id the result is filed under."""
         try:
             check_search_options(stage, budget, top)
         except ValueError as e:
@@ -121,14 +121,19 @@ class Searcher:
         qid = query_id or qid
         reps = self.dns.index([x], [qid])
         ids = self.index.ids
-        res = search_index(self.dns, self.index, reps, stage, budget, topk=None,
-                           fine_mapping=self.fine_mapping())
-        scores = scores_in_index_order(res, 0, len(ids))
-        best = []
         shown = top or len(ids)
+        res = search_index(self.dns, self.index, reps, stage, budget, topk=None,
+                           fine_mapping=self.fine_mapping(), segments=min(segments, shown))
+        scores = scores_in_index_order(res, 0, len(ids))
+        found = list(res.segments[0]) if res.segments else []
+        missing = [r for r, segs in enumerate(found) if isinstance(segs, NotLocalized)] if pair_matrices else []
+        if missing:        # results the fine stage did not score: their pairs' matrices, in one call
+            for r, segs in zip(missing, self._pair_segments(x, reps.fine_rep(0),
+                                                            [int(res.ranking[0][r]) for r in missing])):
+                found[r] = segs
+        best = []
         for rank, (i, score) in enumerate(zip(res.ranking[0][:shown], res.scores[0][:shown])):
-            segs = self._segments(x, ids[i], reps.fine_rep(0), int(i)) if rank < segments else []
-            best.append((ids[i], float(score), segs))
+            best.append((ids[i], float(score), found[rank] if rank < len(found) else []))
         return QueryResult(qid, {v: float(s) for v, s in zip(ids, scores)}, best)
 
     def dns_scores(self, reps, budget: float) -> np.ndarray:
@@ -145,19 +150,27 @@ class Searcher:
                 return int(f[video_id].shape[0])
         return len(self.features(video_id)[1])
 
-    def _segments(self, query: np.ndarray, video_id: str, query_rep=None, position: Optional[int] = None):
-        """Copied segments of a query and an indexed video, in seconds (1 frame/s; frame i covers
-        [i, i + 1)), found by the temporal-network alignment of dns_jax.localization on the fine
-        student's frame-to-frame similarities (speed changes, several segments per pair).
+    def _pair_segments(self, query: np.ndarray, query_rep, positions: Sequence[int]) -> List[list]:
+        """Segments of query features [T, R, D] (indexed: `query_rep`) and the indexed videos at
+        `positions`, localized as search results are, on their frame-to-frame matrices computed
+        here in one call (the frame-to-frame similarity of one query frame and one target frame
+        does not depend on the other frames, so the targets are scored concatenated, padded to a
+        ladder size: few compilations; `FineScorer.frame_matrices`)."""
+        reps = {p: self.index.fine_rep(p) for p in positions}
+        mats = dict(zip(positions, self.dns.scorer.frame_matrices(query_rep, list(reps.values()))))
+        repeated = self.dns.scorer.comparator
+        return localize_results(np.asarray([positions]), len(positions), lambda _, j: mats[j], [len(query)],
+                                lambda j: stored_frames(reps[j], repeated))[0]
 
-        The fine student indexes a video shorter than 4 frames repeated to 4 frames; the frame
-        similarities are cut back to the real frames, so a reported time never exceeds a video.
-        Cells count as matching when they stand out of the pair's background (above the midpoint of
-        its median and best similarity, and more than MATCH_Z robust standard deviations above the
-        median): the scale of a student's similarities depends on how it was trained, and an
-        unrelated pair then has no segment at all."""
+    def _segments(self, query: np.ndarray, video_id: str, query_rep=None, position: Optional[int] = None):
+        """Copied segments of query features [T, R, D] and an indexed video, in seconds (1 frame/s;
+        frame i covers [i, i + 1)), localized as search results are (`retrieval.localize_results`:
+        the temporal network on the fine student's frame-to-frame similarities, the threshold from
+        the pair's own background), on this pair's matrix computed here: for a result the fine
+        stage did not score (a search localizes the others on the matrices of its fine stage).
+        With `query_rep` and `position`, the stored representations (no indexing again; packed
+        FG-Bin codes unpacked to +-1)."""
         if query_rep is not None and position is not None:
-            # the stored representations: no indexing again (packed FG-Bin codes unpacked to +-1)
             q, t = query_rep, self.index.fine_rep(position)
             if np.asarray(t).dtype == np.uint8:
                 q, t = unpack_codes(q), unpack_codes(t)
@@ -166,17 +179,9 @@ class Searcher:
             _, target = self.features(video_id)
             q, t = self.fine.index_video(query), self.fine.index_video(target)
             target_frames = len(target)
-        f2f = np.asarray(self.fine.frame_to_frame_similarity(q, t), np.float64)[:len(query), :target_frames]
-        if f2f.size == 0 or not np.isfinite(f2f).any():
-            return []
-        median, best = float(np.nanmedian(f2f)), float(np.nanmax(f2f))
-        spread = 1.4826 * float(np.nanmedian(np.abs(f2f - median)))
-        threshold = (median + best) / 2
-        if min(f2f.shape) >= MIN_BACKGROUND_FRAMES and best <= median + MATCH_Z * spread:
-            return []                           # nothing stands out: no copied segment
-        short = min(f2f.shape) < 2
-        return localize(f2f, "tn", query_times=frame_times(f2f.shape[0]), target_times=frame_times(f2f.shape[1]),
-                        threshold=threshold, anchor="start", min_length=1 if short else 2)
+        f2f = np.asarray(self.fine.frame_to_frame_similarity(q, t))
+        return localize_results(np.zeros((1, 1), np.int64), 1, lambda *_: f2f, [len(query)],
+                                lambda _: target_frames)[0][0]
 
 
 def check_query_options(stage: str, budget: float, top: int, output: Optional[str] = None) -> None:

@@ -22,11 +22,21 @@ Each finds several segments per pair (a segment is blanked before the next is so
 speeds between 1/2 and 2 (TN: 1/max_step to max_step), and with `reverse=True` copies played
 backwards. Looped copies (the query's content twice in the target) give one segment per loop.
 """
-from .api import COARSE_ONLY, METHOD_OPTIONS, METHODS, LocalizationError, check_matrix, localize, localize_batch
+from .api import (
+    COARSE_ONLY,
+    METHOD_OPTIONS,
+    METHODS,
+    LocalizationError,
+    NotLocalized,
+    check_matrix,
+    localize,
+    localize_batch,
+    relative_threshold,
+)
 from .hough import DEFAULT_SPEEDS
 from .segment import Segment, box_to_seconds, cell_bounds, frame_times
 
 __all__ = [
     "localize", "localize_batch", "Segment", "LocalizationError", "METHODS", "METHOD_OPTIONS",
-    "COARSE_ONLY", "DEFAULT_SPEEDS", "check_matrix", "cell_bounds", "frame_times", "box_to_seconds",
+    "COARSE_ONLY", "NotLocalized", "relative_threshold", "DEFAULT_SPEEDS", "check_matrix", "cell_bounds", "frame_times", "box_to_seconds",
 ]

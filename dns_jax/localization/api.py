@@ -32,8 +32,48 @@ COARSE_ONLY = ("no frame-level similarity matrix: this result comes from the coa
                "(a query with the 'fine' or 'dns' stage)")
 
 
+MATCH_Z = 4.0               # threshold='relative': a copied cell stands this many robust stds above the background
+MIN_BACKGROUND_FRAMES = 8   # below this many frames a side, a copy is too much of the matrix to measure a
+                            # background: the midpoint rule alone decides
+
+
 class LocalizationError(ValueError):
     """A similarity matrix (or time axis) that cannot be localized, with the reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NotLocalized:
+    """Stands in for the segments of a search result that has none to give, and says why
+    (`reason`; COARSE_ONLY for a result scored by the coarse stage alone). It behaves as an empty
+    list of segments: falsy, iterates over nothing."""
+
+    reason: str
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self):
+        return 0
+
+    def __str__(self):
+        return f"not localized: {self.reason}"
+
+
+def relative_threshold(sim, z: float = MATCH_Z, min_background: int = MIN_BACKGROUND_FRAMES) -> Optional[float]:
+    """The matching threshold of a matrix sim [Tq, Tt] whose scale is not known in advance (a
+    student's similarities depend on its training): the midpoint of its median and its best cell,
+    or None when nothing stands out of the pair's background (the best cell is at most `z` robust
+    standard deviations, 1.4826 MAD, above the median; checked when both sides have at least
+    `min_background` frames). Non-finite cells are ignored; None for a matrix without any."""
+    a = np.asarray(sim, np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return None
+    median, best = float(np.median(a)), float(np.max(a))
+    spread = 1.4826 * float(np.median(np.abs(a - median)))
+    if min(np.shape(sim)) >= min_background and best <= median + z * spread:
+        return None
+    return (median + best) / 2
 
 
 def check_matrix(sim) -> np.ndarray:
@@ -110,17 +150,19 @@ def _bucket(n: int) -> int:
 def _batched(method: str, max_segments: int, static: Tuple):
     """jit(vmap(method candidates)) over a batch of padded matrices, one per static setting."""
     fn = functools.partial(METHODS[method], max_segments=max_segments, **dict(static))
-    return jax.jit(jax.vmap(lambda s, thr, dyn: fn(s, threshold=thr, **dyn), in_axes=(0, None, None)))
+    return jax.jit(jax.vmap(lambda s, thr, dyn: fn(s, threshold=thr, **dyn), in_axes=(0, 0, None)))
 
 
-def _run(method: str, mats: Sequence[np.ndarray], threshold: float, max_segments: int, options: Dict,
+def _run(method: str, mats: Sequence[np.ndarray], thresholds: Sequence[float], max_segments: int, options: Dict,
          chunk: int = 64):
-    """Method candidates of each matrix (in chunks of `chunk` matrices, each padded with -inf to
-    one bucket shape and batch size and run as one vmapped call) -> per matrix [(box, score)]
-    in its own cells."""
+    """Method candidates of each matrix at its threshold (in chunks of `chunk` matrices, each
+    padded with -inf to one bucket shape and batch size and run as one vmapped call) -> per
+    matrix [(box, score)] in its own cells. `thresholds`: one per matrix, or one for all."""
+    if np.ndim(thresholds) == 0:
+        thresholds = [float(thresholds)] * len(mats)
     if len(mats) > chunk:
         return [r for i in range(0, len(mats), chunk)
-                for r in _run(method, mats[i:i + chunk], threshold, max_segments, options, chunk)]
+                for r in _run(method, mats[i:i + chunk], thresholds[i:i + chunk], max_segments, options, chunk)]
     static = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v)
                           for k, v in options.items() if k in STATIC_OPTIONS))
     dynamic = {k: float(v) for k, v in options.items() if k not in STATIC_OPTIONS}
@@ -128,10 +170,12 @@ def _run(method: str, mats: Sequence[np.ndarray], threshold: float, max_segments
     wt = _bucket(max(a.shape[1] for a in mats))
     batch = 1 << (len(mats) - 1).bit_length()
     pad = np.full((batch, hq, wt), -np.inf, np.float32)
+    thr = np.zeros(batch, np.float32)
     for i, a in enumerate(mats):
         pad[i, :a.shape[0], :a.shape[1]] = a
+        thr[i] = thresholds[i]
     boxes, scores, found = (np.asarray(x) for x in
-                            _batched(method, int(max_segments), static)(pad, np.float32(threshold), dynamic))
+                            _batched(method, int(max_segments), static)(pad, thr, dynamic))
     return [[(b, float(s)) for b, s, f in zip(boxes[i], scores[i], found[i]) if f]
             for i in range(len(mats))]
 
@@ -160,7 +204,10 @@ def _check_settings(method, threshold, factor, anchor, options):
     if unknown:
         raise LocalizationError(f"method {method!r} has no option(s) {sorted(unknown)}; "
                                 f"it takes {list(METHOD_OPTIONS[method])}")
-    if not np.isfinite(threshold):
+    if isinstance(threshold, str):
+        if threshold != "relative":
+            raise LocalizationError(f"threshold must be a number or 'relative', got {threshold!r}")
+    elif not np.isfinite(threshold):
         raise LocalizationError(f"threshold must be finite, got {threshold}")
     if int(factor) < 1:
         raise LocalizationError(f"factor must be >= 1, got {factor}")
@@ -169,7 +216,7 @@ def _check_settings(method, threshold, factor, anchor, options):
 
 
 def _segments(p: _Prepared, forward, backward, threshold: float, min_length: int,
-              max_overlap: float) -> List[Segment]:
+              max_overlap: float, grow: int = 0) -> List[Segment]:
     """Candidates (forward, and found on the target-reversed matrix) -> kept Segments, best
     score first. Stronger candidates (margin over the threshold times length) are kept first. A
     target moment is a copy of one query moment, so a candidate whose target cells lie more than
@@ -177,13 +224,16 @@ def _segments(p: _Prepared, forward, backward, threshold: float, min_length: int
     found again in the other direction, a static stretch of the query matched twice); loops
     (one query stretch at several target places) keep one segment each."""
     tt = p.sim.shape[1]
+    if grow:
+        forward = [(_grow_ends(p.sim, b, threshold, grow), s) for b, s in forward]
+        backward = [(_grow_ends(p.sim[:, ::-1], b, threshold, grow), s) for b, s in backward]
     found = [(b, s, False) for b, s in forward]
     found += [(np.array([b[0], b[1], tt - b[3], tt - b[2]]), s, True) for b, s in backward]
     found.sort(key=lambda x: -(x[1] - threshold) * max(x[0][1] - x[0][0], x[0][3] - x[0][2]))
     taken = np.zeros(tt, bool)
     kept = []
     for box, score, rev in found:
-        if min(box[1] - box[0], box[3] - box[2]) < min_length:
+        if max(box[1] - box[0], box[3] - box[2]) < min_length:
             continue
         if taken[box[2]:box[3]].mean() > max_overlap:
             continue
@@ -193,11 +243,38 @@ def _segments(p: _Prepared, forward, backward, threshold: float, min_length: int
     return [box_to_seconds(b, s, p.qcells, p.tcells, r) for b, s, r in kept]
 
 
+def _grow_ends(sim: np.ndarray, box, threshold: float, cells: int) -> np.ndarray:
+    """box (q0, q1, t0, t1) of sim [Tq, Tt] grown by up to `cells` cells at both ends of its
+    longer side (both sides of a 1 x 1 box), along its end row or column while they match (sim
+    >= threshold). A path advances on both axes at every step, so where one video runs faster
+    (a 2x speed-up: two query frames per target frame) the cells the longer side spends on the
+    shorter side's end frame are left out; a box of equal sides (speed 1) is left alone."""
+    q0, q1, t0, t1 = (int(v) for v in box)
+    tq, tt = sim.shape
+    lq, lt = q1 - q0, t1 - t0
+    gq = lq > lt or lq == lt == 1
+    gt = lt > lq or lq == lt == 1
+    for _ in range(cells):
+        if gq and q1 < tq and sim[q1, t1 - 1] >= threshold:
+            q1 += 1
+        if gq and q0 > 0 and sim[q0 - 1, t0] >= threshold:
+            q0 -= 1
+        if gt and t1 < tt and sim[q1 - 1, t1] >= threshold:
+            t1 += 1
+        if gt and t0 > 0 and sim[q0, t0 - 1] >= threshold:
+            t0 -= 1
+    return np.array([q0, q1, t0, t1])
+
+
+def _threshold(p: _Prepared, threshold) -> Optional[float]:
+    return relative_threshold(p.sim) if threshold == "relative" else float(threshold)
+
+
 def localize(sim, method: str = "tn", *, query_times=None, target_times=None,
              query_duration: Optional[float] = None, target_duration: Optional[float] = None,
              factor: int = 1, threshold: float = 0.3, max_segments: int = 5, min_length: int = 2,
              max_overlap: float = 0.5, reverse: bool = False, anchor: str = "center",
-             **options) -> List[Segment]:
+             grow: int = 1, **options) -> List[Segment]:
     """Matched segment pairs of a query and a target, best score first.
 
     sim: [Tq, Tt] similarities of query cells (rows, in time order) to target cells: the
@@ -215,9 +292,15 @@ def localize(sim, method: str = "tn", *, query_times=None, target_times=None,
       scale depends on the source: 0.3 is the best on the benchmark's region Chamfer of 64-d
       whitened features (docs/localization.md); with 256-d whitening copies score lower and 0.1
       is best. Tune it for another source (`benchmarks/bench_localization.py --sweep`).
-    max_segments: segments searched per direction; min_length: shortest segment, in cells on
-      both axes; max_overlap: a segment whose target cells lie more than this fraction in a
-      stronger segment's is dropped (a target moment copies one query moment).
+      'relative': per matrix, from its own background (`relative_threshold`; no segment when
+      nothing stands out), for a network whose scale is not known (what search results use).
+    max_segments: segments searched per direction; min_length: shortest segment, in cells of
+      its longer side (the other may be one cell: a short copy at 2x speed holds one target
+      frame at 1 frame/s); max_overlap: a segment whose target cells lie more than this
+      fraction in a stronger segment's is dropped (a target moment copies one query moment).
+    grow: cells by which each end of a segment's longer side may grow along its end row or
+      column while they match (`_grow_ends`: what a path moving on both axes at every step
+      leaves out at a speed change); 0: none.
     anchor: 'center' (a frame sampled at t s stands for the instants nearest to it) or 'start'
       (frame i covers [t_i, t_{i+1})); see `cell_bounds`.
     reverse: also look for copies played backwards (Segment.reversed marks them).
@@ -228,9 +311,12 @@ def localize(sim, method: str = "tn", *, query_times=None, target_times=None,
     """
     _check_settings(method, threshold, factor, anchor, options)
     p = _prepare(sim, query_times, target_times, query_duration, target_duration, int(factor), anchor)
-    forward = _run(method, [p.sim], threshold, max_segments, options)[0]
-    backward = _run(method, [p.sim[:, ::-1]], threshold, max_segments, options)[0] if reverse else []
-    return _segments(p, forward, backward, threshold, min_length, max_overlap)
+    thr = _threshold(p, threshold)
+    if thr is None:
+        return []
+    forward = _run(method, [p.sim], [thr], max_segments, options)[0]
+    backward = _run(method, [p.sim[:, ::-1]], [thr], max_segments, options)[0] if reverse else []
+    return _segments(p, forward, backward, thr, min_length, max_overlap, grow)
 
 
 def localize_batch(sims: Sequence, method: str = "tn", *, query_times: Optional[Sequence] = None,
@@ -238,7 +324,7 @@ def localize_batch(sims: Sequence, method: str = "tn", *, query_times: Optional[
                    target_durations: Optional[Sequence] = None, errors: str = "warn",
                    factor: int = 1, threshold: float = 0.3, max_segments: int = 5, min_length: int = 2,
                    max_overlap: float = 0.5, reverse: bool = False, anchor: str = "center",
-                   **options) -> List[List[Segment]]:
+                   grow: int = 1, **options) -> List[List[Segment]]:
     """`localize` for many pairs in one vmapped call: sims[i] with query_times[i],
     target_times[i], query_durations[i], target_durations[i] (each a list, or None).
 
@@ -259,11 +345,14 @@ def localize_batch(sims: Sequence, method: str = "tn", *, query_times: Optional[
             if errors == "raise":
                 raise
             warnings.warn(f"pair {i}: not localized: {e}", RuntimeWarning, stacklevel=2)
-    keys = list(prepared)
+    thr = {i: _threshold(p, threshold) for i, p in prepared.items()}
+    keys = [i for i in prepared if thr[i] is not None]          # 'relative': nothing stands out -> []
     if not keys:
         return [[] for _ in sims]
-    forward = _run(method, [prepared[i].sim for i in keys], threshold, max_segments, options)
-    backward = (_run(method, [prepared[i].sim[:, ::-1] for i in keys], threshold, max_segments, options)
+    thresholds = [thr[i] for i in keys]
+    forward = _run(method, [prepared[i].sim for i in keys], thresholds, max_segments, options)
+    backward = (_run(method, [prepared[i].sim[:, ::-1] for i in keys], thresholds, max_segments, options)
                 if reverse else [[] for _ in keys])
-    out = {i: _segments(prepared[i], f, b, threshold, min_length, max_overlap) for i, f, b in zip(keys, forward, backward)}
+    out = {i: _segments(prepared[i], f, b, thr[i], min_length, max_overlap, grow)
+           for i, f, b in zip(keys, forward, backward)}
     return [out.get(i, []) for i in range(len(sims))]

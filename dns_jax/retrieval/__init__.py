@@ -19,22 +19,33 @@ layout.py for how the kernel stays exact and memory-bounded, binary.py for the p
 from dns_jax.retrieval.binary import count_zero_codes, pack_codes, unpack_codes
 from dns_jax.retrieval.coarse import CoarseDatabase, FaissCoarseIndex, faiss_available
 from dns_jax.retrieval.dns import (
+    SEGMENT_OPTIONS,
     DnS,
     Representations,
     SearchResults,
     budget_count,
     check_budget,
     coarse_index,
+    localize_results,
     rerank,
     score,
     selection,
+    stored_frames,
 )
-from dns_jax.retrieval.fine import FineScorer, PreparedDatabase, ResidentDatabase, ScorerOptions, scorer_for
+from dns_jax.retrieval.fine import (
+    FineScorer,
+    FrameMatrices,
+    PreparedDatabase,
+    ResidentDatabase,
+    ScorerOptions,
+    scorer_for,
+)
 from dns_jax.retrieval.selector import selector_scores, self_similarities
 
 __all__ = [
     "score", "rerank", "selection", "budget_count", "check_budget", "DnS", "Representations", "SearchResults",
     "FineScorer", "PreparedDatabase", "ResidentDatabase", "ScorerOptions", "scorer_for", "CoarseDatabase",
     "FaissCoarseIndex", "faiss_available", "coarse_index", "self_similarities", "selector_scores",
-    "pack_codes", "unpack_codes", "count_zero_codes",
+    "pack_codes", "unpack_codes", "count_zero_codes", "FrameMatrices", "localize_results", "stored_frames",
+    "SEGMENT_OPTIONS",
 ]

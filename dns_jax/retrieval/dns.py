@@ -15,6 +15,7 @@ import dataclasses
 import numbers
 import os
 import time
+import warnings
 import weakref
 from typing import Callable, List, Optional, Sequence
 
@@ -22,10 +23,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dns_jax.localization import (
+    COARSE_ONLY,
+    LocalizationError,
+    NotLocalized,
+    check_matrix,
+    frame_times,
+    localize_batch,
+)
 from dns_jax.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork, ViSiLHead
 from dns_jax.retrieval import selector as selector_lib
 from dns_jax.retrieval.coarse import CoarseDatabase
-from dns_jax.retrieval.fine import MIN_FRAMES, FineScorer, ResidentDatabase, repeat_min_frames, scorer_for
+from dns_jax.retrieval.fine import (
+    MIN_FRAMES,
+    FineScorer,
+    ResidentDatabase,
+    repeat_min_frames,
+    repeated_length,
+    scorer_for,
+)
 from dns_jax.retrieval.layout import ladder_size, pow2_size
 from dns_jax.validation import FeatureError, check_video
 
@@ -206,13 +222,76 @@ class Representations:
 
 @dataclasses.dataclass
 class SearchResults:
-    """Per query: the database order by mixed score (top-k), the mixed scores, which were re-ranked."""
+    """Per query: the database order by mixed score (top-k), the mixed scores, which were re-ranked;
+    with `segments=K` asked of the search, the copied segments of the first K results."""
 
     query_ids: List[str]
     ranking: np.ndarray          # (Q, k) database indices, best first
     scores: np.ndarray           # (Q, k) mixed scores
     reranked: np.ndarray         # (Q, k) bool: took the fine similarity
     timings: dict
+    # segments[q][r]: the copied segments (dns_jax.localization.Segment, seconds) of ranking[q][r]
+    # for r < K, or NotLocalized(reason) for a result without a frame-level matrix (coarse only)
+    segments: Optional[List[List]] = None
+
+
+# How search results are localized (`localize` options): the fine student's similarities have no
+# fixed scale, so the matching threshold comes from each pair's own background; frame i covers
+# [i, i + 1) s at DnS's 1 frame/s.
+SEGMENT_OPTIONS = {"method": "tn", "threshold": "relative", "anchor": "start", "min_length": 2}
+
+
+def stored_frames(rep, repeated: bool = True) -> int:
+    """Frames of the video a stored fine representation [T, ...] was indexed from. A comparator
+    network's index repeats a video shorter than 4 frames (doubled until it has 4: 1 -> 4, 2 -> 4,
+    3 -> 6); with `repeated`, identical halves of such a length are taken for that repetition (a
+    real 4-frame video made of one 2-frame shot twice is then reported 2 frames long, its content
+    unchanged)."""
+    a = np.asarray(rep)
+    full = t = int(a.shape[0])
+    while repeated and t % 2 == 0 and t > 1 and repeated_length(t // 2) == full \
+            and np.array_equal(a[:t // 2], a[t // 2:t]):
+        t //= 2
+    return t
+
+
+def localize_results(ranking: np.ndarray, count: int, matrices: Callable, query_frames: Sequence[int],
+                     target_frames: Callable[[int], int], options: Optional[dict] = None) -> List[List]:
+    """Copied segments of the first `count` results of each query: ranking (Q, k) database
+    indices; matrices(q, j) -> the [Tq', Tt'] frame-to-frame matrix the fine stage computed for
+    query q and database video j (the kernel's frames: short videos repeated), or None where the
+    result was not scored by it; query_frames[q] / target_frames(j): real frame counts (1 frame/s).
+    -> per query, per result: a list of Segments (seconds, inside both videos) or
+    NotLocalized(COARSE_ONLY), or NotLocalized(why) for a matrix that cannot be localized (empty,
+    all NaN). One batched `localize_batch` call for all the pairs (NaN cells: non-matching)."""
+    opts = dict(SEGMENT_OPTIONS, **(options or {}))
+    out = [[None] * min(int(count), ranking.shape[1]) for _ in range(ranking.shape[0])]
+    todo = {}            # min_length -> [(q, r, matrix, query frames, target frames)]
+    for q, row in enumerate(out):
+        for r in range(len(row)):
+            j = int(ranking[q, r])
+            m = matrices(q, j)
+            if m is None:
+                row[r] = NotLocalized(COARSE_ONLY)
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)     # localize_batch warns once
+                    check_matrix(m)
+            except LocalizationError as e:          # empty, all-NaN: the reason, not a crash
+                row[r] = NotLocalized(str(e))
+                continue
+            # a target over 2048 frames loses a tail chunk too short to score: its frames end earlier
+            tq, tt = min(int(query_frames[q]), m.shape[0]), min(int(target_frames(j)), m.shape[1])
+            short = min(tq, tt) < opts["min_length"]
+            todo.setdefault(1 if short else opts["min_length"], []).append((q, r, m, tq, tt))
+    for min_length, pairs in todo.items():
+        found = localize_batch([m for _, _, m, _, _ in pairs], **dict(opts, min_length=min_length),
+                               query_times=[frame_times(tq) for _, _, _, tq, _ in pairs],
+                               target_times=[frame_times(tt) for _, _, _, _, tt in pairs])
+        for (q, r, *_), segs in zip(pairs, found):
+            out[q][r] = segs
+    return out
 
 
 def device_memory_bytes(device=None) -> int:
@@ -305,13 +384,18 @@ class DnS:
 
     def search(self, queries: Representations, database, budget: float = 0.1, topk: Optional[int] = 100,
                coarse_dtype="float32", progress: Optional[Callable] = None,
-               fine_mapping: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> SearchResults:
+               fine_mapping: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+               segments: int = 0, localize_options: Optional[dict] = None) -> SearchResults:
         """Coarse similarities to every database video, selector scores, the top `budget` (a fraction
         of the database, or an int: a number of videos; per query, by selector score) re-scored by
         the fine student; ranked by the mixed score. The selected videos are gathered from the
         resident copy of the database where one is kept (see `resident`).
         `fine_mapping`: raw fine similarities [-1, 1] -> the coarse scale (default: the official
-        s / 2 + 0.5)."""
+        s / 2 + 0.5).
+        `segments`: localize the first `segments` results of each query on the frame-to-frame
+        matrices the fine stage computed (kept for the call, not computed again): results.segments,
+        see `localize_results` (`localize_options` override SEGMENT_OPTIONS); a result the budget
+        left to the coarse stage is NotLocalized(COARSE_ONLY)."""
         n = len(database)
         if n == 0:
             raise FeatureError("empty database")
@@ -323,11 +407,16 @@ class DnS:
         chosen = selection(sel, budget)
         fine = np.full(coarse.shape, np.nan, np.float32)
         resident = self.fine_database(database) if chosen.shape[1] else None
+        kept: List[Optional[tuple]] = [None] * len(queries)     # per query: (FrameMatrices, {video: column})
         for qi in range(len(queries)):
             idx = chosen[qi]
             if len(idx):
                 targets = resident.subset(idx) if resident is not None else database.fine_reps(idx)
-                fine[qi, idx] = self.scorer.similarities([queries.fine_rep(qi)], targets)[0]
+                out = self.scorer.similarities([queries.fine_rep(qi)], targets, frame_matrices=segments > 0)
+                if segments > 0:
+                    out, matrices = out
+                    kept[qi] = (matrices, {int(j): c for c, j in enumerate(idx)})
+                fine[qi, idx] = out[0]
             if progress is not None:
                 progress(1)
         t3 = time.perf_counter()
@@ -341,9 +430,29 @@ class DnS:
         reranked = np.zeros(coarse.shape, bool)
         np.put_along_axis(reranked, chosen, True, axis=1)
         nq = max(len(queries), 1)
+        timings = {"coarse_s_per_query": (t1 - t0) / nq, "selector_s_per_query": (t2 - t1) / nq,
+                   "fine_s_per_query": (t3 - t2) / nq, "fine_pairs_per_query": chosen.shape[1]}
+        found = None
+        if segments > 0:
+            found = self.localize_results(ranking, segments, kept, queries, database, localize_options)
+            timings["localize_s_per_query"] = (time.perf_counter() - t3) / nq
         return SearchResults(
             query_ids=list(queries.ids), ranking=ranking,
             scores=np.take_along_axis(mixed, ranking, 1),
             reranked=np.take_along_axis(reranked, ranking, 1),
-            timings={"coarse_s_per_query": (t1 - t0) / nq, "selector_s_per_query": (t2 - t1) / nq,
-                     "fine_s_per_query": (t3 - t2) / nq, "fine_pairs_per_query": chosen.shape[1]})
+            timings=timings, segments=found)
+
+    def localize_results(self, ranking: np.ndarray, count: int, kept: Sequence[Optional[tuple]],
+                         queries: Representations, database, options: Optional[dict] = None) -> List[List]:
+        """`localize_results` for a search whose fine stage kept, per query, (FrameMatrices,
+        {database index: its column in that call}) (None: nothing re-ranked)."""
+        repeated = self.scorer.comparator
+
+        def matrices(q: int, j: int):
+            if kept[q] is None or j not in kept[q][1]:
+                return None
+            return kept[q][0].matrix(0, kept[q][1][j])
+
+        return localize_results(ranking, count, matrices,
+                                [stored_frames(queries.fine_rep(q), repeated) for q in range(len(queries))],
+                                lambda j: stored_frames(database.fine_rep(j), repeated), options)

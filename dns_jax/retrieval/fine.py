@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -33,7 +34,7 @@ import numpy as np
 from dns_jax import native
 from dns_jax.models import FineGrainedStudent, ViSiLHead
 from dns_jax.retrieval import binary as codes
-from dns_jax.retrieval.kernels import KernelSpec, canvas_similarity
+from dns_jax.retrieval.kernels import KernelSpec, canvas_similarity, frame_to_frame_dense
 from dns_jax.retrieval.layout import HALO, Axis, ladder_size, pack_dense, pack_segments, place, round_up
 from dns_jax.validation import FeatureError, check_video
 
@@ -330,7 +331,7 @@ class FineScorer:
         device = device if device is not None else self.devices[0]
         return Canvas(dense=jax.device_put(dense, device), index=jax.device_put(index, device), lengths=lengths,
                       owners=list(owners), size=size, dense_size=dense_size, regions=first.shape[1],
-                      device=device)
+                      device=device, starts=[a for _, a, _ in pieces])
 
     def _canvas_index(self, lengths: Sequence[int], size: int) -> np.ndarray:
         """Canvas position -> dense frame for segments of these lengths stored back to back."""
@@ -463,12 +464,16 @@ class FineScorer:
             canvases.append(Canvas(dense=part.frames, index=jax.device_put(self._canvas_index(pl, size), part.device),
                                    lengths=pl, owners=[segs[k][0] for k in ids], size=size,
                                    dense_size=dense_size, regions=part.regions, device=part.device,
-                                   take=jax.device_put(take, part.device)))
+                                   take=jax.device_put(take, part.device), starts=[segs[k][1] for k in ids]))
         return PreparedDatabase(n=len(idx), counts=counts, canvases=canvases)
 
-    def similarities(self, queries: Sequence, targets, progress=None) -> np.ndarray:
+    def similarities(self, queries: Sequence, targets, progress=None, frame_matrices: bool = False):
         """Indexed queries x indexed targets (a list, a PreparedDatabase from `prepare`, or a
-        `ResidentDatabase.subset(idx)`) -> (Q, N) float32 similarities, official path."""
+        `ResidentDatabase.subset(idx)`) -> (Q, N) float32 similarities, official path.
+
+        `frame_matrices=True`: -> (similarities, FrameMatrices), the frame-to-frame matrices these
+        scores were computed from, kept (on the device until read) for localization; they take
+        4 bytes per (query frame, target frame) of the call."""
         if not isinstance(targets, PreparedDatabase) and len(targets) == 0:
             raise FeatureError("empty database: no target videos to score")
         if len(queries) == 0:
@@ -510,12 +515,20 @@ class FineScorer:
         def run(rc: Canvas, cc: Canvas, spec: KernelSpec):
             return canvas_similarity(self.conv_params, rc.dense, cc.dense, rc.maps(self, bool(spec.tile_rows)),
                                      cc.maps(self, bool(spec.tile_cols)), spec, rows_index=rc.index,
-                                     cols_index=cc.index, cols_take=cc.take)
+                                     cols_index=cc.index, cols_take=cc.take, with_f2f=frame_matrices)
+
+        kept = FrameMatrices([q.shape[0] for q in qs], db) if frame_matrices else None
+
+        def scores(out, rc: Canvas, cc: Canvas):
+            if kept is None:
+                return out
+            kept.add(out[1], rc, cc)
+            return out[0]
 
         per_db_canvas = len(work) // max(len(db.canvases), 1)
         threads = min(o.threads(), len(work))
         if threads > 1:    # CPU: canvases run concurrently, each read back in its own thread
-            results = self._thread_pool().map(lambda w: np.asarray(run(*w)), work)
+            results = self._thread_pool().map(lambda w: np.asarray(scores(run(*w), w[0], w[1])), work)
             for k, ((rc, cc, _), res) in enumerate(zip(work, results)):
                 self._collect((res, rc.owners, cc.owners), sums)
                 if progress is not None and (k + 1) % per_db_canvas == 0:
@@ -523,12 +536,35 @@ class FineScorer:
         else:              # accelerators: every call dispatched before any read-back
             pending = []
             for k, (rc, cc, spec) in enumerate(work):
-                pending.append((run(rc, cc, spec), rc.owners, cc.owners))
+                pending.append((scores(run(rc, cc, spec), rc, cc), rc.owners, cc.owners))
                 if progress is not None and (k + 1) % per_db_canvas == 0:
                     progress(len(cc.owners))
             for item in pending:
                 self._collect(item, sums)
-        return (sums / db.counts[None, :]).astype(np.float32)
+        sims = (sums / db.counts[None, :]).astype(np.float32)
+        return (sims, kept) if frame_matrices else sims
+
+    def frame_matrices(self, query, targets: Sequence) -> List[np.ndarray]:
+        """Frame-to-frame matrices [Tq, Tt_i] float32 of one indexed query and indexed targets (of
+        one region count), without the comparator: the matrices `similarities(...,
+        frame_matrices=True)` keeps, for pairs it did not score. One kernel call: a frame pair's
+        similarity does not depend on the other frames, so the targets are concatenated (padded to
+        a ladder size, the query to `query_rows`: few compiled shapes)."""
+        q = self._kernel_input(query, "query")
+        ts = [self._kernel_input(t, f"target {i}") for i, t in enumerate(targets)]
+        if not ts:
+            return []
+        if len({t.shape[1:] for t in ts}) > 1:
+            raise FeatureError("frame_matrices: targets with different region counts; call once per count")
+        starts = np.concatenate([[0], np.cumsum([t.shape[0] for t in ts])]).astype(int)
+        cat = np.zeros((ladder_size(int(starts[-1])),) + ts[0].shape[1:], ts[0].dtype)
+        cat[:starts[-1]] = np.concatenate(ts)
+        qp = np.zeros((query_rows(q.shape[0]),) + q.shape[1:], q.dtype)
+        qp[:q.shape[0]] = q
+        spec = self.spec_for(qp.shape[0], cat.shape[0], (q.shape[1], cat.shape[1]))
+        f2f = np.asarray(frame_to_frame_dense(jax.device_put(qp, self.devices[0]),
+                                              jax.device_put(cat, self.devices[0]), spec))[:q.shape[0]]
+        return [f2f[:, a:b] for a, b in zip(starts[:-1], starts[1:])]
 
     @staticmethod
     def _collect(item, sums):
@@ -555,6 +591,7 @@ class Canvas:
     regions: int
     device: Any = None
     take: Any = None          # a resident subset's canvas: dense is the resident frames, these its dense frames
+    starts: Optional[List[int]] = None    # first frame of each segment in its video (2048-frame chunks)
     _maps: Dict[bool, Dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def maps(self, scorer: "FineScorer", tiled: bool) -> Dict[str, Any]:
@@ -562,6 +599,59 @@ class Canvas:
             ax, _ = scorer._axis(self.lengths, self.size, tiled)
             self._maps[tiled] = jax.device_put(ax.maps(scorer.padding, scorer.comparator), self.device)
         return self._maps[tiled]
+
+
+class FrameMatrices:
+    """The frame-to-frame matrices of a `FineScorer.similarities(..., frame_matrices=True)` call.
+
+    `matrix(q, n)` -> [Tq, Tt] float32 of query q and target n, the very matrix their score was
+    computed from (before the comparator): frames as the kernel saw them, so a video shorter than
+    4 frames appears repeated to 4 (or 6) frames; a target over 2048 frames is assembled from its
+    chunks and loses the last frames of a tail chunk too short to score (< 4 frames)."""
+
+    def __init__(self, query_lengths: Sequence[int], db: "PreparedDatabase"):
+        self.query_lengths = [int(n) for n in query_lengths]
+        self.n = db.n
+        self._blocks: List[Any] = []                      # [Hd, Wd] per canvas pair (device, then host)
+        self._rows: List[Dict[int, int]] = []             # per block: query -> first dense row
+        self._cols: Dict[int, List[Tuple[int, int, int, int]]] = {}   # target -> (block, column, start, frames)
+        self._lock = threading.Lock()
+
+    def add(self, f2f, rc: "Canvas", cc: "Canvas") -> None:
+        """Keep the dense matrix of one (query canvas, database canvas) call."""
+        rows, pos = {}, 0
+        for q, n in zip(rc.owners, rc.lengths):
+            rows[int(q)] = pos
+            pos += n
+        with self._lock:
+            k = len(self._blocks)
+            self._blocks.append(f2f)
+            self._rows.append(rows)
+            col = 0
+            starts = cc.starts if cc.starts is not None else [0] * len(cc.owners)
+            for n, a, length in zip(cc.owners, starts, cc.lengths):
+                self._cols.setdefault(int(n), []).append((k, col, int(a), int(length)))
+                col += length
+
+    def __contains__(self, pair) -> bool:
+        q, n = pair
+        return any(q in self._rows[k] for k, *_ in self._cols.get(int(n), ()))
+
+    def matrix(self, q: int, n: int) -> np.ndarray:
+        """[Tq, Tt] float32 frame similarities of query q and target n (KeyError: not computed)."""
+        q, n = int(q), int(n)
+        pieces = [p for p in self._cols.get(n, ()) if q in self._rows[p[0]]]
+        if not pieces:
+            raise KeyError(f"no frame-to-frame matrix of query {q} and target {n} in this call")
+        tq = self.query_lengths[q]
+        out = np.full((tq, max(a + length for _, _, a, length in pieces)), np.nan, np.float32)
+        for k, col, a, length in pieces:
+            with self._lock:
+                if not isinstance(self._blocks[k], np.ndarray):
+                    self._blocks[k] = np.asarray(self._blocks[k])
+            r0 = self._rows[k][q]
+            out[:, a:a + length] = self._blocks[k][r0:r0 + tq, col:col + length]
+        return out
 
 
 @dataclasses.dataclass

@@ -252,6 +252,9 @@ def frame_to_frame_canvas(q: Array, t: Array, spec: KernelSpec, t_take=None) -> 
     return _map_blocks(rows, q, rb, axis=0) if rb < hh else rows(q)
 
 
+frame_to_frame_dense = jax.jit(frame_to_frame_canvas, static_argnames=("spec",))
+
+
 # ------------------------------------------------------------------------------------------------
 # comparator CNN with exact refills, by tiles
 
@@ -382,9 +385,9 @@ def place_dense(f2f: Array, rows_index, cols_index) -> Array:
     return f2f
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
+@functools.partial(jax.jit, static_argnames=("spec", "with_f2f"))
 def canvas_similarity(params, q, t, rmaps, cmaps, spec: KernelSpec, rows_index=None, cols_index=None,
-                      cols_take=None) -> Array:
+                      cols_take=None, with_f2f: bool = False):
     """Video similarity of every (query segment, target segment) pair of a canvas.
 
     params: the comparator's {'conv1', 'conv2', 'conv3', 'fconv'} (ignored without comparator);
@@ -393,16 +396,20 @@ def canvas_similarity(params, q, t, rmaps, cmaps, spec: KernelSpec, rows_index=N
     hold the frames densely (no gaps, no padding): the frame-to-frame products are computed on the
     dense frames only and then placed on the canvas (see place_dense). With cols_take [Wd] int32,
     t is a resident array of frames and the dense target frames are t[cols_take].
-    Returns [Sr+1, Sc+1] float32.
+    Returns [Sr+1, Sc+1] float32; with `with_f2f`, also the frame-to-frame matrix the scores were
+    computed from, on the dense frames (rows q, columns t, or t[cols_take]): [Hd, Wd] float32, what
+    copied-segment localization reads.
     """
-    f2f = place_dense(frame_to_frame_canvas(q, t, spec, cols_take), rows_index, cols_index)
+    dense = frame_to_frame_canvas(q, t, spec, cols_take)
+    f2f = place_dense(dense, rows_index, cols_index)
     if spec.comparator:
         out = comparator_canvas(params, f2f, rmaps, cmaps, spec)
         if spec.clip:
             out = jnp.clip(out, -1.0, 1.0)
     else:
         out = f2f
-    return reduce_pairs(out, rmaps, cmaps, spec)
+    sims = reduce_pairs(out, rmaps, cmaps, spec)
+    return (sims, dense) if with_f2f else sims
 
 
 def _given(params, f2f, rmaps, cmaps, spec: KernelSpec) -> Array:
