@@ -2,7 +2,7 @@
 
     python benchmarks/bench_coarse_faiss.py [--sizes 1000000,10000000] [--queries 200]
         [--nprobe 16,64,256] [--nlist 1024] [--m 56] [--nbits 8] [--train 65536]
-        [--threads 2] [--json out.json]
+        [--threads 2] [--pools 1000,4000] [--json out.json]
 
 Vectors come from :class:`dns_jax.retrieval.synthetic.SyntheticCG` (unit-norm,
 1024-d, near-duplicate groups inside topics; see its docstring) and are
@@ -100,9 +100,10 @@ def run(n: int, args) -> list[dict]:
     rows = []
     for nprobe in args.nprobe:
         index.nprobe = nprobe
-        index.topk(queries[:8], POOL)  # warm-up
+        pool = max(args.pools)
+        index.topk(queries[:8], pool)  # warm-up
         t = time.perf_counter()
-        _, found = index.topk(queries, POOL)
+        _, found = index.topk(queries, pool)
         ms = (time.perf_counter() - t) / args.queries * 1e3
         pool_rows = np.random.default_rng(0).integers(0, x.shape[0], found.shape)
         t = time.perf_counter()
@@ -114,7 +115,8 @@ def run(n: int, args) -> list[dict]:
         rows.append({
             "N": n, "nlist": index.params.nlist, "nprobe": index.nprobe,
             "R100@100": _recall(found[:, :100], exact100),
-            "R100@1000": _recall(found, exact100), "dup@100": float(np.mean(dup)),
+            "R100@1000": _recall(found[:, :POOL], exact100), "dup@100": float(np.mean(dup)),
+            "recall@100": {p: _recall(found[:, :p], exact100) for p in args.pools}, "pool": pool,
             "rescore_ms_per_query": rescore_ms,
             "ms_per_query": ms, "exact_ms_per_query": t_exact / args.queries * 1e3,
             "bytes_per_video": index.bytes_per_video,
@@ -126,20 +128,21 @@ def run(n: int, args) -> list[dict]:
 
 def _table(rows, args):
     """Print the rows so far as a markdown table: an exact row, then the ivfpq rows, per N."""
-    head = ("N", "method", "nprobe", "bytes/video", "recall@100", "R100@100 (PQ scores)", "dup@100",
-            "ms/query", "rescore ms/q", "train s", "add s")
+    head = ("N", "method", "nprobe", "bytes/video", *(f"recall@100, pool {p}" for p in args.pools),
+            "R100@100 (PQ scores)", "dup@100", "ms/query", "rescore ms/q", "train s", "add s")
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for n in sorted({r["N"] for r in rows}):
         r0 = next(r for r in rows if r["N"] == n)
-        print(f"| {n:.0e} | exact (float32) | - | 4096 | 1.000 | 1.000 | - | "
+        print(f"| {n:.0e} | exact (float32) | - | 4096 | " + "1.000 | " * len(args.pools) + "1.000 | - | "
               f"{r0['exact_ms_per_query']:.1f} | - | - | - |")
         for r in (r for r in rows if r["N"] == n):
             print(f"| {n:.0e} | {r['factory']} | {r['nprobe']} | {r['bytes_per_video']} "
-                  f"({r['stored_bytes_per_video']:.1f} stored) | {r['R100@1000']:.3f} | "
+                  f"({r['stored_bytes_per_video']:.1f} stored) | "
+                  + "".join(f"{r['recall@100'][p]:.3f} | " for p in args.pools) +
                   f"{r['R100@100']:.3f} | {r['dup@100']:.3f} | {r['ms_per_query']:.2f} | "
                   f"{r['rescore_ms_per_query']:.3f} | {r['train_s']:.0f} | {r['add_s']:.0f} |")
-    print(f"recall@100: exact top-100 among the top-{POOL} of the index, re-scored exactly; "
-          f"ms/query for a batch of {args.queries} queries, k = {POOL}, {args.threads} threads; "
+    print(f"recall@100: exact top-100 among the top-<pool> of the index, re-scored exactly; "
+          f"ms/query for a batch of {args.queries} queries, k = {max(args.pools)}, {args.threads} threads; "
           f"exact: numpy float32 matmul + running top-{POOL} over all N", flush=True)
 
 
@@ -155,9 +158,11 @@ def main(argv=None):
     p.add_argument("--train", type=int, default=65536)
     p.add_argument("--chunk", type=int, default=65536)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--pools", default="1000", help="candidate pools the recall is measured for")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
     args.nprobe = [int(v) for v in args.nprobe.split(",")]
+    args.pools = [int(v) for v in args.pools.split(",")]
     import faiss
     faiss.omp_set_num_threads(args.threads)
     print(f"faiss {faiss.__version__}, {args.threads} threads, {os.cpu_count()} cores "
