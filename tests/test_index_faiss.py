@@ -87,6 +87,7 @@ def test_at_most_64_bytes_per_video(synth):
     size = os.path.getsize(os.path.join(compressed.path_of(synth), "index.faiss"))
     assert size <= N * header["bytes_per_video"] + header["fixed_bytes"] + 64 * 1024
     assert compressed.describe(synth)["bytes_per_video"] == header["bytes_per_video"]
+    assert header["recall"]["pool"] == min(compressed.MIN_POOL, N) and header["recall"]["recall"] == 1.0
 
 
 def test_a_faiss_index_of_other_vectors_is_refused(tmp_path, synth, nets, dns):
@@ -195,6 +196,7 @@ def test_command_lines(tmp_path, nets, capsys):
     d = str(tmp_path / "idx")
     assert index_cli.main(["--index", d, "--features", h5, "--coarse", "faiss-ivfpq"] + common) == 0
     assert "coarse search: faiss IVF" in capsys.readouterr().err
+    assert json.load(open(os.path.join(d, "coarse_faiss", "header.json")))["recall"]["recall"] == 1.0  # pool = N
     assert Index.open(d).coarse_search == "faiss-ivfpq" and os.path.exists(os.path.join(d, "coarse_faiss"))
     outs = {}
     for kind in ("faiss-ivfpq", "exact"):

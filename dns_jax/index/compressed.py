@@ -58,6 +58,7 @@ REBUILD_REMOVED = 0.25      # rebuild once this share of the faiss index's vecto
 MIN_POOL, POOL_FACTOR = 1000, 4
 OPQ_MIN = 10000             # fewer training vectors: no OPQ rotation (PQ on the raw dimensions)
 OPQ_ITERATIONS = 4
+RECALL_QUERIES, RECALL_K = 64, 100   # the recall logged (and kept in header.json) after each training
 SHIFT = 32                  # faiss id = shard number << SHIFT | row
 
 
@@ -150,16 +151,33 @@ def _train(index: Index, live: Dict[str, np.ndarray], seed: int, log) -> Tuple[C
     x = index.coarse_rows(sample)
     params = params_for(x.shape[0], x.shape[1])
     fa = CompressedCoarseIndex.train(x, network=network_tag(index), params=params, expected_n=n, seed=seed)
+    queries = x[rng.choice(x.shape[0], size=min(RECALL_QUERIES, x.shape[0]), replace=False)]
+    best = np.zeros((queries.shape[0], 0), np.float32), np.zeros((queries.shape[0], 0), np.int64)
     covered = []
     for si, entry in enumerate(index.manifest["shards"]):
         rows = np.flatnonzero(live[entry["name"]] >= 0)
         if rows.size:
-            fa.add(np.asarray(index.shards[si].coarse[rows], np.float32), _ids_of(entry["name"], rows))
+            v, ids = np.asarray(index.shards[si].coarse[rows], np.float32), _ids_of(entry["name"], rows)
+            fa.add(v, ids)
+            best = _merge_top(best, queries @ v.T, ids, RECALL_K)       # the exact top-k, on the way
         covered.append({"name": entry["name"], "count": len(index.shards[si].ids), "added": int(rows.size),
                         "sample": _shard_sample(index, si)})
+    pool = min(MIN_POOL, fa.n)
+    found = fa.topk(queries, pool, check=False)[1]
+    recall = float(np.mean([np.isin(e, f).mean() for e, f in zip(best[1], found)]))
+    fa.header["recall"] = {"queries": int(queries.shape[0]), "k": RECALL_K, "pool": pool, "recall": round(recall, 4)}
     log(f"coarse search: faiss {fa.header['factory']} trained on {x.shape[0]} of {n} CG vectors, "
-        f"{fa.bytes_per_video} bytes per video")
+        f"{fa.bytes_per_video} bytes per video; recall@{RECALL_K} of the exact coarse search in a pool of "
+        f"{pool}: {recall:.3f} ({queries.shape[0]} indexed videos as queries)")
     return fa, covered
+
+
+def _merge_top(best, scores: np.ndarray, ids: np.ndarray, k: int):
+    """Running exact top-k: (scores (Q, <=k), ids) merged with a block's scores (Q, B) of `ids` (B,)."""
+    s = np.concatenate([best[0], scores], 1)
+    i = np.concatenate([best[1], np.broadcast_to(ids, scores.shape)], 1)
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
 
 
 def _add_new_shards(index: Index, fa: CompressedCoarseIndex, covered: list, live) -> list:
@@ -296,5 +314,5 @@ def describe(index: Index) -> Dict:
     if index.coarse_search == FAISS_IVFPQ and os.path.exists(path):
         with open(path) as f:
             h = json.load(f)
-        out.update({k: h.get(k) for k in ("factory", "bytes_per_video", "ntotal", "training_size")})
+        out.update({k: h.get(k) for k in ("factory", "bytes_per_video", "ntotal", "training_size", "recall")})
     return out
