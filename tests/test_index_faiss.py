@@ -75,8 +75,10 @@ def test_a_smaller_pool_keeps_the_exact_top_results(synth, dns):
     approx = search_index(dns, synth, q, "coarse", 0.0, topk=10, pool=100)
     recall = np.mean([np.isin(e, a).mean() for e, a in zip(exact.ranking, approx.ranking)])
     assert recall >= 0.9                     # the pool is re-scored exactly
-    res = search_index(dns, synth, q, "dns", 0.05, topk=10, pool=100)
+    fresh = Index.open(synth.directory)
+    res = search_index(dns, fresh, _queries(fresh, q.ids), "dns", 0.05, topk=10, pool=100)
     assert res.ranking.shape == (len(q), 10) and res.timings["candidates_per_query"] == 100
+    assert fresh._coarse is None                # only the pools' CG vectors were read
     assert res.reranked.sum(1).max() <= int(0.05 * N)
 
 

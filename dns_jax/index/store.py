@@ -457,7 +457,7 @@ class Index:
         """The stored representations of some indexed videos, as a retrieval.Representations."""
         pos = [self.position(v) for v in video_ids]
         return Representations(ids=[str(v) for v in video_ids], fine=[np.asarray(self.fine_rep(p)) for p in pos],
-                               coarse=self.coarse[pos], selfsim=self.selfsim[pos])
+                               coarse=self.coarse_rows(pos), selfsim=self.selfsim[pos])
 
     def check_networks(self, fine_model=None, coarse_model=None, selector_model=None):
         """Raise NetworkMismatchError if a given network is not the one the index was built with."""
