@@ -184,6 +184,9 @@ class CompressedCoarseIndex:
         if fit.shape[0] < max(p.nlist, 2 ** p.nbits):
             raise ValueError(f"{fit.shape[0]} training vectors are too few for nlist = {p.nlist} "
                              f"and 2^{p.nbits} PQ centroids; give a larger sample")
+        if p.transform == "opq" and fit.shape[0] < x.shape[1]:      # faiss 1.15 crashes (SIGSEGV) below this
+            raise ValueError(f"{fit.shape[0]} training vectors are too few for OPQ on {x.shape[1]}-d vectors "
+                             f"(it needs at least {x.shape[1]}); give a larger sample or transform='none'")
         index = faiss.index_factory(x.shape[1], p.factory(), faiss.METRIC_INNER_PRODUCT)
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
         ivf.cp.seed = seed
