@@ -212,6 +212,9 @@ def test_command_lines(tmp_path, nets, capsys):
     assert "--coarse: give the coarse student's weights too" in capsys.readouterr().err
     assert retrieve_cli.main(["--index", d, "--query-ids", "v000", "--pool", "0"] + common) == 2
     assert "--pool must be >= 1" in capsys.readouterr().err
+    assert index_cli.main(["--index", d, "--features", h5, "--coarse", "exact"] + common) == 0   # back to exact
+    assert Index.open(d).coarse_search == "exact" and not os.path.exists(os.path.join(d, "coarse_faiss"))
+    assert "the faiss index was removed" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         index_cli.main(["--help"])
     assert "faiss-ivfpq" in capsys.readouterr().out
