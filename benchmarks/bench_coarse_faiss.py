@@ -68,7 +68,7 @@ def run(n: int, args) -> list[dict]:
     gen = SyntheticCG(n=n)
     queries, qgroups = gen.queries(args.queries)
     params = IVFPQParams(m=args.m, nbits=args.nbits, nlist=args.nlist, nprobe=max(args.nprobe),
-                         opq_iterations=args.opq_iterations)
+                         opq_iterations=args.opq_iterations, transform=args.transform)
     t = time.perf_counter()
     sample = gen.vectors(0, min(args.train, n))
     t_gen = time.perf_counter() - t
@@ -155,6 +155,8 @@ def main(argv=None):
     p.add_argument("--m", type=int, default=56)
     p.add_argument("--nbits", type=int, default=8)
     p.add_argument("--opq-iterations", type=int, default=20)
+    p.add_argument("--transform", choices=("opq", "none"), default="opq",
+                   help="none: plain IVF-PQ (m must divide 1024: --m 32 is 40 B a video)")
     p.add_argument("--train", type=int, default=65536)
     p.add_argument("--chunk", type=int, default=65536)
     p.add_argument("--threads", type=int, default=os.cpu_count())
