@@ -249,6 +249,8 @@ def test_training_needs_enough_vectors_and_a_network():
         CompressedCoarseIndex.train(x, network="", params=SMALL)
     with pytest.raises(ValueError, match="multiple of m"):
         CompressedCoarseIndex.train(x, network="cg", params=IVFPQParams(m=48, transform="none"))
+    with pytest.raises(ValueError, match="too few for OPQ on 256-d vectors"):
+        CompressedCoarseIndex.train(DATA.vectors(0, 200), network="cg", params=IVFPQParams(m=32, nbits=6, nlist=4))
     with pytest.raises(ValueError, match="transform must be one of"):
         CompressedCoarseIndex.train(x, network="cg", params=IVFPQParams(transform="pca"))
 

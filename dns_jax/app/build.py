@@ -47,7 +47,8 @@ from dns_jax.features.extract_folder import extract_to_hdf5, list_videos
 from dns_jax.features.offline import OPENNSFW
 from dns_jax.features.pca import apply_whitening, fit_pca_hdf5, whitening_matrices
 from dns_jax.fileio import atomic_savez
-from dns_jax.index import Index, build_index, staged_parts
+from dns_jax.index import Index, build_index, compressed, staged_parts
+from dns_jax.index.build import update_coarse_search
 from dns_jax.models import registry
 from dns_jax.training import default_config, train_and_evaluate
 from dns_jax.training.metric_writers import read_jsonl
@@ -87,6 +88,7 @@ class BuildOptions:
     ray: Optional[str] = None           # extract and index on Ray: '' a local cluster, else its address
     workers: Optional[int] = None       # Ray network actors (default: one per GPU, else per CPU slot)
     cpus: Optional[int] = None          # CPUs of the local Ray cluster (default: all)
+    coarse_search: Optional[str] = None  # 'exact' / 'faiss-ivfpq' (index/compressed.py); None: as before
 
     def config(self):
         """The recipe with this build's options written over it."""
@@ -416,9 +418,21 @@ def selector_threshold(fine: PairSet, coarse: PairSet, threshold: float, min_per
 def stage_index(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) -> Dict:
 
     fine, coarse, selector = load_networks(wd)
-    index = build_index if opts.ray is None else _on_ray(index_ray, opts)
-    report = index(wd.index, [wd.features], fine, coarse, selector, progress=opts.progress, log=log)
-    return {"videos": len(Index.open(wd.index)), "report": str(report)}
+    if opts.ray is None:
+        report = build_index(wd.index, [wd.features], fine, coarse, selector, progress=opts.progress, log=log,
+                             coarse_search=opts.coarse_search)
+    else:
+        report = _on_ray(index_ray, opts)(wd.index, [wd.features], fine, coarse, selector,
+                                          progress=opts.progress, log=log)
+        update_coarse_search(wd.index, opts.coarse_search, log=log)
+    index = Index.open(wd.index)
+    return {"videos": len(index), "report": str(report), **compressed.describe(index)}
+
+
+def _coarse_search_changed(opts: BuildOptions, wd: Workdir) -> bool:
+    """A --coarse search stage other than the index's (the index stage then runs again)."""
+    return bool(opts.coarse_search) and Index.exists(wd.index) and \
+        Index.open(wd.index).coarse_search != opts.coarse_search
 
 
 INCREMENTAL = ("features", "whiten", "index")     # rerun on every build: they pick up new videos
@@ -579,10 +593,13 @@ def run_build(opts: BuildOptions, stages=STAGES) -> Dict:
         changes = _sync_sources(opts, wd, log)
         _maybe_retrain(opts, wd, changes, log)
         state = wd.read_state()
+        if opts.coarse_search is None:       # the search stage chosen earlier stays (add, remove, rebuilds)
+            opts.coarse_search = state.get("options", {}).get("coarse_search")
         state["options"] = recorded_options(opts, wd)
         wd.write_state(state)
         for stage in stages:
-            if wd.done(stage) and (stage not in INCREMENTAL or not changes):
+            if wd.done(stage) and (stage not in INCREMENTAL or not changes) and \
+                    not (stage == "index" and _coarse_search_changed(opts, wd)):
                 log(f"[{stage}] already done, skipping")
                 continue
             if stage == "teacher" and opts.fine and opts.coarse and opts.selector:
@@ -603,7 +620,7 @@ def run_build(opts: BuildOptions, stages=STAGES) -> Dict:
 
 _OPTION_PATHS = ("videos", "pca", "fine", "coarse", "selector")
 _RECORDED = ("videos", "backbone", "pca", "dims", "teacher", "fine", "coarse", "selector", "fine_steps",
-             "coarse_steps", "selector_steps", "batch_size", "coarse_model", "seed", "recipe")
+             "coarse_steps", "selector_steps", "batch_size", "coarse_model", "seed", "recipe", "coarse_search")
 
 
 def recorded_options(opts: BuildOptions, wd: Workdir) -> Dict:

@@ -6,6 +6,7 @@ import sys
 
 from dns_jax.app.build import RETRAIN_GROWTH, STAGES, BuildInterrupted, BuildOptions, run_build
 from dns_jax.commands.common import add_quiet, add_ray_arguments, check_ray_arguments
+from dns_jax.commands.networks import split_coarse
 from dns_jax.distributed import check_address
 
 NAME = "build"
@@ -35,7 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "visil:visil.pth) or a checkpoint dir")
     p.add_argument("--fine", metavar="SPEC", help="use this fine student instead of training one "
                    "(e.g. dns_fg_att_student.pth; needs the official features: --backbone and --pca)")
-    p.add_argument("--coarse", metavar="SPEC", help="use this coarse student instead of training one")
+    p.add_argument("--coarse", metavar="SPEC", action="append",
+                   help="use this coarse student instead of training one; or the coarse search stage: 'exact' "
+                        "(default) or 'faiss-ivfpq', a faiss IVF-PQ index of the CG vectors (64 bytes per video, "
+                        "pip install 'dns-jax[faiss]'; kept by later builds, add and remove); both may be given: "
+                        "--coarse cg.pth --coarse faiss-ivfpq")
     p.add_argument("--selector", metavar="SPEC", help="use this selector instead of training one")
     p.add_argument("--steps", type=int, help="training steps per network (recipe: 300)")
     p.add_argument("--batch-size", type=int, help="triplets (students) / pairs (selector) per step (recipe: 16)")
@@ -62,10 +67,12 @@ def _run(args) -> int:
     check_ray_arguments(args)
     if args.ray is not None:
         check_address(args.ray)             # before any work: a missing extra or a dead address is one line
+    coarse, coarse_search = split_coarse(args.coarse, need_network=False)
     run_build(BuildOptions(
         videos=args.videos, workdir=args.workdir, backbone=args.backbone, pca=args.pca, dims=args.dims,
-        teacher=args.teacher, fine=args.fine, coarse=args.coarse, selector=args.selector,
+        teacher=args.teacher, fine=args.fine, coarse=coarse, selector=args.selector,
         fine_steps=args.steps, coarse_steps=args.steps, selector_steps=args.steps,
         batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, recipe=args.recipe,
-        reset=args.reset, retrain=args.retrain, ray=args.ray, workers=args.workers, cpus=args.cpus))
+        reset=args.reset, retrain=args.retrain, ray=args.ray, workers=args.workers, cpus=args.cpus,
+        coarse_search=coarse_search))
     return 0

@@ -5,10 +5,11 @@ import argparse
 import sys
 
 from dns_jax.commands.common import add_quiet, add_ray_arguments, check_ray_arguments
-from dns_jax.commands.networks import add_network_args, load_index_networks
+from dns_jax.commands.networks import add_network_args, load_index_networks, split_coarse
 from dns_jax.distributed import check_address, index_ray
 from dns_jax.fileio import read_id_list
 from dns_jax.index import build_index
+from dns_jax.index.build import update_coarse_search
 
 DESCRIPTION = """Store, per video, the coarse-grained vector, the fine-grained representation
 (FG-Att features, or FG-Bin codes bit-packed to 64 bytes per region), the selector self-similarity
@@ -22,9 +23,18 @@ one commit step lists them in the index. --ray alone starts a local cluster; --r
 ray://HOST:PORT, auto) joins a running one, whose workers must see the feature files and the index
 directory at the same paths. A rerun resumes where a killed run (worker or driver) stopped.
 
+--coarse faiss-ivfpq (given beside the coarse student: --coarse dns_cg_student.pth --coarse
+faiss-ivfpq; pip install 'dns-jax[faiss]') adds a compressed coarse stage: a faiss OPQ + IVF-PQ
+index of the CG vectors (64 bytes per video instead of 4 KB), trained on the collection and kept
+up to date by every later run (a rerun without the flag keeps it; --coarse exact removes it).
+Queries then take a pool of candidates from it, score them exactly from the stored CG vectors, and
+run the selector and the fine student on the pool only (docs/scaling.md has its recall). A
+collection of fewer than 64 videos is searched exactly until it has grown.
+
 example:
   dns-jax index --index indexes/fivr5k --features fivr_features.hdf5 \\
       --fine dns_fg_att_student.pth --coarse dns_cg_student.pth --selector dns_selector_cg-fg_att.pth
+  dns-jax index ... --coarse dns_cg_student.pth --coarse faiss-ivfpq     # compressed coarse stage
   dns-jax index ... --ray                 # a local Ray cluster on this machine
   dns-jax index ... --ray head:6379 --workers 8"""
 
@@ -43,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    _, coarse_search = split_coarse(args.coarse)
     ids = read_id_list(args.ids_file) if args.ids_file else None
     if args.shard_size is not None and args.shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {args.shard_size}")
@@ -55,8 +66,10 @@ def run(args) -> int:
         report = index_ray(args.index, args.features, fine, coarse, selector, ids=ids,
                            shard_size=args.shard_size or 128, binary=args.binary, address=args.ray or None,
                            workers=args.workers, num_cpus=args.cpus, progress=not args.quiet, log=log)
+        update_coarse_search(args.index, coarse_search, log=log)
     else:
         report = build_index(args.index, args.features, fine, coarse, selector, ids=ids,
-                             shard_size=args.shard_size or 512, binary=args.binary, progress=not args.quiet, log=log)
+                             shard_size=args.shard_size or 512, binary=args.binary, progress=not args.quiet, log=log,
+                             coarse_search=coarse_search)
     print(f"{args.index}: {report}", file=sys.stderr)
     return 0

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from dns_jax.commands.common import add_quiet, budget_value, format_results, write_output
-from dns_jax.commands.networks import add_network_args, load_index_networks
+from dns_jax.commands.networks import add_network_args, load_index_networks, split_coarse
 from dns_jax.datasets.stores import open_features
 from dns_jax.fileio import read_id_list
 from dns_jax.index import Index, read_video
@@ -39,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=int, default=100, help="results per query (0 = all; default 100)")
     p.add_argument("--output", default="-", metavar="FILE", help="output file (.json or .csv); '-' = stdout")
     p.add_argument("--format", choices=("json", "csv"), default=None, help="default: from --output's extension, else json")
+    p.add_argument("--pool", type=int, default=None, metavar="N",
+                   help="an index with a faiss coarse stage (dns-jax index --coarse faiss-ivfpq): candidates per "
+                        "query taken from it and ranked (default: max(1000, 4 x the larger of the budget and "
+                        "--top)); --coarse exact searches every video instead")
     p.add_argument("--coarse-dtype", choices=("float32", "float16"), default="float32",
                    help="coarse database in memory (float16 halves the bytes; scores round to ~1e-3)")
     add_quiet(p)
@@ -65,6 +69,9 @@ def run(args) -> int:
     args.budget = budget_value(args.budget)
     fmt = args.format or ("csv" if args.output.lower().endswith(".csv") else "json")
     check_search_options(args.stage, args.budget, args.top)
+    _, coarse_search = split_coarse(args.coarse)
+    if args.pool is not None and args.pool < 1:
+        raise ValueError(f"--pool must be >= 1, got {args.pool}")
     ids = list(args.query_ids or [])
     if args.query_ids_file:
         ids += read_id_list(args.query_ids_file)
@@ -82,7 +89,8 @@ def run(args) -> int:
         from tqdm import tqdm
         bar = tqdm(total=len(queries), desc="queries", unit="query", file=sys.stderr)
     res = search_index(dns, index, queries, args.stage, args.budget, topk=args.top or None,
-                       coarse_dtype=args.coarse_dtype, progress=bar.update if bar else None)
+                       coarse_dtype=args.coarse_dtype, progress=bar.update if bar else None,
+                       coarse_search=coarse_search, pool=args.pool)
     if bar:
         bar.close()
     out = {qid: [{"id": index.ids[j], "score": float(s), "reranked": bool(r)}

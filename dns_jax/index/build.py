@@ -16,6 +16,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dns_jax.datasets.stores import FeatureStore, open_features, read_checked
+from dns_jax.index import compressed
 from dns_jax.index.store import Index
 from dns_jax.retrieval import coarse_index, scorer_for, self_similarities
 from dns_jax.validation import FeatureError
@@ -87,9 +88,18 @@ def open_for_writing(directory: str, fine_model, coarse_model, selector_model, b
 
 def build_index(directory: str, feature_files: Sequence[str], fine_model, coarse_model, selector_model, *,
                 ids: Optional[Sequence[str]] = None, shard_size: int = 512, binary: str = "packed",
-                progress: bool = True, log: Callable[[str], None] = print) -> BuildReport:
-    """Create or extend the index in `directory` with the videos of `feature_files`."""
+                progress: bool = True, log: Callable[[str], None] = print,
+                coarse_search: Optional[str] = None) -> BuildReport:
+    """Create or extend the index in `directory` with the videos of `feature_files`.
+    `coarse_search`: 'exact' or 'faiss-ivfpq' (recorded in the index; None: keep the index's, exact
+    for a new one); a faiss-ivfpq index's faiss file is brought up to date at the end
+    (index/compressed.py)."""
+    compressed.check_kind(coarse_search)
+    if coarse_search == compressed.FAISS_IVFPQ:
+        compressed.require_faiss()          # before any work: a missing extra is one line
     index, scorer = open_for_writing(directory, fine_model, coarse_model, selector_model, binary)
+    if coarse_search is not None:
+        index.set_coarse_search(coarse_search)
     dims = fine_model.module.dims
     report = BuildReport()
     stores = [open_features(p) for p in feature_files]
@@ -138,6 +148,7 @@ def build_index(directory: str, feature_files: Sequence[str], fine_model, coarse
             if len(batch_ids) >= shard_size:
                 commit()
         commit()
+        compressed.sync(index, log=log)
     finally:
         index.close()
         if bar is not None:
@@ -145,3 +156,17 @@ def build_index(directory: str, feature_files: Sequence[str], fine_model, coarse
     if index.manifest.get("zero_codes"):
         log(f"note: {index.manifest['zero_codes']} binary code values were exactly 0 and are stored as -1")
     return report
+
+
+def update_coarse_search(directory: str, coarse_search: Optional[str] = None,
+                         log: Callable[[str], None] = print) -> None:
+    """After a commit made elsewhere (`dns_jax.distributed.index_ray`): record `coarse_search`
+    (None: keep the index's) and bring its compressed coarse stage up to date (index/compressed.py)."""
+    compressed.check_kind(coarse_search)
+    index = Index.open(directory, writable=True)
+    try:
+        if coarse_search is not None:
+            index.set_coarse_search(coarse_search)
+        compressed.sync(index, log=log)
+    finally:
+        index.close()

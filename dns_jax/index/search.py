@@ -7,14 +7,21 @@ the library all rank through `search_index`.
 Stages: 'coarse' (CG cosine for every indexed video), 'fine' (the fine student for every video)
 and 'dns' (coarse for all, the selector's top `budget` re-scored by the fine student; a fraction of
 the index, or an int: a number of videos per query).
+
+The coarse stage is the index's (`index.coarse_search`): 'exact' (the CG cosine to every video) or
+'faiss-ivfpq' (index/compressed.py: a faiss IVF-PQ index proposes a pool of candidates per query,
+scored exactly from the stored CG vectors; the selector and the fine student run on the pool and
+only the pool is ranked). `coarse_search='exact'` searches a faiss-ivfpq index exactly.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, Optional
 
 import numpy as np
 
+from dns_jax.index import compressed
 from dns_jax.index.store import Index
 from dns_jax.localization import COARSE_ONLY, NotLocalized
 from dns_jax.retrieval import DnS, Representations, SearchResults, check_budget
@@ -46,17 +53,26 @@ def search_index(dns: DnS, index: Index, queries: Representations, stage: str = 
                  budget=0.1, topk: Optional[int] = 100, coarse_dtype: str = "float32",
                  fine_mapping: Optional[Callable[[np.ndarray], np.ndarray]] = None,
                  progress: Optional[Callable[[int], None]] = None, segments: int = 0,
-                 localize_options: Optional[dict] = None) -> SearchResults:
+                 localize_options: Optional[dict] = None, coarse_search: Optional[str] = None,
+                 pool: Optional[int] = None) -> SearchResults:
     """Rank every video of `index` for each query (indexed with `dns.index` or read from the index).
     `budget`: the fraction (float in [0, 1]) or number (int >= 1) of videos re-ranked per query in
     'dns'. `topk` None or 0: all. `fine_mapping` puts raw fine similarities on the coarse scale in 'dns'
     (default: the official s / 2 + 0.5); 'fine' reports raw fine similarities in [-1, 1].
     `segments`: the copied segments of the first `segments` results of each query, from the fine
     stage's frame-to-frame matrices (results.segments, see `DnS.search`); in 'coarse' every one
-    is NotLocalized(COARSE_ONLY)."""
+    is NotLocalized(COARSE_ONLY).
+    `coarse_search` None: the index's; 'exact' or 'faiss-ivfpq' (which the index must have).
+    `pool`: candidates per query of 'faiss-ivfpq' (default `compressed.pool_size`); only they are
+    ranked, in 'coarse' and 'dns'."""
     check_search_options(stage, budget, topk)
+    compressed.check_kind(coarse_search)
     if len(index) == 0:
         raise FeatureError(f"the index at {index.directory!r} is empty")
+    kind = coarse_search or index.coarse_search
+    if kind == compressed.FAISS_IVFPQ and stage != "fine":
+        return _search_compressed(dns, index, queries, stage, budget, topk, fine_mapping, progress, pool,
+                                  segments, localize_options)
     if stage == "dns":
         return dns.search(queries, index, budget=budget, topk=topk or None, coarse_dtype=coarse_dtype,
                           progress=progress, fine_mapping=fine_mapping, segments=segments,
@@ -97,6 +113,56 @@ class _Every(dict):
 
     def __getitem__(self, j):
         return j
+
+
+def compressed_search(index: Index) -> "compressed.CompressedSearch":
+    """The faiss candidates of `index` (cached on it, rebuilt when the index changes); exact search
+    of a small collection has none: CompressedCoarseError."""
+    cached = getattr(index, "_compressed_search", None)
+    if cached is not None and cached[0] is index.manifest:
+        return cached[1]
+    if index.coarse_search != compressed.FAISS_IVFPQ or not os.path.exists(compressed.path_of(index)):
+        raise compressed.CompressedCoarseError(
+            f"the index at {index.directory!r} has no faiss coarse index ({compressed.path_of(index)}); "
+            f"build it with `dns-jax index ... --coarse {compressed.FAISS_IVFPQ}`")
+    search = compressed.CompressedSearch(index)
+    index._compressed_search = (index.manifest, search)
+    return search
+
+
+def _search_compressed(dns, index, queries, stage, budget, topk, fine_mapping, progress, pool,
+                       segments=0, localize_options=None) -> SearchResults:
+    """'coarse' and 'dns' on the faiss candidates of each query (see the module docstring)."""
+    n = len(index)
+    if (index.coarse_search == compressed.FAISS_IVFPQ and n < compressed.MIN_VIDEOS
+            and not os.path.exists(compressed.path_of(index))):
+        return search_index(dns, index, queries, stage, budget, topk, fine_mapping=fine_mapping,
+                            progress=progress, coarse_search=compressed.EXACT,   # a small collection
+                            segments=segments, localize_options=localize_options)
+    t0 = time.perf_counter()
+    searcher = compressed_search(index)
+    size = compressed.pool_size(n, budget if stage == "dns" else 0, topk, pool)
+    cand, coarse = searcher.candidates(queries.coarse, size)
+    t1 = time.perf_counter()
+    nq = max(len(queries), 1)
+    if stage == "coarse":
+        order = np.argsort(cand, axis=1, kind="stable")        # ties by database order, as exact
+        cand, coarse = np.take_along_axis(cand, order, 1), np.take_along_axis(coarse, order, 1)
+        k = cand.shape[1] if not topk else int(min(topk, cand.shape[1]))
+        top = np.argsort(-coarse, axis=1, kind="stable")[:, :k]
+        if progress is not None:
+            progress(len(queries))
+        res = SearchResults(query_ids=list(queries.ids), ranking=np.take_along_axis(cand, top, 1),
+                            scores=np.take_along_axis(coarse, top, 1), reranked=np.zeros(top.shape, bool),
+                            timings={"coarse_s_per_query": (t1 - t0) / nq, "candidates_per_query": cand.shape[1]})
+        if segments > 0:
+            res.segments = [[NotLocalized(COARSE_ONLY)] * min(segments, res.ranking.shape[1]) for _ in res.ranking]
+        return res
+    res = dns.search_candidates(queries, index, cand, coarse, budget=budget, topk=topk or None,
+                                progress=progress, fine_mapping=fine_mapping, segments=segments,
+                                localize_options=localize_options)
+    res.timings["coarse_s_per_query"] = (t1 - t0) / nq
+    return res
 
 
 def scores_in_index_order(results: SearchResults, qi: int, n: int) -> np.ndarray:

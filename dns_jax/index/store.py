@@ -209,7 +209,7 @@ class Shard:
         self.path = path
         with open(os.path.join(path, "ids.json")) as f:
             self.ids: List[str] = json.load(f)
-        self.coarse = np.load(os.path.join(path, "coarse.npy"))
+        self.coarse = np.load(os.path.join(path, "coarse.npy"), mmap_mode="r")   # read when used
         self.selfsim = np.load(os.path.join(path, "selfsim.npy"))
         self.lengths = np.load(os.path.join(path, "lengths.npy"))
         self.offsets = np.load(os.path.join(path, "offsets.npy"))
@@ -333,9 +333,9 @@ class Index:
         self.ids: List[str] = [v for shard, k in zip(self.shards, keep) for v, kept in zip(shard.ids, k) if kept]
         self._where = [(si, li) for si, k in enumerate(keep) for li in np.flatnonzero(k).tolist()]
         self._pos: Dict[str, int] = {v: i for i, v in enumerate(self.ids)}
-        dims = next((s.coarse.shape[1] for s in self.shards if s.coarse.ndim == 2 and s.coarse.shape[0]), 0)
-        self.coarse = (np.concatenate([s.coarse[k] for s, k in zip(self.shards, keep)], 0).astype(np.float32, copy=False)
-                       if self.ids else np.zeros((0, dims), np.float32))
+        self._keep = keep
+        self._coarse: Optional[np.ndarray] = None       # every CG vector, read on first use
+        self._at: Optional[tuple] = None
         self.selfsim = (np.concatenate([s.selfsim[k] for s, k in zip(self.shards, keep)], 0) if self.ids
                         else np.zeros(0, np.float32))
         self.lengths = (np.concatenate([s.lengths[k] for s, k in zip(self.shards, keep)], 0) if self.ids
@@ -363,6 +363,68 @@ class Index:
                     pass
 
     # -- reading ----------------------------------------------------------------------------
+    @property
+    def coarse(self) -> np.ndarray:
+        """(N, E) float32 CG vectors of the indexed videos (read from the shards on first use)."""
+        if self._coarse is None:
+            dims = self.coarse_dims
+            self._coarse = (np.concatenate([s.coarse[k] for s, k in zip(self.shards, self._keep)], 0)
+                            .astype(np.float32, copy=False) if self.ids else np.zeros((0, dims), np.float32))
+        return self._coarse
+
+    @property
+    def coarse_dims(self) -> int:
+        return next((s.coarse.shape[1] for s in self.shards if s.coarse.ndim == 2 and s.coarse.shape[0]), 0)
+
+    def coarse_rows(self, positions) -> np.ndarray:
+        """CG vectors [..., E] float32 of the videos at `positions` (any shape), read from the
+        shards' memory-mapped files (only those rows) unless every vector is in memory already."""
+        pos = np.asarray(positions, np.int64)
+        if self._coarse is not None:
+            return self._coarse[pos]
+        shard, local = self._positions()
+        flat = pos.reshape(-1)
+        out = np.empty((flat.shape[0], self.coarse_dims), np.float32)
+        for si in np.unique(shard[flat]):
+            sel = np.flatnonzero(shard[flat] == si)
+            rows = local[flat[sel]]
+            order = np.argsort(rows, kind="stable")          # sorted reads from the memory map
+            out[sel[order]] = self.shards[int(si)].coarse[rows[order]]
+        return out.reshape(pos.shape + (out.shape[1],))
+
+    def _positions(self):
+        """(shard number [N], row in its shard [N]) of every indexed video, as arrays."""
+        if self._at is None:
+            w = np.asarray(self._where, np.int64).reshape(-1, 2)
+            self._at = (w[:, 0], w[:, 1])
+        return self._at
+
+    def live_rows(self) -> Dict[str, np.ndarray]:
+        """{shard name: [rows] position of each of its rows in the index, -1 if removed}."""
+        out, start = {}, 0
+        for entry, k in zip(self.manifest["shards"], self._keep):
+            pos = np.full(k.shape[0], -1, np.int64)
+            pos[k] = start + np.arange(int(k.sum()))
+            start += int(k.sum())
+            out[entry["name"]] = pos
+        return out
+
+    @property
+    def coarse_search(self) -> str:
+        """How the coarse stage searches: 'exact' (every CG vector) or 'faiss-ivfpq' (index/compressed.py)."""
+        return str(self.manifest.get("coarse_search", "exact"))
+
+    def set_coarse_search(self, kind: str) -> None:
+        """Record the coarse search `kind` in the manifest (atomically)."""
+        if not self.writable:
+            raise PermissionError("index opened read-only; use Index.open(dir, writable=True)")
+        if kind == self.coarse_search:
+            return
+        manifest = json.loads(json.dumps(self.manifest))
+        manifest["coarse_search"] = str(kind)
+        _write_json_atomic(os.path.join(self.directory, MANIFEST), manifest)
+        self.manifest = manifest
+
     def __len__(self):
         return len(self.ids)
 
@@ -395,7 +457,7 @@ class Index:
         """The stored representations of some indexed videos, as a retrieval.Representations."""
         pos = [self.position(v) for v in video_ids]
         return Representations(ids=[str(v) for v in video_ids], fine=[np.asarray(self.fine_rep(p)) for p in pos],
-                               coarse=self.coarse[pos], selfsim=self.selfsim[pos])
+                               coarse=self.coarse_rows(pos), selfsim=self.selfsim[pos])
 
     def check_networks(self, fine_model=None, coarse_model=None, selector_model=None):
         """Raise NetworkMismatchError if a given network is not the one the index was built with."""

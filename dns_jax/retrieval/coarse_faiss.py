@@ -64,8 +64,8 @@ def _faiss():
     try:
         import faiss
     except ImportError as exc:
-        raise ImportError("the compressed coarse stage needs faiss: pip install faiss-cpu "
-                          "(or dns-jax[faiss])") from exc
+        raise ImportError("the compressed coarse stage needs faiss: pip install 'dns-jax[faiss]' "
+                          "(or pip install faiss-cpu)") from exc
     return faiss
 
 
@@ -184,6 +184,9 @@ class CompressedCoarseIndex:
         if fit.shape[0] < max(p.nlist, 2 ** p.nbits):
             raise ValueError(f"{fit.shape[0]} training vectors are too few for nlist = {p.nlist} "
                              f"and 2^{p.nbits} PQ centroids; give a larger sample")
+        if p.transform == "opq" and fit.shape[0] < x.shape[1]:      # faiss 1.15 crashes (SIGSEGV) below this
+            raise ValueError(f"{fit.shape[0]} training vectors are too few for OPQ on {x.shape[1]}-d vectors "
+                             f"(it needs at least {x.shape[1]}); give a larger sample or transform='none'")
         index = faiss.index_factory(x.shape[1], p.factory(), faiss.METRIC_INNER_PRODUCT)
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
         ivf.cp.seed = seed
@@ -211,11 +214,19 @@ class CompressedCoarseIndex:
         self.add(v)
         return self
 
-    def add(self, vectors) -> None:
-        """Append vectors [B, dims]; their indices continue from :attr:`n`."""
+    def add(self, vectors, ids=None) -> None:
+        """Append vectors [B, dims]; their indices continue from :attr:`n`, unless ``ids`` [B]
+        (int64 >= 0, distinct) are given: :meth:`topk` then returns those (an index built with
+        ids must always be given ids)."""
         x = _unit_vectors(vectors, "coarse vectors", self.dims)
         self._check_distribution(x, "coarse vectors")
-        self.index.add(x)
+        if ids is None:
+            self.index.add(x)
+            return
+        ids = np.ascontiguousarray(ids, np.int64).reshape(-1)
+        if ids.shape[0] != x.shape[0] or (ids.size and ids.min() < 0):
+            raise ValueError(f"ids must be {x.shape[0]} int64 values >= 0, got shape {ids.shape}")
+        self.index.add_with_ids(x, ids)
 
     # -- properties ---------------------------------------------------------------------------
     @property
@@ -254,11 +265,13 @@ class CompressedCoarseIndex:
         return total + (0 if p.transform == "none" else self.dims * p.transform_dims * 4)
 
     # -- search -------------------------------------------------------------------------------
-    def topk(self, queries, k: int, batch: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+    def topk(self, queries, k: int, batch: int = 256, check: bool = True) -> Tuple[np.ndarray, np.ndarray]:
         """(Q, dims) -> (scores (Q, k) float32, indices (Q, k) int64), best first; ties by index.
 
         ``k`` is clipped to :attr:`n`.  Queries whose ``nprobe`` lists hold fewer
         than ``k`` vectors are searched again with more lists until ``k`` are found.
+        ``check=False`` skips the distribution check (for callers that know the
+        queries' network: one odd query may sit far from every centroid).
         """
         q = _unit_vectors(queries, "coarse queries", self.dims)
         if self.n == 0:
@@ -266,7 +279,8 @@ class CompressedCoarseIndex:
         k = int(min(k, self.n))
         if k <= 0:
             raise ValueError("k must be positive")
-        self._check_distribution(q, "coarse queries")
+        if check:
+            self._check_distribution(q, "coarse queries")
         scores = np.empty((q.shape[0], k), np.float32)
         ids = np.empty((q.shape[0], k), np.int64)
         for s in range(0, q.shape[0], batch):

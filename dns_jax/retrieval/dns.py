@@ -382,6 +382,70 @@ class DnS:
         self._fine_db_key = (weakref.ref(database), len(database), version)
         return self._fine_db
 
+    def search_candidates(self, queries: Representations, database, candidates, coarse, budget=0.1,
+                          topk: Optional[int] = 100, progress: Optional[Callable] = None,
+                          fine_mapping: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                          segments: int = 0, localize_options: Optional[dict] = None) -> SearchResults:
+        """DnS over a pool of candidates per query (an approximate coarse stage's): `candidates`
+        (Q, C) distinct database positions per row, `coarse` (Q, C) their CG cosines. The selector
+        scores the candidates only; the first budget_count(budget, N) of them by selector score (N
+        the whole database; at most C) are re-scored by the fine student; the candidates are ranked
+        by mixed score (top-k of C). A video outside a query's pool is not ranked. With every video
+        in the pool this is `search` (candidates are taken in database order, ties as there).
+        `segments` / `localize_options`: as in `search`."""
+        n = len(database)
+        cand = np.asarray(candidates, np.int64)
+        c = np.asarray(coarse, np.float32)
+        if cand.ndim != 2 or c.shape != cand.shape or cand.shape[0] != len(queries):
+            raise ValueError(f"candidates and coarse must be (Q, C) with Q = {len(queries)}; got "
+                             f"{cand.shape} and {c.shape}")
+        if cand.size and (cand.min() < 0 or cand.max() >= n):
+            raise ValueError(f"candidate positions must be in [0, {n})")
+        order = np.argsort(cand, axis=1, kind="stable")
+        cand, c = np.take_along_axis(cand, order, 1), np.take_along_axis(c, order, 1)
+        n_fine = min(budget_count(budget, n), cand.shape[1])
+        k = cand.shape[1] if topk is None else int(min(topk, cand.shape[1]))
+        ranking = np.zeros((len(queries), k), np.int64)
+        scores = np.zeros((len(queries), k), np.float32)
+        reranked = np.zeros((len(queries), k), bool)
+        resident = self.fine_database(database) if n_fine else None
+        t_sel = t_fine = 0.0
+        selfsim = np.asarray(database.selfsim)
+        kept: List[Optional[tuple]] = [None] * len(queries)     # per query: (FrameMatrices, {video: column})
+        for qi in range(len(queries)):
+            t0 = time.perf_counter()
+            sel = selector_lib.selector_scores(self.selector_model, queries.selfsim[qi:qi + 1],
+                                               selfsim[cand[qi]], c[qi:qi + 1])[0]
+            chosen = np.argsort(-sel, kind="stable")[:n_fine]
+            t1 = time.perf_counter()
+            mixed = c[qi].copy()
+            if n_fine:
+                idx = cand[qi, chosen]
+                targets = resident.subset(idx) if resident is not None else database.fine_reps(idx)
+                out = self.scorer.similarities([queries.fine_rep(qi)], targets, frame_matrices=segments > 0)
+                if segments > 0:
+                    out, matrices = out
+                    kept[qi] = (matrices, {int(j): col for col, j in enumerate(idx)})
+                f = np.asarray(out[0], np.float32)
+                mixed[chosen] = f / 2.0 + 0.5 if fine_mapping is None else \
+                    np.asarray(fine_mapping(f), np.float32)
+            top = np.argsort(-mixed, kind="stable")[:k]
+            ranking[qi], scores[qi] = cand[qi, top], mixed[top]
+            reranked[qi] = np.isin(top, chosen)
+            t_sel, t_fine = t_sel + t1 - t0, t_fine + time.perf_counter() - t1
+            if progress is not None:
+                progress(1)
+        nq = max(len(queries), 1)
+        timings = {"selector_s_per_query": t_sel / nq, "fine_s_per_query": t_fine / nq,
+                   "fine_pairs_per_query": n_fine, "candidates_per_query": cand.shape[1]}
+        found = None
+        if segments > 0:
+            t0 = time.perf_counter()
+            found = self.localize_results(ranking, segments, kept, queries, database, localize_options)
+            timings["localize_s_per_query"] = (time.perf_counter() - t0) / nq
+        return SearchResults(query_ids=list(queries.ids), ranking=ranking, scores=scores, reranked=reranked,
+                             timings=timings, segments=found)
+
     def search(self, queries: Representations, database, budget: float = 0.1, topk: Optional[int] = 100,
                coarse_dtype="float32", progress: Optional[Callable] = None,
                fine_mapping: Optional[Callable[[np.ndarray], np.ndarray]] = None,
