@@ -54,6 +54,7 @@ def add_ray_arguments(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def check_ray_arguments(args) -> None:
+    """ValueError (one line) for --workers/--cpus without --ray, or below 1."""
     if args.ray is None and (args.workers is not None or args.cpus is not None):
         raise ValueError("--workers and --cpus need --ray")
     for flag in ("workers", "cpus"):
