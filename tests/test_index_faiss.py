@@ -169,6 +169,31 @@ def test_a_small_collection_is_searched_exactly(tmp_path, nets, dns):
     np.testing.assert_array_equal(a.ranking, b.ranking)
 
 
+def test_segments_on_faiss_candidates_equal_the_exact_path(synth, dns):
+    """Search results on the faiss pool carry segments as the exact path's do (same frame-to-frame
+    matrices of the fine stage); the coarse stage marks every result as not localized."""
+    from dns_jax.localization import COARSE_ONLY, NotLocalized
+    q = _queries(synth, ["v0_3", "v0_250"])
+    above = lambda f: np.asarray(f) + 10.0  # noqa: E731 -- re-ranked results first (random networks)
+    a = search_index(dns, synth, q, "dns", 0.05, topk=10, pool=N, segments=4, fine_mapping=above)
+    b = search_index(dns, synth, q, "dns", 0.05, topk=10, coarse_search="exact", segments=4, fine_mapping=above)
+    assert a.reranked[:, :4].all()
+    np.testing.assert_array_equal(a.ranking, b.ranking)
+    assert a.segments is not None and len(a.segments) == 2 and all(len(s) == 4 for s in a.segments)
+    assert repr(a.segments) == repr(b.segments)
+    assert any(not isinstance(s, NotLocalized) for row in a.segments for s in row)   # re-ranked ones
+    c = search_index(dns, synth, q, "coarse", 0.0, topk=10, pool=50, segments=3)
+    assert all(isinstance(s, NotLocalized) and s.reason == COARSE_ONLY for row in c.segments for s in row)
+
+
+def test_only_an_index_with_its_faiss_file_ranks_candidates_only(tmp_path, synth, nets):
+    assert compressed.ranks_candidates_only(synth)
+    small = _make_index(str(tmp_path / "small"), nets, n=compressed.MIN_VIDEOS - 1)
+    assert not compressed.ranks_candidates_only(small)
+    exact = _make_index(str(tmp_path / "exact"), nets, n=70, kind=compressed.EXACT)
+    assert not compressed.ranks_candidates_only(exact)
+
+
 def test_missing_faiss_is_one_line_with_the_extra(tmp_path, nets, monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(compressed.CompressedCoarseError, match=r"pip install 'dns-jax\[faiss\]'"):

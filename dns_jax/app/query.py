@@ -27,7 +27,7 @@ from dns_jax.features import load_extractor
 from dns_jax.features.pca import apply_whitening, whitening_matrices
 from dns_jax.features.video import VideoError
 from dns_jax.fileio import atomic_write_json, atomic_write_text
-from dns_jax.index import Index
+from dns_jax.index import Index, compressed
 from dns_jax.index.search import check_search_options, scores_in_index_order, search_index
 from dns_jax.localization import NotLocalized
 from dns_jax.retrieval import DnS, localize_results, stored_frames, unpack_codes
@@ -40,7 +40,7 @@ class QueryError(ValueError):
 @dataclasses.dataclass
 class QueryResult:
     query_id: str
-    scores: Dict[str, float]             # every indexed video
+    scores: Dict[str, float]             # every indexed video (a faiss-ivfpq index: the top results)
     top: List[Tuple[str, float, list]]   # (video id, score, segments) of the best results; segments is
                                          # NotLocalized (empty, with its reason) for a coarse-only result
 
@@ -122,7 +122,9 @@ class Searcher:
         reps = self.dns.index([x], [qid])
         ids = self.index.ids
         shown = top or len(ids)
-        res = search_index(self.dns, self.index, reps, stage, budget, topk=None,
+        # a faiss-ivfpq index ranks a pool of candidates sized for the top results, not every video
+        pool_only = compressed.ranks_candidates_only(self.index)
+        res = search_index(self.dns, self.index, reps, stage, budget, topk=shown if pool_only else None,
                            fine_mapping=self.fine_mapping(), segments=min(segments, shown))
         scores = scores_in_index_order(res, 0, len(ids))
         found = list(res.segments[0]) if res.segments else []
@@ -134,7 +136,7 @@ class Searcher:
         best = []
         for rank, (i, score) in enumerate(zip(res.ranking[0][:shown], res.scores[0][:shown])):
             best.append((ids[i], float(score), found[rank] if rank < len(found) else []))
-        return QueryResult(qid, {v: float(s) for v, s in zip(ids, scores)}, best)
+        return QueryResult(qid, {v: float(s) for v, s in zip(ids, scores) if not np.isnan(s)}, best)
 
     def dns_scores(self, reps, budget: float) -> np.ndarray:
         """DnS scores (Q, N) of indexed queries `reps` against every indexed video, in index order."""

@@ -246,6 +246,12 @@ def sync(index: Index, log: Callable[[str], None] = print, seed: int = 0) -> Opt
     return dict(fa.header, ntotal=fa.n)
 
 
+def ranks_candidates_only(index: Index) -> bool:
+    """Whether a search of `index` ranks only a pool of faiss candidates (a faiss-ivfpq index with
+    its faiss file), not every video."""
+    return index.coarse_search == FAISS_IVFPQ and os.path.exists(path_of(index))
+
+
 def pool_size(n: int, budget, topk: Optional[int], pool: Optional[int] = None) -> int:
     """Candidates per query: `pool`, else max(MIN_POOL, POOL_FACTOR * max(budget, top-k)), at most n."""
     if pool is not None:
