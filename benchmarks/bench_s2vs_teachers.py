@@ -81,7 +81,9 @@ def build(teacher: str, out: str, folders, parts, args, log):
         shutil.copytree(shared, wd, ignore=shutil.ignore_patterns(".lock"))
     recorded = Workdir(wd).settings().get("teacher")
     t0 = time.time()
-    run_build(BuildOptions(workdir=wd, teacher=teacher, reset="teacher" if recorded != teacher else None, **opts))
+    # auto_retrain off: the held-out videos added later must never be trained on
+    run_build(BuildOptions(workdir=wd, teacher=teacher, reset="teacher" if recorded != teacher else None,
+                           auto_retrain=False, **opts))
     times["train"] = time.time() - t0
     heldout = sorted(parts["heldout"])
     have = set(Workdir(wd).read_state().get("sources", {}))
@@ -118,7 +120,7 @@ def retrain_selector(wd: str, teacher: str, target: str, folders, args, log) -> 
     reset = "selector" if Workdir(out).settings().get("selector.target") != target else None
     t0 = time.time()
     run_build(BuildOptions(workdir=out, videos=folders["train"], teacher=teacher, recipe=recipe, seed=args.seed,
-                           progress=args.progress, reset=reset))
+                           progress=args.progress, reset=reset, auto_retrain=False))
     have = set(Workdir(out).read_state().get("sources", {}))
     todo = sorted(set(Workdir(wd).read_state().get("sources", {})) - have)
     if todo:
