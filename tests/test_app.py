@@ -285,3 +285,16 @@ def test_demo_compares_the_teachers(tmp_path, monkeypatch, capsys):
              collection=dict(num_sources=2, edits=("crop", "pip+overlay"), extra_edits=0, num_distractors=3,
                              min_seconds=4, max_seconds=5, width=128), recipe=str(recipe), dims=64, batch_size=8)
     assert "`dns-jax demo --teacher both`" in capsys.readouterr().out
+
+
+def test_ranking_metrics_and_the_demo_table():
+    from dns_jax.app.demo import format_table, ranking_metrics
+    ids = ["q", "a", "b", "c"]
+    # without the query itself: a (copy), c, b (copy) -> AP (1/1 + 2/3) / 2
+    m = ranking_metrics(np.array([[1.0, 0.9, 0.1, 0.5]]), ids, ["q"], {"q": ["a", "b"]})
+    assert m == pytest.approx({"mAP": 5 / 6, "uAP": 5 / 6, "queries": 1})
+    with pytest.raises(ValueError, match="none of the ground truth's queries"):
+        ranking_metrics(np.zeros((1, 4)), ids, ["q"], {"x": ["a"]})
+    row = {"method": "DnS, budget 0.1", "mAP": 0.5, "uAP": 0.25, "ms_per_query": 2.0, "bytes_per_video": 1024}
+    assert format_table([row]).splitlines()[2] == "| DnS, budget 0.1 | 0.500 | 0.250 | 2.0 | 1,024 |"
+    assert format_table([dict(row, teacher="s2vs")]).splitlines()[2].startswith("| s2vs | DnS, budget 0.1 |")
