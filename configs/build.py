@@ -65,7 +65,11 @@ def get_config(arg=None):
     c.selector = ml_collections.ConfigDict(dict(
         steps=steps,
         learning_rate=1e-4,
-        threshold=0.2,                  # |fine - coarse| above this: the pair is worth re-ranking
+        # which training pairs are worth re-ranking (configs/selector.py): 'gap' (official, |fine - coarse|
+        # above `threshold`) or 'inversion' (coarse orders it against a pair of its query whose fine
+        # score differs by more than `threshold`)
+        target="gap",
+        threshold=0.2,
         # fewer pairs than this on either side of the threshold (a small collection): the threshold
         # becomes the median difference (dns_jax/app/build.py selector_threshold)
         min_pairs_per_class=8,

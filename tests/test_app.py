@@ -232,3 +232,69 @@ def test_dns_puts_reranked_fine_scores_on_the_coarse_scale(built):
                                      s.index.fine_reps(range(len(ids))))
     np.testing.assert_allclose(s.dns_scores(reps, 1.0), spread_scores(fine, s.fine_spread), atol=1e-5)
     np.testing.assert_allclose(s.dns_scores(reps, 0.0), reps.coarse @ s.index.coarse.T, atol=1e-5)
+
+
+TINY_RECIPE = '''
+import os, importlib.util
+import ml_collections
+spec = importlib.util.spec_from_file_location("build_recipe", os.environ["DNS_JAX_BUILD_RECIPE"])
+build = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(build)
+
+
+def get_config(arg=None):
+    c = build.get_config("demo")
+    c.coarse.model = ml_collections.ConfigDict(dict(netvlad_clusters=8, netvlad_outdims=64,
+                                                    transformer_feedforward_dims=128))
+    c.s2vs = ml_collections.ConfigDict(dict(num_train_steps=4, warmup_steps=1, batch_size=4,
+                                            feature_bank=dict(views=1, batch_size=4)))
+    return c
+'''
+
+
+@pytest.mark.slow
+def test_demo_compares_the_teachers(tmp_path, monkeypatch, capsys):
+    """`dns-jax demo --teacher both`: a build per teacher on shared features, rows of both in the table."""
+    import h5py
+
+    from dns_jax.app.demo import build_dir, run_demo
+    from dns_jax.app.workdir import Workdir
+
+    monkeypatch.setenv("DNS_JAX_BUILD_RECIPE", os.path.join(os.path.dirname(__file__), "..", "configs", "build.py"))
+    recipe = tmp_path / "tiny_build.py"
+    recipe.write_text(TINY_RECIPE)
+    rows = run_demo(str(tmp_path / "demo"), steps=10, progress=False, teachers=("visil_f", "s2vs"),
+                    collection=dict(num_sources=2, edits=("crop", "pip+overlay"), extra_edits=0, num_distractors=3,
+                                    min_seconds=4, max_seconds=5, width=128),
+                    recipe=str(recipe), dims=64, batch_size=8)
+    out = capsys.readouterr().out
+    assert [r["teacher"] for r in rows] == ["visil_f"] * 6 + ["s2vs"] * 6
+    assert rows[0]["method"] == "teacher (ViSiL_f, no weights)"
+    assert rows[6]["method"] == "teacher (S2VS trained on the collection)"
+    assert all(0.0 <= r["mAP"] <= 1.0 and 0.0 <= r["uAP"] <= 1.0 for r in rows)
+    assert "| s2vs | teacher (S2VS trained on the collection) |" in out and "--teacher both" not in out
+    a, b = (Workdir(build_dir(str(tmp_path / "demo"), t)) for t in ("visil_f", "s2vs"))
+    assert b.info("teacher")["teacher"] == "s2vs" and os.path.isdir(b.model("s2vs_teacher"))
+    # the second teacher scored the first build's features (copied, not extracted again)
+    assert b.info("features")["seconds"] == a.info("features")["seconds"]
+    with h5py.File(a.features) as fa, h5py.File(b.features) as fb:
+        v = sorted(fa)[0]
+        assert np.array_equal(fa[v][:], fb[v][:])
+    # the plain demo names where the comparison is
+    run_demo(str(tmp_path / "demo"), steps=10, progress=False, teachers=("visil_f",),
+             collection=dict(num_sources=2, edits=("crop", "pip+overlay"), extra_edits=0, num_distractors=3,
+                             min_seconds=4, max_seconds=5, width=128), recipe=str(recipe), dims=64, batch_size=8)
+    assert "`dns-jax demo --teacher both`" in capsys.readouterr().out
+
+
+def test_ranking_metrics_and_the_demo_table():
+    from dns_jax.app.demo import format_table, ranking_metrics
+    ids = ["q", "a", "b", "c"]
+    # without the query itself: a (copy), c, b (copy) -> AP (1/1 + 2/3) / 2
+    m = ranking_metrics(np.array([[1.0, 0.9, 0.1, 0.5]]), ids, ["q"], {"q": ["a", "b"]})
+    assert m == pytest.approx({"mAP": 5 / 6, "uAP": 5 / 6, "queries": 1})
+    with pytest.raises(ValueError, match="none of the ground truth's queries"):
+        ranking_metrics(np.zeros((1, 4)), ids, ["q"], {"x": ["a"]})
+    row = {"method": "DnS, budget 0.1", "mAP": 0.5, "uAP": 0.25, "ms_per_query": 2.0, "bytes_per_video": 1024}
+    assert format_table([row]).splitlines()[2] == "| DnS, budget 0.1 | 0.500 | 0.250 | 2.0 | 1,024 |"
+    assert format_table([dict(row, teacher="s2vs")]).splitlines()[2].startswith("| s2vs | DnS, budget 0.1 |")

@@ -3,9 +3,9 @@ settings that decide results and the stage each one belongs to."""
 import numpy as np
 import pytest
 
-from dns_jax.app.build import (BuildError, BuildOptions, decisive_settings, selector_threshold,
+from dns_jax.app.build import (BuildError, BuildOptions, decisive_settings, selector_target, selector_threshold,
                                stage_of_setting)
-from dns_jax.training.pairs import PairSet
+from dns_jax.training.pairs import PairSet, selector_labels
 
 
 def _pairs(fine_scores, coarse_scores):
@@ -37,6 +37,52 @@ def test_selector_threshold_adapts_on_a_small_collection():
     assert 0 < int((diffs > thr).sum()) < 10 and "median difference" in said[0]
     with pytest.raises(BuildError, match="at least 2 scored pairs"):
         selector_threshold(*_pairs([0.1], [0.3]), 0.2, 8, said.append)
+
+
+def _coarse_dict(coarse):
+    return {(coarse.index[q], coarse.index[t]): s for q, t, s, _ in coarse.all_pairs()}
+
+
+def test_selector_inversion_labels_mark_the_pairs_the_coarse_order_swaps():
+    """Fine (on the coarse scale): two copies 1.0, 0.9 and three others 0.1. Coarse: the second copy
+    falls below one other (0.45 < 0.5); the first copy is far off in scale (0.6) but still above
+    every other. 'inversion' labels exactly the swapped copy and the other it falls below; 'gap'
+    labels the first copy too (off by 0.4) and misses the swap of the other (0.1 vs 0.5: also 0.4)."""
+    fine = np.array([1.0, 0.9, 0.1, 0.1, 0.1]) * 2 - 1
+    coarse = np.array([0.6, 0.45, 0.5, 0.2, 0.15])
+    f, c = _pairs(fine, coarse)
+    items, labels, unmatched = selector_labels(f, _coarse_dict(c), 0.2, "inversion")
+    assert unmatched == 0 and [it[1] for it in items] == ["v1", "v2", "v3", "v4", "v5"]
+    assert labels == [0, 1, 1, 0, 0]
+    assert selector_labels(f, _coarse_dict(c), 0.2, "gap")[1] == [1, 1, 1, 0, 0]
+    # a fine gap below the margin is no swap worth a re-rank
+    assert selector_labels(f, _coarse_dict(c), 0.85, "inversion")[1] == [0, 0, 0, 0, 0]
+    with pytest.raises(ValueError, match="selector target must be one of gap, inversion"):
+        selector_labels(f, _coarse_dict(c), 0.2, "nearest")
+
+
+def test_selector_target_lowers_the_margin_or_falls_back_to_the_gap():
+    fine = np.array([1.0, 0.9, 0.1, 0.1, 0.1]) * 2 - 1
+    swapped = np.array([0.6, 0.45, 0.5, 0.2, 0.15])
+    said = []
+    assert selector_target(*_pairs(fine, swapped), 0.2, "inversion", 2, said.append) == (0.2, "inversion")
+    # needs 2 pairs a class: a margin of 0.85 swaps nothing, half of it (0.425) the two pairs
+    assert selector_target(*_pairs(fine, swapped), 0.85, "inversion", 2, said.append) == (0.425, "inversion")
+    assert "using 0.425" in said[-1]
+    ordered = np.array([0.9, 0.8, 0.3, 0.2, 0.1])        # the coarse order is the fine one: nothing swaps
+    thr, target = selector_target(*_pairs(fine, ordered), 0.2, "inversion", 2, said.append)
+    assert target == "gap" and "labelling by the gap" in " ".join(said)
+    assert selector_target(*_pairs(fine, swapped), 0.2, "gap", 2, said.append) == (0.2, "gap")
+
+
+def test_selector_target_is_a_setting_only_when_it_is_not_the_official_gap():
+    """Work directories built before `selector.target` existed (labelled by the gap) stay valid."""
+    opts = BuildOptions(videos="v", workdir="w", recipe="build:demo")
+    assert "selector.target" not in decisive_settings(opts, opts.config())
+    rc = opts.config()
+    rc.selector.target = "inversion"
+    assert decisive_settings(opts, rc)["selector.target"] == "inversion"
+    assert stage_of_setting("selector.target") == "selector"
 
 
 def test_decisive_settings_and_their_stages():

@@ -52,7 +52,7 @@ from dns_jax.index.build import update_coarse_search
 from dns_jax.models import registry
 from dns_jax.training import default_config, train_and_evaluate
 from dns_jax.training.metric_writers import read_jsonl
-from dns_jax.training.pairs import PairSet, read_pairs, write_pairs
+from dns_jax.training.pairs import PairSet, read_pairs, selector_labels, write_pairs
 from dns_jax.training.scoring import PairScorer
 from dns_jax.training.teacher import select_pairs, teacher_scorer
 
@@ -381,16 +381,36 @@ def stage_selector(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChan
     # a CG student trained on spread targets: the fine scores are compared on its scale
     fine_pairs, fine_spread = _student_pairs(wd, fine, "fine", spread=bool(coarse_info.get("targets")))
     coarse_pairs, _ = _student_pairs(wd, coarse, "coarse")
-    threshold = selector_threshold(read_pairs(fine_pairs), read_pairs(coarse_pairs), rc.selector.threshold,
-                                   rc.selector.min_pairs_per_class, log)
+    threshold, target = selector_target(read_pairs(fine_pairs), read_pairs(coarse_pairs), rc.selector.threshold,
+                                        rc.selector.get("target", "gap"), rc.selector.min_pairs_per_class, log)
     log(f"selector: training ({rc.selector.steps} steps)")
     path, how = _train("selector", wd, opts, rc, rc.selector.steps,
                        {"selector.fine_pairs": fine_pairs, "selector.coarse_pairs": coarse_pairs,
-                        "selector.pairs_per_class": rc.selector.pairs_per_class,
+                        "selector.pairs_per_class": rc.selector.pairs_per_class, "selector.target": target,
                         "selector.threshold": threshold, "learning_rate": rc.selector.learning_rate})
     # `fine_spread`: how DnS puts the fine student's scores on the CG scale (None: official s/2+0.5)
     return {"network": "selector", "path": path, "trained": True, "fine_spread": fine_spread,
-            "threshold": threshold, **how}
+            "threshold": threshold, "target": target, **how}
+
+
+def selector_target(fine: PairSet, coarse: PairSet, threshold: float, target: str, min_per_class: int,
+                    log) -> Tuple[float, str]:
+    """(threshold, target) the selector is trained with (training/pairs.py selector_labels). 'gap':
+    selector_threshold. 'inversion': the recipe's fine-score margin, halved (down to 0) while either
+    class has fewer than `min_per_class` pairs; a coarse student that swaps nothing even then leaves
+    nothing to learn from, and the labels fall back to 'gap'."""
+    if target == "gap":
+        return selector_threshold(fine, coarse, threshold, min_per_class, log), "gap"
+    c = {(coarse.index[q], coarse.index[t]): s for q, t, s, _ in coarse.all_pairs()}
+    for margin in (threshold, threshold / 2, threshold / 4, threshold / 8, 0.0):
+        labels = np.asarray(selector_labels(fine, c, margin, target)[1])
+        positives = int(labels.sum())
+        if min(positives, labels.size - positives) >= min(min_per_class, labels.size // 2):
+            if margin != threshold:
+                log(f"selector: {target} margin {threshold:g} leaves too few pairs in one class; using {margin:g}")
+            return float(margin), target
+    log("selector: the coarse student orders the training pairs as the fine one does; labelling by the gap")
+    return selector_threshold(fine, coarse, threshold, min_per_class, log), "gap"
 
 
 def selector_threshold(fine: PairSet, coarse: PairSet, threshold: float, min_per_class: int, log) -> float:
@@ -476,6 +496,8 @@ def decisive_settings(opts: BuildOptions, rc) -> Dict:
     flat.pop("features.backbone", None)
     flat["dims"] = flat.pop("features.dims")
     flat["pca"] = os.path.abspath(opts.pca) if opts.pca else None
+    if flat.get("selector.target") == "gap":    # the labels of builds made before the key: they stay valid
+        flat.pop("selector.target")
     for kind in ("fine", "coarse", "selector"):
         given = getattr(opts, kind)
         flat[f"{kind}.given"] = os.path.abspath(given) if given else None

@@ -29,6 +29,9 @@ Edits (`EDITS`; all PyAV decode -> numpy -> PyAV encode, no ffmpeg binary):
     color  brightness, contrast, saturation, gamma and a colour tint
     lowq   scaled down to 55-75 % and re-encoded at low quality (x264 crf 38-44)
     trim   a random 60-75 % window of the clip
+    overlay  a semi-transparent box of a moving procedural pattern (a banner, logo or inset ad)
+           over 35-50 % x 25-40 % of the picture, at a random place, 70-90 % opaque (never drawn
+           as an extra edit: name it in `edits`)
 
 Layout of `out_dir`:
     videos/<id>.mp4     every video (h264 via PyAV's bundled libx264, else mpeg4)
@@ -84,10 +87,10 @@ REAL_SEGMENTS = (
     ("carphone", "carphone_pristine", 0, None),
     ("bikes_parked", "bikes", 137, None),
 )
-EDITS = ("crop", "hflip", "speed", "border", "pip", "color", "lowq", "trim")
+EDITS = ("crop", "hflip", "speed", "border", "pip", "color", "lowq", "trim", "overlay")
 DEFAULT_EDITS = ("crop", "hflip", "speed", "border", "pip")
 EXTRA_EDITS = ("color", "lowq", "trim", "hflip", "crop", "border")  # drawn to combine with one
-APPLY_ORDER = ("trim", "speed", "crop", "hflip", "border", "pip", "color", "lowq")
+APPLY_ORDER = ("trim", "speed", "crop", "hflip", "border", "pip", "overlay", "color", "lowq")
 INCOMPATIBLE = {frozenset(("speed", "trim"))}  # together they leave too short a copy
 DISTRACTOR_KINDS = ("plasma", "gradient", "shapes", "clouds", "landscape", "starfield",
                     "ripples", "checker")
@@ -433,6 +436,18 @@ def _edit_pip(frames, fps, p):
     return out, None
 
 
+def _edit_overlay(frames, fps, p):
+    t, h, w, _ = frames.shape
+    bw, bh = _even(w * p["width"]), _even(h * p["height"])
+    x0, y0 = int(round(p["x"] * (w - bw))), int(round(p["y"] * (h - bh)))
+    box = np.stack(list(render_pattern(p["pattern"], p["pattern_seed"], t, bh, bw, float(fps))))
+    out = frames.copy()
+    under = out[:, y0:y0 + bh, x0:x0 + bw].astype(np.float32)
+    out[:, y0:y0 + bh, x0:x0 + bw] = np.clip(p["alpha"] * box + (1 - p["alpha"]) * under + 0.5,
+                                             0, 255).astype(np.uint8)
+    return out, None
+
+
 def _edit_color(frames, fps, p):
     # gamma through a lookup table, then saturation, contrast, brightness and tint folded into
     # one affine map of the RGB vector
@@ -465,7 +480,7 @@ def _edit_trim(frames, fps, p):
 
 _EDIT_FUNCS = {"crop": _edit_crop, "hflip": _edit_hflip, "speed": _edit_speed,
                "border": _edit_border, "pip": _edit_pip, "color": _edit_color,
-               "lowq": _edit_lowq, "trim": _edit_trim}
+               "lowq": _edit_lowq, "trim": _edit_trim, "overlay": _edit_overlay}
 assert set(_EDIT_FUNCS) == set(EDITS) == set(APPLY_ORDER)
 
 
@@ -498,6 +513,10 @@ def _edit_params(name: str, rng, seconds: float, min_seconds: float, width: int)
                 "gamma": u(0.8, 1.25), "tint": [u(0.85, 1.15) for _ in range(3)]}
     if name == "lowq":
         return {"scale": u(0.55, 0.75), "crf": int(rng.integers(38, 45))}
+    if name == "overlay":
+        return {"width": u(0.35, 0.5), "height": u(0.25, 0.4), "x": u(0, 1), "y": u(0, 1),
+                "alpha": u(0.7, 0.9), "pattern": str(rng.choice(DISTRACTOR_KINDS)),
+                "pattern_seed": int(rng.integers(2 ** 31))}
     if name == "trim":
         length = u(0.6, 0.75)
         return {"start": u(0, 1 - length), "length": length}

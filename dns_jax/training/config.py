@@ -15,6 +15,7 @@ import ml_collections
 
 from dns_jax.config_files import load_config
 from dns_jax.models import registry
+from dns_jax.training.pairs import SELECTOR_TARGETS
 
 NETWORKS = registry.DISTILLED       # the networks a recipe of configs/ trains by distillation
 STUDENTS = tuple(n for n in NETWORKS if n != "selector")
@@ -108,6 +109,8 @@ def _check_values(c) -> None:
              "the selector validates on its held-out split (validation.dataset='selector' or '')")
         need(c.dataset == "synthetic" or (c.selector.fine_pairs and c.selector.coarse_pairs),
              "selector training on features needs selector.fine_pairs and selector.coarse_pairs")
+        need(c.selector.get("target", "gap") in SELECTOR_TARGETS,
+             f"selector.target must be one of {', '.join(SELECTOR_TARGETS)}, got {c.selector.get('target')!r}")
 
 
 def override(config: ml_collections.ConfigDict, **values) -> ml_collections.ConfigDict:

@@ -278,3 +278,43 @@ def drop_missing(pairs: PairSet, available) -> Tuple[PairSet, MissingReport]:
     report = MissingReport(missing, len(named), pairs.num_pairs() - kept.num_pairs(),
                            len(pairs.pairs) - len(kept.pairs))
     return kept, report
+
+
+SELECTOR_TARGETS = ("gap", "inversion")
+
+
+def selector_labels(fine: PairSet, coarse: Dict[Tuple[str, str], float], threshold: float,
+                    target: str = "gap") -> Tuple[List[Tuple[str, str, float]], List[float], int]:
+    """(items [(query id, target id, coarse)], labels, unmatched) of the selector's training pairs:
+    the pairs of `fine` (scores in [-1, 1], compared as s / 2 + 0.5) that `coarse` ({(query id,
+    target id): coarse similarity}) also scores. A pair is labelled 1 (worth re-ranking) when
+
+      'gap'        (official): |fine / 2 + 0.5 - coarse| > threshold;
+      'inversion'  the coarse student puts it on the wrong side of another target of the same query
+                   whose fine score differs from its own by more than `threshold`: re-ranking it
+                   changes the order the fine student gives, which is what a budget must catch
+                   (a pair that is merely on another scale is left alone).
+    """
+    if target not in SELECTOR_TARGETS:
+        raise ValueError(f"selector target must be one of {', '.join(SELECTOR_TARGETS)}, got {target!r}")
+    items, f_scores, unmatched = [], [], 0
+    for q, t, s_fine, _ in fine.all_pairs():
+        key = (fine.index[q], fine.index[t])
+        if key not in coarse:
+            unmatched += 1
+            continue
+        items.append((key[0], key[1], float(coarse[key])))
+        f_scores.append(s_fine / 2 + 0.5)
+    f = np.asarray(f_scores, np.float64)
+    c = np.asarray([it[2] for it in items], np.float64)
+    if target == "gap":
+        return items, [1.0 if abs(a - b) > threshold else 0.0 for a, b in zip(f, c)], unmatched
+    labels = np.zeros(len(items))
+    queries = np.asarray([it[0] for it in items], dtype=object)
+    for q in dict.fromkeys(queries.tolist()):
+        at = np.flatnonzero(queries == q)
+        df = f[at][:, None] - f[at][None, :]
+        dc = c[at][:, None] - c[at][None, :]
+        swapped = ((df > threshold) & (dc <= 0)) | ((df < -threshold) & (dc >= 0))
+        labels[at] = swapped.any(axis=1)
+    return items, labels.tolist(), unmatched

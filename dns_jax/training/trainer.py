@@ -25,7 +25,7 @@ from dns_jax.training import pipeline, resume
 from dns_jax.training.config import ConfigError, validate_config
 from dns_jax.training.evaluators import FIVREvaluator, SelectorEvaluator, SyntheticEvaluator
 from dns_jax.training.metric_writers import create_writer  # clu: needed only to train
-from dns_jax.training.pairs import PairFileError, PairSet, drop_missing, read_pairs, write_pairs
+from dns_jax.training.pairs import PairFileError, PairSet, drop_missing, read_pairs, selector_labels, write_pairs
 from dns_jax.training.step import (
     TrainState,
     global_batch,
@@ -156,19 +156,6 @@ def _student_data(cfg, workdir, is_main, module) -> Data:
     return Data(store, sampler, "student", evaluator)
 
 
-def _selector_items(fine: PairSet, coarse: Dict[Tuple[str, str], float], threshold: float):
-    items, labels, unmatched = [], [], 0
-    for q, t, s_fine, _ in fine.all_pairs():
-        key = (fine.index[q], fine.index[t])
-        if key not in coarse:
-            unmatched += 1
-            continue
-        c = coarse[key]
-        items.append((key[0], key[1], float(c)))
-        labels.append(1.0 if abs(s_fine / 2 + 0.5 - c) > threshold else 0.0)
-    return items, labels, unmatched
-
-
 def _selector_data(cfg, workdir, is_main, module) -> Data:
     sc = cfg.selector
     if cfg.dataset == "synthetic":
@@ -196,7 +183,7 @@ def _selector_data(cfg, workdir, is_main, module) -> Data:
         cp, report = drop_missing(read_pairs(sc.coarse_pairs), store)
         _log_missing(workdir, report, sc.coarse_pairs, store, cfg.max_missing_fraction, is_main)
         coarse = {(cp.index[q], cp.index[t]): s for q, t, s, _ in cp.all_pairs()}
-    items, labels, unmatched = _selector_items(fine, coarse, sc.threshold)
+    items, labels, unmatched = selector_labels(fine, coarse, sc.threshold, sc.get("target", "gap"))
     if unmatched:
         log.warning("%d fine pairs have no coarse similarity; skipped", unmatched)
     if not items:

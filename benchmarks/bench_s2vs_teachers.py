@@ -1,0 +1,214 @@
+"""DnS built from each teacher (ViSiL_f, no weights; S2VS trained on the collection) on real clips
+with hard edits, evaluated on held-out families.
+
+One run:
+1. generates (offline) a collection of real clips (dns_jax.datasets.video_collection): 4 sources x
+   HARD_EDITS copies -- picture-in-picture, overlays, low bitrate, crops, speed changes, in
+   combinations -- plus procedural distractors;
+2. splits it: the *training* part (families 0-1 and every other distractor) is built with
+   `run_build` twice, same recipe and seed, teacher `visil_f` and teacher `s2vs` (trained on the
+   training part); the features, PCA and whitening are computed once and shared;
+3. adds the *held-out* part (families 2-3, the other distractors) to each build with
+   `add_videos` (extracted and indexed with the trained networks; nothing is retrained);
+4. every member of a family queries the whole index; prints, per teacher and method (teacher, CG
+   student, fine student, DnS at 10/25/50 %), mAP and uAP on the held-out families and mAP on
+   the training ones, ms per query, bytes per video, and the build's time.
+
+    PYTHONPATH=. python benchmarks/bench_s2vs_teachers.py [--out /tmp/bench_s2vs_teachers] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+
+import jax
+
+HARD_EDITS = ("pip+lowq", "pip+speed", "overlay+crop", "overlay+lowq+color", "crop+speed+lowq", "pip+overlay",
+              "border+overlay+speed", "crop+hflip+lowq")
+TRAIN_FAMILIES = (0, 1)
+TEACHERS = ("visil_f", "s2vs")
+FEATURE_STAGES = ("features", "pca", "whiten")
+
+
+def _size(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def split_collection(info, out: str, train_pool: int = 44):
+    """Folders of links `train_videos/`, `heldout_videos/` and their family ground truths."""
+    from dns_jax.training.s2vs.evaluate import family_ground_truth
+
+    queries = sorted(info.ground_truth)
+    train_q = [q for i, q in enumerate(queries) if i in TRAIN_FAMILIES]
+    # the even-numbered of the first `train_pool` distractors: more distractors only grow the held-out part
+    train_d = {d for d in info.distractors if int(d[1:].split("_")[0]) < train_pool and int(d[1:].split("_")[0]) % 2 == 0}
+    parts = {"train": set(train_q) | {v for q in train_q for v in info.ground_truth[q]} | train_d}
+    parts["heldout"] = set(info.ids) - parts["train"]
+    folders = {}
+    for part, ids in parts.items():
+        folder = os.path.join(out, f"{part}_videos")
+        os.makedirs(folder, exist_ok=True)
+        for v in sorted(ids):
+            link = os.path.join(folder, f"{v}.mp4")
+            if not os.path.lexists(link):
+                os.symlink(os.path.abspath(info.path(v)), link)
+        folders[part] = folder
+    gts = {"heldout": family_ground_truth({q: c for q, c in info.ground_truth.items() if q not in train_q}),
+           "train": family_ground_truth({q: c for q, c in info.ground_truth.items() if q in train_q})}
+    return folders, parts, gts
+
+
+def build(teacher: str, out: str, folders, parts, args, log):
+    """Build the training part with `teacher` (features shared with the first build), then add the
+    held-out part; returns (workdir, seconds per phase)."""
+    from dns_jax.app.build import BuildOptions, add_videos, run_build
+    from dns_jax.app.workdir import Workdir
+
+    wd = os.path.join(out, f"build_{teacher}")
+    shared = os.path.join(out, "build_features")
+    times = {}
+    opts = dict(videos=folders["train"], recipe=args.recipe, seed=args.seed, progress=args.progress)
+    if not Workdir(shared).done("whiten"):
+        t0 = time.time()
+        run_build(BuildOptions(workdir=shared, teacher="visil_f", **opts), stages=FEATURE_STAGES)
+        times["shared features"] = time.time() - t0
+    if not os.path.exists(wd):
+        shutil.copytree(shared, wd, ignore=shutil.ignore_patterns(".lock"))
+    recorded = Workdir(wd).settings().get("teacher")
+    t0 = time.time()
+    # auto_retrain off: the held-out videos added later must never be trained on
+    run_build(BuildOptions(workdir=wd, teacher=teacher, reset="teacher" if recorded != teacher else None,
+                           auto_retrain=False, **opts))
+    times["train"] = time.time() - t0
+    heldout = sorted(parts["heldout"])
+    have = set(Workdir(wd).read_state().get("sources", {}))
+    todo = [v for v in heldout if v not in have]
+    t0 = time.time()
+    if todo:
+        add_videos(wd, [os.path.join(folders["heldout"], f"{v}.mp4") for v in todo], todo, progress=args.progress)
+    times["add held-out"] = time.time() - t0
+    log(f"[bench] {teacher}: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
+    return wd, times
+
+
+SELECTOR_RECIPE = """from dns_jax.config_files import load_config
+
+
+def get_config(arg=None):
+    c = load_config({recipe!r})
+    c.selector.target = {target!r}
+    return c
+"""
+
+
+def retrain_selector(wd: str, teacher: str, target: str, folders, args, log) -> str:
+    """A copy of build `wd` whose selector is trained again with labels `target` (and indexed)."""
+    from dns_jax.app.build import BuildOptions, add_videos, run_build
+
+    out = f"{wd}_selector-{target}"
+    if not os.path.exists(out):
+        shutil.copytree(wd, out, ignore=shutil.ignore_patterns(".lock"))
+    recipe = os.path.join(args.out, f"recipe_selector_{target}.py")
+    with open(recipe, "w") as fh:
+        fh.write(SELECTOR_RECIPE.format(recipe=args.recipe, target=target))
+    from dns_jax.app.workdir import Workdir
+    reset = "selector" if Workdir(out).settings().get("selector.target") != target else None
+    t0 = time.time()
+    run_build(BuildOptions(workdir=out, videos=folders["train"], teacher=teacher, recipe=recipe, seed=args.seed,
+                           progress=args.progress, reset=reset, auto_retrain=False))
+    have = set(Workdir(out).read_state().get("sources", {}))
+    todo = sorted(set(Workdir(wd).read_state().get("sources", {})) - have)
+    if todo:
+        add_videos(out, [os.path.join(folders["heldout"], f"{v}.mp4") for v in todo], todo, progress=args.progress)
+    log(f"[bench] {teacher}: selector ({target}) and index again in {time.time() - t0:.0f} s")
+    return out
+
+
+def stage_seconds(wd: str):
+    from dns_jax.app.workdir import Workdir
+    done = Workdir(wd).read_state()["done"]
+    return {k: v.get("seconds") for k, v in done.items() if isinstance(v, dict)}
+
+
+def main():
+    from dns_jax.app.demo import ranking_metrics, score_stages
+    from dns_jax.datasets.video_collection import make_collection
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="/tmp/bench_s2vs_teachers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--distractors", type=int, default=44,
+                   help="distractors in all: every other of the first 44 is in the training part, the rest held out")
+    p.add_argument("--recipe", default="build:demo")
+    p.add_argument("--teachers", default=",".join(TEACHERS))
+    p.add_argument("--selector-targets", default="",
+                   help="comma-separated selector labels (gap, inversion) to train again on each build and compare")
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args()
+    log = print
+    os.makedirs(args.out, exist_ok=True)
+
+    t0 = time.time()
+    info = make_collection(os.path.join(args.out, "collection"), seed=args.seed, num_sources=4, edits=HARD_EDITS,
+                           extra_edits=0, num_distractors=args.distractors)
+    t_collection = time.time() - t0
+    folders, parts, gts = split_collection(info, args.out)
+    log(f"[bench] collection: {len(info.ids)} videos ({t_collection:.0f} s); training part {len(parts['train'])}, "
+        f"held-out part {len(parts['heldout'])}")
+
+    results = {}
+    shared_seconds = 0.0
+    for teacher in args.teachers.split(","):
+        wd, times = build(teacher, args.out, folders, parts, args, log)
+        shared_seconds += times.pop("shared features", 0.0)
+        queries = sorted(set(gts["heldout"]) | set(gts["train"]))
+        ids, stages = score_stages(wd, queries)
+        rows = []
+        for st in stages:
+            row = {k: v for k, v in st.items() if k != "scores"}
+            for split, gt in gts.items():
+                row[split] = ranking_metrics(st["scores"], ids, queries, gt)
+            rows.append(row)
+        for target in filter(None, args.selector_targets.split(",")):
+            other = retrain_selector(wd, teacher, target, folders, args, log)
+            ids2, stages2 = score_stages(other, queries)
+            order = [ids2.index(v) for v in ids]            # a re-built index lists the videos in another order
+            for st in stages2:
+                if st["method"].startswith("DnS"):
+                    row = {k: v for k, v in st.items() if k != "scores"}
+                    row["method"] += f" (selector: {target})"
+                    for split, gt in gts.items():
+                        row[split] = ranking_metrics(st["scores"][:, order], ids, queries, gt)
+                    rows.append(row)
+        storage = {"index": _size(os.path.join(wd, "index")), "models": _size(os.path.join(wd, "models"))}
+        results[teacher] = {"rows": rows, "times": times, "stages": stage_seconds(wd), "storage": storage}
+
+    print(f"\nDnS from each teacher: {len(info.ids)} videos ({len(gts['heldout'])} held-out and {len(gts['train'])} "
+          f"training family members as queries); edits {', '.join(HARD_EDITS)}; recipe {args.recipe}, seed "
+          f"{args.seed}; jax {jax.__version__} on {jax.devices()[0].platform}, load {os.getloadavg()[0]:.1f}")
+    print(f"shared features, PCA, whitening of the training part: {shared_seconds:.0f} s")
+    print("\n| teacher | method | mAP held-out | uAP held-out | mAP training families | ms / query | bytes / video |")
+    print("|---|---|---|---|---|---|---|")
+    for teacher, r in results.items():
+        for row in r["rows"]:
+            b = row["bytes_per_video"]
+            print(f"| {teacher} | {row['method']} | {row['heldout']['mAP']:.3f} | {row['heldout']['uAP']:.3f} | "
+                  f"{row['train']['mAP']:.3f} | {row['ms_per_query']:.2f} | {'' if b is None else f'{b:,.0f}'} |")
+    print("\n| teacher | build s (training part) | add held-out s | stages s | index MB | models MB |")
+    print("|---|---|---|---|---|---|")
+    for teacher, r in results.items():
+        st = ", ".join(f"{k} {v}" for k, v in r["stages"].items() if k not in FEATURE_STAGES)
+        print(f"| {teacher} | {r['times']['train']:.0f} | {r['times']['add held-out']:.0f} | {st} | "
+              f"{r['storage']['index'] / 1e6:.2f} | {r['storage']['models'] / 1e6:.2f} |")
+    with open(os.path.join(args.out, "results.json"), "w") as fh:
+        json.dump({"results": results, "edits": HARD_EDITS, "seed": args.seed, "recipe": args.recipe,
+                   "shared_seconds": shared_seconds, "videos": len(info.ids)}, fh, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
