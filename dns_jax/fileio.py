@@ -77,6 +77,11 @@ def atomic_savez(path: str, durable: bool = False, **arrays) -> str:
     return path
 
 
+class JobInterrupted(RuntimeError):
+    """A resumable job stopped by a signal after saving its progress: rerunning the same command
+    resumes it (the command line exits with 143, as a process ended by SIGTERM)."""
+
+
 class LockedError(RuntimeError):
     """Another process holds the lock."""
 

@@ -86,3 +86,21 @@ def test_build_recipes():
     own, demo = load_config("build"), load_config("build:demo")
     assert own.coarse.model.netvlad_clusters == 64 and demo.coarse.model.netvlad_clusters == 16
     assert demo.fine.steps == 200 and own.fine.steps == 300 and own.teacher == "visil_f"
+
+
+def test_an_interrupted_job_exits_143_with_one_line_and_a_user_error_exits_2(capsys):
+    """Every command: a resumable job stopped by a signal (fileio.JobInterrupted, e.g. the build's
+    BuildInterrupted) is `prog: interrupted: ...` and status 143; a user mistake one error line, 2."""
+    from dns_jax.app.build import BuildInterrupted
+    from dns_jax.commands.common import guarded
+
+    def stopped():
+        raise BuildInterrupted("training of fine stopped at step 3 of 10; rerun the same command to resume")
+    assert guarded("dns-jax add", stopped) == 143
+    err = capsys.readouterr().err
+    assert err == "dns-jax add: interrupted: training of fine stopped at step 3 of 10; rerun the same command to resume\n"
+
+    def bad():
+        raise ValueError("no such video: 'x.mp4'")
+    assert guarded("dns-jax build", bad) == 2
+    assert capsys.readouterr().err == "dns-jax build: error: no such video: 'x.mp4'\n"

@@ -46,7 +46,7 @@ from dns_jax.features import load_extractor
 from dns_jax.features.extract_folder import extract_to_hdf5, list_videos
 from dns_jax.features.offline import OPENNSFW
 from dns_jax.features.pca import apply_whitening, fit_pca_hdf5, whitening_matrices
-from dns_jax.fileio import atomic_savez
+from dns_jax.fileio import JobInterrupted, atomic_savez
 from dns_jax.index import Index, build_index, compressed, staged_parts
 from dns_jax.index.build import update_coarse_search
 from dns_jax.models import registry
@@ -110,7 +110,7 @@ class BuildOptions:
                 "coarse_model": c.coarse.model.to_dict()}
 
 
-class BuildInterrupted(RuntimeError):
+class BuildInterrupted(JobInterrupted):
     """A training stage was stopped (SIGTERM/SIGINT) after saving its checkpoint: the stage is not
     marked done, and rerunning the same command resumes it from that checkpoint."""
 

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from dns_jax.app.build import BuildInterrupted, add_videos
+from dns_jax.app.build import add_videos
 from dns_jax.commands.common import add_quiet
 
 DESCRIPTION = ("Add video files to the collection of a work directory made by `dns-jax build`: their "
@@ -22,9 +21,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    try:
-        add_videos(args.workdir, args.videos, args.ids, progress=not args.quiet)
-    except BuildInterrupted as e:
-        print(f"dns-jax add: interrupted: {e}", file=sys.stderr)
-        return 143
+    add_videos(args.workdir, args.videos, args.ids, progress=not args.quiet)
     return 0

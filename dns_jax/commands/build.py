@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from dns_jax.app.build import RETRAIN_GROWTH, STAGES, BuildInterrupted, BuildOptions, run_build
+from dns_jax.app.build import RETRAIN_GROWTH, STAGES, BuildOptions, run_build
 from dns_jax.commands.common import add_quiet, add_ray_arguments, check_ray_arguments
 from dns_jax.commands.networks import split_coarse
 from dns_jax.distributed import check_address
@@ -56,14 +55,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    try:
-        return _run(args)
-    except BuildInterrupted as e:
-        print(f"dns-jax {NAME}: interrupted: {e}", file=sys.stderr)
-        return 143
-
-
-def _run(args) -> int:
     check_ray_arguments(args)
     if args.ray is not None:
         check_address(args.ray)             # before any work: a missing extra or a dead address is one line

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
-from dns_jax.fileio import atomic_write_text
+from dns_jax.fileio import JobInterrupted, atomic_write_text
 
 RENAMED_FLAGS = {"--topk": "--top", "--no-progress": "--quiet", "--noplots": "--no-plots",
                  "--out": "--output", "--ids": "--ids-file"}
@@ -84,12 +84,16 @@ def error_line(e: BaseException) -> str:
 
 
 def guarded(prog: str, fn: Callable[[], int]) -> int:
-    """Run `fn`; a user mistake prints `prog: error: ...` on one line and returns 2."""
+    """Run `fn`; a user mistake prints `prog: error: ...` on one line and returns 2; a resumable job
+    stopped by a signal (JobInterrupted) prints `prog: interrupted: ...` and returns 143."""
     try:
         return fn()
     except USER_ERRORS as e:
         print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
         return 2
+    except JobInterrupted as e:
+        print(f"{prog}: interrupted: {e}", file=sys.stderr)
+        return 143
 
 
 # -- results ----------------------------------------------------------------------------------

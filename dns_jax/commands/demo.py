@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from dns_jax.app.build import BuildInterrupted
 from dns_jax.app.demo import TEACHERS, run_demo
 from dns_jax.commands.common import add_quiet
 
@@ -27,14 +25,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    try:
-        return _run(args)
-    except BuildInterrupted as e:
-        print(f"dns-jax {NAME}: interrupted: {e}", file=sys.stderr)
-        return 143
-
-
-def _run(args) -> int:
     teachers = TEACHERS if args.teacher == "both" else (args.teacher,)
     run_demo(args.workdir, steps=args.steps, seed=args.seed, progress=not args.quiet, teachers=teachers)
     return 0
