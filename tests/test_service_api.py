@@ -128,7 +128,10 @@ def test_no_path_traversal_and_no_directory_listing(client, path):
 def test_indexed_ids_are_not_file_paths(client, service_collection):
     """A video_id naming an existing file (absolute or relative) is looked up as an id only."""
     existing = video_file(service_collection, service_collection.info.queries[0])
-    for vid in (existing, "/etc/passwd", "../work/state.json"):
+    outside = os.path.abspath(__file__)                             # a file outside the collection
+    relative = os.path.join("..", service_collection.workdir.name, "state.json")   # the work directory's state
+    assert os.path.isfile(outside) and (service_collection.workdir / "state.json").is_file()
+    for vid in (existing, outside, relative):
         r = client.post("/api/search", data={"video_id": vid})
         assert r.status_code == 404 and "no video" in r.json()["detail"]
 
