@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 import types
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -182,3 +182,15 @@ def read_jsonl(workdir: str):
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def mean_scalars(metrics: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
+    """Per-step metric dicts (host values) -> each metric's mean over the steps, as floats."""
+    return {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+
+
+def publish_scalars(writer, step: int, scalars: Mapping[str, float], pbar=None) -> None:
+    """Write `scalars` at `step` and show the loss on the progress bar (if any)."""
+    writer.write_scalars(step, dict(scalars))
+    if pbar is not None:
+        pbar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)

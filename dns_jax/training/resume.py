@@ -8,6 +8,7 @@ validated network is kept apart in WORKDIR/best (variables + meta only), so both
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -149,6 +150,12 @@ class PreemptionGuard:
         if self.requested and signum == signal.SIGINT:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self.requested = True
+
+    def stop(self, step: int) -> bool:
+        """Whether a stop was requested (said in the log): the loop then saves `step` and exits."""
+        if self.requested:
+            logging.getLogger("dns_jax.training").warning("stop requested: saving step %d and exiting", step)
+        return self.requested
 
     def restore(self):
         for s, h in self._previous.items():

@@ -24,7 +24,11 @@ from dns_jax.datasets.stores import FeatureStore, MemoryFeatures, global_descrip
 from dns_jax.training import pipeline, resume
 from dns_jax.training.config import ConfigError, validate_config
 from dns_jax.training.evaluators import FIVREvaluator, SelectorEvaluator, SyntheticEvaluator
-from dns_jax.training.metric_writers import create_writer  # clu: needed only to train
+from dns_jax.training.metric_writers import (  # clu: needed only to train
+    create_writer,
+    mean_scalars,
+    publish_scalars,
+)
 from dns_jax.training.pairs import PairFileError, PairSet, drop_missing, read_pairs, selector_labels, write_pairs
 from dns_jax.training.step import (
     TrainState,
@@ -357,20 +361,17 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
                     pbar.update(1)
                 if step % cfg.log_every_steps == 0 or step == total:
                     host = jax.device_get(pending)
-                    scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+                    scalars = mean_scalars(host)
                     elapsed = max(time.time() - t_log, 1e-9)
                     scalars[rate_name] = rows / elapsed
                     scalars["epoch"] = batch.epoch + (batch.index + 1) / steps_per_epoch
-                    writer.write_scalars(step, scalars)
-                    if pbar is not None:
-                        pbar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
+                    publish_scalars(writer, step, scalars, pbar)
                     pending, rows, t_log = [], 0, time.time()
                 if step % cfg.checkpoint_every_steps == 0:
                     save(position_now)
                 if step % eval_every == 0 and step < total:
                     validate()
-                if guard.requested:
-                    log.warning("stop requested: saving step %d and exiting", step)
+                if guard.stop(step):
                     result.preempted = True
                     break
                 if step >= total:

@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import jax
-import numpy as np
 
 from dns_jax import pretrained
 from dns_jax.augmentation import build_overlay_bank
 from dns_jax.features.extract_folder import list_videos
 from dns_jax.training import resume
 from dns_jax.training.config import ConfigError
-from dns_jax.training.metric_writers import create_writer
+from dns_jax.training.metric_writers import create_writer, mean_scalars, publish_scalars
 from dns_jax.training.s2vs import bank as bank_lib
 from dns_jax.training.s2vs import extractor as ext
 from dns_jax.training.s2vs.config import (
@@ -259,18 +258,15 @@ def _loop(cfg, workdir, state, loader, step_fn, step_rng, frozen, mesh, ckpt, me
                 pbar.update(1)
             if step % cfg.log_every_steps == 0 or step == total:
                 host = jax.device_get(pending)
-                scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+                scalars = mean_scalars(host)
                 scalars["clips_per_second"] = steps_logged * cfg.batch_size / max(time.time() - t_log, 1e-9)
                 scalars["epoch"] = step / loader.sampler.steps_per_epoch
-                writer.write_scalars(step, scalars)
+                publish_scalars(writer, step, scalars, pbar)
                 result.history.append({"step": step, **scalars})
-                if pbar is not None:
-                    pbar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
                 pending, t_log, steps_logged = [], time.time(), 0
             if step % cfg.checkpoint_every_steps == 0:
                 save()
-            if guard.requested:
-                log.warning("stop requested: saving step %d and exiting", step)
+            if guard.stop(step):
                 result.preempted = True
                 break
             if step >= total:
