@@ -235,7 +235,20 @@ def _s2vs_scores(similarities, queries, database, db, positives, tasks, drop_sel
 # FIVR
 # ----------------------------------------------------------------------------------------------
 
-class FIVR:
+class _Benchmark:
+    """The official API's accessors: every benchmark sets `queries` and `database` (id lists)."""
+
+    queries: List[str]
+    database: List[str]
+
+    def get_queries(self) -> List[str]:
+        return self.queries
+
+    def get_database(self) -> List[str]:
+        return self.database
+
+
+class FIVR(_Benchmark):
     """FIVR-5K / FIVR-200K: Duplicate, Complementary and Incident Scene Video Retrieval.
 
     Relevant labels per task: DSVR = ND + DS, CSVR = ND + DS + CS, ISVR = ND + DS + CS + IS
@@ -278,12 +291,6 @@ class FIVR:
     @property
     def benchmark(self):
         return f"FIVR-{self.version.upper()}"
-
-    def get_queries(self) -> List[str]:
-        return self.queries
-
-    def get_database(self) -> List[str]:
-        return self.database
 
     def _relevant(self, query, labels, all_db):
         gt = self.annotation.get(query, {})
@@ -439,7 +446,7 @@ class FIVR:
 # CC_WEB_VIDEO
 # ----------------------------------------------------------------------------------------------
 
-class CC_WEB_VIDEO:
+class CC_WEB_VIDEO(_Benchmark):
     """CC_WEB_VIDEO near-duplicate retrieval: mAP, mAP* (all videos ranked) and the "clean"
     variants mAP_c, mAP_c_star (the query's `excluded` videos removed from the ranking and
     from the positives).
@@ -466,12 +473,6 @@ class CC_WEB_VIDEO:
         self.excluded = [set(int(k) for k in ex) for ex in data["excluded"]]
         self._query_set = set(self.queries)
         self.last_report: Optional[EvaluationReport] = None
-
-    def get_queries(self) -> List[str]:
-        return self.queries
-
-    def get_database(self) -> List[str]:
-        return self.database
 
     def _rank(self, similarities, all_db, report):
         """Per benchmark query present: (query_set, ranked integer ids, -1 = not in the index)."""
@@ -560,7 +561,7 @@ class CC_WEB_VIDEO:
 # EVVE
 # ----------------------------------------------------------------------------------------------
 
-class EVVE:
+class EVVE(_Benchmark):
     """EVVE event retrieval (13 events). AP by INRIA's trapezoid rule over the ranks of the
     event's positives (videos not in `all_db` take no rank); the returned mAP is the mean AP
     over all evaluated queries. Per-event mAPs (AP sum / number of the event's queries in
@@ -581,12 +582,6 @@ class EVVE:
                                for q in queries}
         self._known = set(self.database).union(self.queries)
         self.last_report: Optional[EvaluationReport] = None
-
-    def get_queries(self) -> List[str]:
-        return self.queries
-
-    def get_database(self) -> List[str]:
-        return self.database
 
     @staticmethod
     def score_ap_from_ranks_1(ranks, nres) -> float:
@@ -668,7 +663,7 @@ def _read_id_list(source) -> List[str]:
     return [str(x).strip() for x in source]
 
 
-class SVD:
+class SVD(_Benchmark):
     """SVD (Short Video Dataset) near-duplicate retrieval.
 
     Database = every labelled target of every query (concatenated, duplicates kept, sorted) plus
@@ -725,12 +720,6 @@ class SVD:
     def get_unlabeled_keys(filepath) -> List[str]:
         """Read a distractor id list (one id per line)."""
         return _read_id_list(filepath)
-
-    def get_queries(self) -> List[str]:
-        return self.queries
-
-    def get_database(self) -> List[str]:
-        return self.database
 
     def evaluate(self, similarities, all_db=None, verbose=False) -> Dict[str, float]:
         _check_similarities(similarities)
@@ -817,7 +806,7 @@ def _read_json_document(path) -> dict:
         raise ValueError(f"cannot read VCDB annotation {os.fspath(path)!r}: {e}") from e
 
 
-class VCDB:
+class VCDB(_Benchmark):
     """VCDB partial-copy detection at video level, with S2VS's protocol (S2VS's `VCDB` dataset).
 
     The 528 core videos are both the queries and the database; with ``distractors=True`` the
@@ -860,12 +849,6 @@ class VCDB:
         self._query_set = set(self.queries)
         self._database_set = set(self.database)
         self.last_report: Optional[EvaluationReport] = None
-
-    def get_queries(self) -> List[str]:
-        return self.queries
-
-    def get_database(self) -> List[str]:
-        return self.database
 
     def evaluate_s2vs(self, similarities, all_db=None, verbose=False) -> Dict[str, float]:
         """``{'mAP', 'uAP'}`` with S2VS's rules (see the class docstring and `micro_ap`)."""
