@@ -4,11 +4,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from reference import Reference
 
 from dns_jax import pretrained
 from dns_jax.features import Extractor, FeatureExtractor, ResNet
 from dns_jax.index import Index
-from reference import Reference
 
 REFERENCE_NETWORKS = {
     "fg_att_student": "fg_att_student",
@@ -84,3 +84,25 @@ def train_batch(ref):
     for k, name in enumerate(ref.inp["train_videos_order"]):
         x[k, : vids[str(name)].shape[0]] = vids[str(name)]
     return x, mask
+
+
+def save_build_networks(directory, dims: int = 32, fine: str = "fg_att_student", random: bool = False) -> dict:
+    """Small fine / coarse / selector networks for `dns-jax build --fine/--coarse/--selector`, saved
+    as checkpoints `directory/net_{role}`; {role: path}. `random`: random weights of init's shapes
+    (no init run, see random_network) instead of `init_network`'s."""
+    import os
+
+    from dns_jax import checkpoint
+    specs = {"fine": (fine, dict(dims=dims, indexing="bin" if fine == "fg_bin_student" else "att")),
+             "coarse": ("cg_student", dict(dims=dims, netvlad_clusters=4, netvlad_outdims=32,
+                                           transformer_feedforward_dims=64, transformer_heads=4)),
+             "selector": ("selector", dict(dims=dims, hidden_size=16, num_layers=1))}
+    paths = {}
+    for i, (role, (name, cfg)) in enumerate(specs.items()):
+        paths[role] = os.path.join(str(directory), f"net_{role}")
+        if random:
+            checkpoint.save_network(paths[role], name, *random_network(name, i, **cfg))
+        else:
+            net = pretrained.init_network(name, jax.random.PRNGKey(i), **cfg)
+            checkpoint.save_network(paths[role], name, net.config, net.variables)
+    return paths

