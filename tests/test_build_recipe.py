@@ -1,10 +1,13 @@
 """Pieces of `dns-jax build` that need no video: the selector threshold of small collections, the
 settings that decide results and the stage each one belongs to."""
+import h5py
 import numpy as np
 import pytest
 
-from dns_jax.app.build import (BuildError, BuildOptions, decisive_settings, selector_target, selector_threshold,
-                               stage_of_setting)
+from dns_jax.app.build import (BuildError, BuildOptions, _check_settings, decisive_settings, selector_target,
+                               selector_threshold, stage_of_setting, stage_pca, whitening_shrink)
+from dns_jax.app.workdir import Workdir, WorkdirError
+from dns_jax.features.pca import load_pca
 from dns_jax.training.pairs import PairSet, selector_labels
 
 
@@ -93,3 +96,54 @@ def test_decisive_settings_and_their_stages():
     assert [stage_of_setting(k) for k in ("backbone", "features.fps", "dims", "seed", "fine.steps", "coarse.model.x",
                                           "selector.threshold", "s2vs.num_train_steps")] == [
         "features", "features", "whiten", "teacher", "fine", "coarse", "selector", "teacher"]
+
+
+def test_whitening_shrink_is_a_pca_setting_checked_before_any_work():
+    assert stage_of_setting("features.whitening_shrink") == "pca"
+    assert stage_of_setting("features.dims") == "features"
+    assert whitening_shrink("auto") == "auto" and whitening_shrink(0) == 0.0 and whitening_shrink("2.5") == 2.5
+    for bad in ("fast", -1, float("nan"), True, None):
+        with pytest.raises(BuildError, match="features.whitening_shrink must be 'auto' or a number >= 0"):
+            whitening_shrink(bad)
+
+
+def test_stage_pca_writes_the_shrink_its_setting_gives(tmp_path):
+    """'auto' = dims / frames of the fit, stored in pca.npz so every reader whitens alike."""
+    opts = BuildOptions(videos="v", workdir=str(tmp_path), recipe="build:demo")
+    rc = opts.config()
+    rc.features.dims = 8
+    wd = Workdir(str(tmp_path))
+    (tmp_path / "features").mkdir()
+    rng = np.random.default_rng(0)
+    with h5py.File(wd.raw_features, "w") as h5:
+        for i, t in enumerate((7, 13)):
+            h5.create_dataset(f"v{i}", data=rng.normal(size=(t, 9, 16)).astype(np.float32))
+    info = stage_pca(opts, rc, wd, lambda *_: None, None)
+    assert info["frames"] == 20 and info["shrink"] == pytest.approx(8 / 20)
+    with np.load(wd.pca) as z:
+        mean, V, d, shrink = z["mean"], z["V"], z["d"], float(z["shrink"])
+    assert shrink == pytest.approx(0.4)
+    top = np.argsort(-d)[:8]
+    np.testing.assert_allclose(load_pca(wd.pca, 8)["DVt"], V[:, top] / np.sqrt(d[top] + 0.4 * d[top].mean() + 1e-7),
+                               rtol=1e-5)
+    rc.features.whitening_shrink = 0
+    stage_pca(opts, rc, wd, lambda *_: None, None)
+    np.testing.assert_allclose(load_pca(wd.pca, 8)["DVt"], V[:, top] / np.sqrt(d[top] + 1e-7), rtol=1e-5)
+
+
+def test_a_work_directory_built_before_the_whitening_shrink_stays_valid(tmp_path):
+    """Recorded settings without the key: the build goes on with the whitening it has (and says how to
+    refit); a recorded value other than the recipe's is a change like any other."""
+    opts = BuildOptions(videos="v", workdir=str(tmp_path), recipe="build:demo")
+    rc = opts.config()
+    wd = Workdir(str(tmp_path))
+    old = decisive_settings(opts, rc)
+    old.pop("features.whitening_shrink")
+    wd.record_settings(old)
+    said = []
+    settings = _check_settings(opts, rc, wd, said.append)
+    assert "features.whitening_shrink" not in settings
+    assert any("--reset pca refits it" in line for line in said)
+    wd.record_settings(dict(old, **{"features.whitening_shrink": 0.0}))
+    with pytest.raises(WorkdirError, match="features.whitening_shrink: 0.0 -> 'auto'.*--reset pca"):
+        _check_settings(opts, rc, wd, said.append)

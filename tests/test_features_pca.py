@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from dns_jax.features import PCAFitter, PCAWhitening, build_whitening, fit_pca, load_pca
+from dns_jax.features.pca import auto_shrink
 
 
 def _data(n=3000, dim=24, seed=0):
@@ -67,9 +68,48 @@ def test_fit_from_feature_file_cli(tmp_path):
     with np.load(tmp_path / "pca.npz") as z:
         got = {k: z[k] for k in z.files}
     want = fit_pca([x])  # visit order: set/v2 then v1; the sums do not depend on it
+    assert "shrink" not in got      # the official layout unless --shrink is given
     np.testing.assert_allclose(got["d"], want["d"], rtol=1e-5)
     np.testing.assert_allclose(got["mean"], want["mean"], rtol=1e-5)
     assert cli_main(["pca", "--features", str(tmp_path / "regions.hdf5"), "--output", str(tmp_path / "p2.npz"),
                  "--max-vectors", "100"]) == 0
     with np.load(tmp_path / "p2.npz") as z:  # h5py visits 'set/v2' before 'v1'
         np.testing.assert_allclose(z["mean"], x[270:370].astype(np.float64).mean(0), rtol=1e-5)
+
+
+def test_shrunk_whitening_divides_by_the_regularised_eigenvalues(tmp_path):
+    """shrink s: DVt[:, j] = V[:, j] / sqrt(d_j + s * mean(kept d) + eps), from an npz's `shrink` key."""
+    rng = np.random.default_rng(3)
+    D, dims = 12, 5
+    V = np.linalg.qr(rng.normal(size=(D, D)))[0].astype(np.float32)
+    d = rng.uniform(0.1, 4.0, D).astype(np.float32)
+    mean = rng.normal(size=D).astype(np.float32)
+    top = np.argsort(-d)[:dims]
+    expect = V[:, top] / np.sqrt(d[top] + 2.5 * d[top].mean() + 1e-7)
+    np.testing.assert_allclose(build_whitening(mean, V, d, dims, shrink=2.5)["DVt"], expect, rtol=1e-5)
+    np.testing.assert_allclose(build_whitening(mean, V, d, dims)["DVt"], V[:, top] / np.sqrt(d[top] + 1e-7),
+                               rtol=1e-6)
+    np.savez(tmp_path / "p.npz", mean=mean, V=V, d=d, shrink=np.float64(2.5))
+    np.testing.assert_allclose(load_pca(str(tmp_path / "p.npz"), dims)["DVt"], expect, rtol=1e-5)
+    np.savez(tmp_path / "bad.npz", mean=mean, V=V, d=d, shrink=np.float64(-1))
+    with pytest.raises(ValueError, match="shrink must be a number >= 0"):
+        load_pca(str(tmp_path / "bad.npz"), dims)
+    assert auto_shrink(512, 170) == pytest.approx(512 / 170)
+    with pytest.raises(ValueError, match="positive"):
+        auto_shrink(512, 0)
+
+
+def test_pca_cli_stores_a_shrink_and_refuses_a_negative_one(tmp_path, capsys):
+    h5py = pytest.importorskip("h5py")
+    from dns_jax.cli import main as cli_main
+    with h5py.File(tmp_path / "regions.hdf5", "w") as h5:
+        h5["v1"] = _data(n=270, dim=10, seed=4).reshape(30, 9, 10)
+    out = str(tmp_path / "pca.npz")
+    assert cli_main(["pca", "--features", str(tmp_path / "regions.hdf5"), "--output", out, "--shrink", "1.5"]) == 0
+    with np.load(out) as z:
+        assert float(z["shrink"]) == 1.5
+        d, V = z["d"], z["V"]
+    np.testing.assert_allclose(load_pca(out, 4)["DVt"], V[:, :4] / np.sqrt(d[:4] + 1.5 * d[:4].mean() + 1e-7),
+                               rtol=1e-5)
+    assert cli_main(["pca", "--features", str(tmp_path / "regions.hdf5"), "--output", out, "--shrink", "-1"]) == 2
+    assert "--shrink must be a number >= 0" in capsys.readouterr().err

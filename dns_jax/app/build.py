@@ -45,7 +45,7 @@ from dns_jax.distributed.extraction import staged_feature_parts
 from dns_jax.features import load_extractor
 from dns_jax.features.extract_folder import extract_to_hdf5, list_videos
 from dns_jax.features.offline import OPENNSFW
-from dns_jax.features.pca import apply_whitening, fit_pca_hdf5, whitening_matrices
+from dns_jax.features.pca import apply_whitening, auto_shrink, fit_pca_hdf5, whitening_matrices
 from dns_jax.fileio import JobInterrupted, atomic_savez
 from dns_jax.index import Index, build_index, compressed, staged_parts
 from dns_jax.index.build import update_coarse_search
@@ -183,11 +183,34 @@ def stage_pca(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) 
         return {"pca": os.path.abspath(opts.pca), "fitted": False}
     if os.path.exists(wd.features):         # a refit whitens every video again
         os.remove(wd.features)
+    shrink_setting = whitening_shrink(rc.features.whitening_shrink)
     pca = fit_pca_hdf5(wd.raw_features, progress=False)
-    n = int(pca.get("count", 0)) if isinstance(pca, dict) else 0
-    atomic_savez(wd.pca, **{k: np.asarray(v) for k, v in pca.items()})
-    log(f"pca: whitening fitted on the collection's region vectors{f' ({n})' if n else ''}")
-    return {"pca": wd.pca, "fitted": True}
+    frames = _frame_count(wd.raw_features)
+    shrink = auto_shrink(rc.features.dims, frames) if shrink_setting == "auto" else shrink_setting
+    atomic_savez(wd.pca, **{k: np.asarray(v) for k, v in pca.items()}, shrink=np.float64(shrink))
+    log(f"pca: whitening fitted on the region vectors of {frames} frames, eigenvalues shrunk by "
+        f"{shrink:.3g} x their mean (features.whitening_shrink={shrink_setting!r})")
+    return {"pca": wd.pca, "fitted": True, "frames": frames, "shrink": round(shrink, 6)}
+
+
+def whitening_shrink(value):
+    """The recipe's `features.whitening_shrink`: 'auto' (dims / frames of the fit) or a number >= 0."""
+    if isinstance(value, str) and value == "auto":
+        return value
+    try:
+        shrink = float(value)
+    except (TypeError, ValueError):
+        shrink = float("nan")
+    if isinstance(value, bool) or not (np.isfinite(shrink) and shrink >= 0):
+        raise BuildError(f"features.whitening_shrink must be 'auto' or a number >= 0, got {value!r}")
+    return shrink
+
+
+def _frame_count(path: str) -> int:
+    """Frames (first axis) summed over every dataset of an HDF5 feature file."""
+    import h5py
+    with h5py.File(path, "r") as h5:
+        return int(sum(h5[n].shape[0] for n in hdf5_dataset_paths(h5)))
 
 
 def stage_whiten(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) -> Dict:
@@ -457,12 +480,14 @@ def _coarse_search_changed(opts: BuildOptions, wd: Workdir) -> bool:
 
 INCREMENTAL = ("features", "whiten", "index")     # rerun on every build: they pick up new videos
 # the first stage each setting affects (a changed setting means: redo from that stage)
-_SETTING_STAGE = (("backbone", "features"), ("features.", "features"), ("pca", "pca"), ("dims", "whiten"),
+_SETTING_STAGE = (("features.whitening_shrink", "pca"), ("backbone", "features"), ("features.", "features"), ("pca", "pca"), ("dims", "whiten"),
                   ("teacher", "teacher"), ("s2vs", "teacher"), ("seed", "teacher"), ("min_videos", "teacher"),
                   ("batch_size", "fine"),
                   ("fine", "fine"), ("coarse", "coarse"), ("selector", "selector"))
 SPEED_ONLY = ("teacher_job.batch_size", "checkpoint_fraction", "min_checkpoint_every", "log_fraction",
               "min_log_every")
+# settings added after work directories existed: one recorded without them keeps what it was built with
+LEGACY_SETTINGS = ("features.whitening_shrink",)
 RETRAIN_GROWTH = 2.0    # a collection grown past this factor of the videos the networks saw is retrained
 # what each stage leaves in the work directory (removed when the stage is reset)
 _OUTPUTS = {"features": ("features/raw.hdf5", "features/raw.hdf5.parts"), "pca": ("features/pca.npz",), "whiten": ("features/features.hdf5",),
@@ -533,9 +558,17 @@ def reset_stages(wd: Workdir, stage: str, log) -> None:
 
 def _check_settings(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
     """The settings of this run; a changed setting is an error unless a reset covers its stage."""
+    whitening_shrink(rc.features.whitening_shrink)     # a bad value stops the build before any work
     settings = decisive_settings(opts, rc)
-    changed = wd.changed_settings(settings)
     reset = opts.reset or ("pca" if opts.retrain else None)
+    recorded = wd.settings()
+    refit = reset is not None and STAGES.index(reset) <= STAGES.index("pca")
+    for key in LEGACY_SETTINGS:
+        if recorded and key not in recorded and not refit:     # built before the key: it stays as it was built
+            settings.pop(key, None)
+            log(f"{wd.root} was built before {key} existed and keeps its whitening; "
+                f"--reset pca refits it with the recipe's ({rc.features.whitening_shrink!r})")
+    changed = wd.changed_settings(settings)
     if changed:
         first = min((stage_of_setting(k) for k in changed), key=STAGES.index)
         if reset is None or STAGES.index(reset) > STAGES.index(first):

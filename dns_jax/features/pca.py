@@ -8,7 +8,11 @@ Two weight layouts exist:
   whitening projection already transposed so that the forward pass is `x @ DVt`.
 
 `build_whitening` turns the first into the second exactly as the official layer does, in float32.
-`PCAFitter` produces the first layout from a user's own region vectors.
+`PCAFitter` produces the first layout from a user's own region vectors. A fitted file may also hold
+`shrink` (a scalar, absent in official files): the kept eigenvalues are then regularised to
+`d_k + shrink * mean(kept d)` before the whitening divides by their square roots, which keeps a small
+collection's whitening from dividing down exactly the directions its own videos vary in
+(`auto_shrink`, docs/features.md).
 """
 from __future__ import annotations
 
@@ -44,11 +48,12 @@ class PCAWhitening(nn.Module):
         return l2_normalize(x)
 
 
-def build_whitening(mean, V, d, dims: int | None = None) -> dict:
+def build_whitening(mean, V, d, dims: int | None = None, shrink: float = 0.0) -> dict:
     """Official `{mean, V, d}` -> `{'mean' [D], 'DVt' [D, dims]}` (float32, as the official layer).
 
     Keeps the `dims` components with the largest eigenvalues `d` (descending) and scales each by
-    `1 / sqrt(d + 1e-7)`; `DVt[:, j] = V[:, idx_j] / sqrt(d[idx_j] + 1e-7)`.
+    `1 / sqrt(d + 1e-7)`; `DVt[:, j] = V[:, idx_j] / sqrt(d[idx_j] + 1e-7)`. With `shrink` > 0 the
+    kept eigenvalues become `d + shrink * mean(kept d)` (shrink 0: the official layer exactly).
     """
     mean = np.asarray(mean, np.float32)
     V = np.asarray(V, np.float32)
@@ -60,8 +65,12 @@ def build_whitening(mean, V, d, dims: int | None = None) -> dict:
     dims = D if dims is None else int(dims)
     if not 0 < dims <= D:
         raise ValueError(f"PCA dims must be in 1..{D}, got {dims}")
+    shrink = float(shrink)
+    if not (np.isfinite(shrink) and shrink >= 0):
+        raise ValueError(f"PCA weights: the eigenvalue shrink must be a number >= 0, got {shrink!r}")
     idx = np.argsort(-d, kind="stable")[:dims]
-    scale = np.float32(1.0) / np.sqrt(d[idx] + np.float32(EIG_EPS))
+    kept = d[idx] + np.float32(shrink) * d[idx].mean() if shrink else d[idx]
+    scale = np.float32(1.0) / np.sqrt(kept + np.float32(EIG_EPS))
     return {"mean": mean, "DVt": np.ascontiguousarray(V[:, idx] * scale[None, :])}
 
 
@@ -110,7 +119,10 @@ def load_pca(source: Any, dims: int | None = 512) -> dict:
         return {"mean": mean, "DVt": dvt}
     p = _find_prefix(source.keys(), "V", "d", "mean")
     if p is not None:
-        return build_whitening(source[p + "mean"], source[p + "V"], source[p + "d"], dims)
+        shrink = np.asarray(source.get(p + "shrink", 0.0), np.float64)
+        if shrink.shape != ():
+            raise ValueError(f"{name}: {p}shrink must be a scalar, got shape {shrink.shape}")
+        return build_whitening(source[p + "mean"], source[p + "V"], source[p + "d"], dims, float(shrink))
     raise ValueError(f"{name}: no PCA weights found (expected keys mean/V/d or mean/DVt); "
                      f"keys: {sorted(source.keys())[:10]}")
 
@@ -177,6 +189,16 @@ class PCAFitter:
         return {"mean": (mu + self._shift).astype(np.float32),
                 "V": np.ascontiguousarray(V[:, order]).astype(np.float32),
                 "d": d[order].astype(np.float32)}
+
+
+def auto_shrink(dims: int, frames: int) -> float:
+    """The eigenvalue shrink `dims / frames` for a whitening of `dims` components fitted on the region
+    vectors of `frames` frames: large for a few dozen short videos (whose whitening would otherwise
+    divide down the very directions their near-duplicates share), vanishing for a real collection
+    (10^5 frames: 0.005, the official whitening in effect)."""
+    if dims <= 0 or frames <= 0:
+        raise ValueError(f"auto_shrink: dims and frames must be positive, got {dims} and {frames}")
+    return float(dims) / float(frames)
 
 
 def fit_pca(batches: Iterable) -> dict:
