@@ -8,7 +8,8 @@ from reference import Reference
 
 from dns_jax import pretrained
 from dns_jax.features import Extractor, FeatureExtractor, ResNet
-from dns_jax.index import Index
+from dns_jax.index import Index, compressed
+from dns_jax.retrieval.synthetic import SyntheticCG
 
 REFERENCE_NETWORKS = {
     "fg_att_student": "fg_att_student",
@@ -106,3 +107,20 @@ def save_build_networks(directory, dims: int = 32, fine: str = "fg_att_student",
             net = pretrained.init_network(name, jax.random.PRNGKey(i), **cfg)
             checkpoint.save_network(paths[role], name, net.config, net.variables)
     return paths
+
+
+def synthetic_index(directory, nets, n: int, shard: int, seed: int = 0, kind: str = "faiss-ivfpq", log=None):
+    """An index of `n` synthetic videos (clustered CG vectors, random packed FG-Bin codes [4, 9, 64];
+    ids f"v{seed}_{i}") in shards of `shard`, with its coarse stage `kind` synced (faiss-ivfpq: the
+    faiss file, from compressed.MIN_VIDEOS videos); reopened read-only."""
+    vectors = SyntheticCG(n=n, dims=1024, rank=64, topics=12, seed=seed).vectors()
+    rng = np.random.default_rng(seed)
+    index = Index.create(directory, *nets, "packed", 64)
+    for s in range(0, n, shard):
+        ids = [f"v{seed}_{i}" for i in range(s, min(n, s + shard))]
+        fine = [rng.integers(0, 256, (4, 9, 64), np.uint8) for _ in ids]
+        index.add(ids, fine, vectors[s:s + len(ids)], rng.uniform(0.5, 1.0, len(ids)).astype(np.float32))
+    index.set_coarse_search(kind)
+    compressed.sync(index, log=log or (lambda m: None))
+    index.close()
+    return Index.open(directory)

@@ -1,7 +1,8 @@
 """dns_jax.distributed and the staged shards it relies on.
 
 Without Ray: staging and adopting shards (retries, duplicates, shards of other networks or format
-versions, a commit killed half way), the sharded search run in-process, the command line's errors.
+versions, a commit killed half way), the sharded search run in-process (exact and on faiss
+candidates, with segments; a faiss file of other vectors refused), the command line's errors.
 On a local Ray cluster of 2 CPUs (slow; skipped without Ray): the distributed index equals the
 single-process one, a killed worker or driver then a rerun loses and duplicates nothing, sharded
 search on Ray actors equals search_index, distributed extraction equals extract_to_hdf5."""
@@ -15,13 +16,24 @@ import h5py
 import jax
 import numpy as np
 import pytest
+from helpers import assert_same_index, network, synthetic_index, tiny_extractor
 
 from dns_jax import retrieval
 from dns_jax.distributed import ShardedSearch
 from dns_jax.distributed.search import _balanced_runs
-from dns_jax.index import Index, build_index, clean_staging, describe_network, search_index, stage_shard, staged_parts
+from dns_jax.index import (
+    Index,
+    build_index,
+    clean_staging,
+    compressed,
+    describe_network,
+    search_index,
+    stage_shard,
+    staged_parts,
+)
 from dns_jax.index.store import STAGING, part_name
-from helpers import assert_same_index, network, tiny_extractor
+from dns_jax.localization import COARSE_ONLY, NotLocalized
+from dns_jax.retrieval.coarse_faiss import CoarseIndexMismatch
 
 pytestmark = pytest.mark.deadline(300)     # a stuck Ray job fails the test instead of hanging CI
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -161,6 +173,116 @@ def test_sharded_search_in_process_equals_search_index(in_process, budget, topk)
     assert a.timings["fine_pairs_per_query"] == retrieval.budget_count(budget, len(index))
 
 
+def _above(f):
+    """Re-ranked results first (the networks score random codes): their segments are in the top."""
+    return np.asarray(f, np.float32) + 10.0
+
+
+def test_sharded_segments_equal_search_index(in_process):
+    """`segments=K`: each holder localizes its own re-ranked results among its first K; the driver
+    returns the segments one search over the whole index gives, NotLocalized for coarse-only ones."""
+    dns, index, sharded = in_process
+    queries = index.representations(["v0", "grp/r3", "v4"])
+    for budget, count, mapping in ((4, 6, _above), (1.0, 5, None)):
+        a = sharded.search(queries, budget, 8, fine_mapping=mapping, segments=count)
+        b = search_index(dns, index, queries, "dns", budget, 8, fine_mapping=mapping, segments=count)
+        np.testing.assert_array_equal(a.ranking, b.ranking)
+        assert [len(row) for row in a.segments] == [count] * 3
+        assert repr(a.segments) == repr(b.segments)
+        assert any(len(s) for row in a.segments for s in row)             # segments found, not only markers
+    assert not any(isinstance(s, NotLocalized) for row in a.segments for s in row)     # budget 1.0: all re-ranked
+    first = sharded.search(queries, 4, 8, fine_mapping=_above, segments=6)
+    assert all(isinstance(s, NotLocalized) and s.reason == COARSE_ONLY for row in first.segments for s in row[4:])
+    assert sharded.search(queries, 4, 8).segments is None
+
+
+# -- the compressed coarse stage (faiss-ivfpq), no Ray ----------------------------------------------
+
+FAISS_N, FAISS_SHARD = 192, 64
+
+
+@pytest.fixture(scope="module")
+def faiss_index(tmp_path_factory, nets):
+    """192 synthetic videos in 3 shards with their faiss coarse stage."""
+    pytest.importorskip("faiss", reason="faiss is optional (pip install 'dns-jax[faiss]')")
+    return synthetic_index(str(tmp_path_factory.mktemp("faiss") / "idx"), nets, n=FAISS_N, shard=FAISS_SHARD)
+
+
+@pytest.fixture(scope="module")
+def faiss_sharded(faiss_index, nets):
+    dns = retrieval.DnS(*nets)
+    return dns, faiss_index, ShardedSearch(dns, faiss_index.directory, actors=3, use_ray=False)
+
+
+@pytest.mark.parametrize("budget,topk,pool", [(0.05, 10, 50), (20, None, 40), (0, 5, 30), (0.25, 8, None)])
+def test_sharded_search_on_faiss_candidates_equals_search_index(faiss_sharded, budget, topk, pool):
+    """The driver's faiss pool and selector, the holders' fine stage: the ranked ids, scores and
+    re-ranked flags of one process's search on the same candidates (only the pool is ranked)."""
+    dns, index, sharded = faiss_sharded
+    assert sharded.candidates_only and len(sharded.sizes) == 3 and sharded.ids == index.ids
+    queries = index.representations(["v0_3", "v0_100", "v0_191"])
+    a = sharded.search(queries, budget, topk, pool=pool)
+    b = search_index(dns, index, queries, "dns", budget, topk, pool=pool)
+    np.testing.assert_array_equal(a.ranking, b.ranking)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(a.reranked, b.reranked)
+    assert a.timings["candidates_per_query"] == b.timings["candidates_per_query"] == (pool or FAISS_N)
+    assert a.timings["fine_pairs_per_query"] == b.timings["fine_pairs_per_query"]
+    assert a.reranked.sum(1).max() <= a.timings["fine_pairs_per_query"]
+
+
+def test_sharded_segments_on_faiss_candidates_equal_search_index(faiss_sharded):
+    dns, index, sharded = faiss_sharded
+    queries = index.representations(["v0_3", "v0_150"])
+    a = sharded.search(queries, 5, 12, fine_mapping=_above, segments=8, pool=60)
+    b = search_index(dns, index, queries, "dns", 5, 12, fine_mapping=_above, segments=8, pool=60)
+    np.testing.assert_array_equal(a.ranking, b.ranking)
+    assert a.reranked[:, :5].all() and not a.reranked[:, 5:8].any()
+    assert repr(a.segments) == repr(b.segments)
+    assert any(not isinstance(s, NotLocalized) for row in a.segments for s in row[:5])
+    assert all(isinstance(s, NotLocalized) and s.reason == COARSE_ONLY for row in a.segments for s in row[5:])
+
+
+def test_sharded_search_refuses_a_faiss_file_of_other_vectors(tmp_path, faiss_index, nets):
+    """As search_index: CoarseIndexMismatch naming the file, here before any holder starts; bad
+    options are ValueErrors naming them."""
+    other = synthetic_index(str(tmp_path / "other"), nets, n=FAISS_SHARD, shard=FAISS_SHARD, seed=1)
+    mine = str(tmp_path / "mine")
+    shutil.copytree(faiss_index.directory, mine)
+    shutil.rmtree(os.path.join(mine, compressed.DIRNAME))
+    shutil.copytree(compressed.path_of(other), os.path.join(mine, compressed.DIRNAME))
+    dns = retrieval.DnS(*nets)
+    message = r"coarse_faiss/header.json was built for another index: its shard '000000' holds other CG vectors"
+    with pytest.raises(CoarseIndexMismatch, match=message):
+        search_index(dns, Index.open(mine), faiss_index.representations(["v0_1"]), "dns", 0.05)
+    with pytest.raises(CoarseIndexMismatch, match=message):
+        ShardedSearch(dns, mine, actors=2, use_ray=False)
+    with ShardedSearch(dns, mine, actors=2, use_ray=False, coarse_search="exact") as exact:
+        assert not exact.candidates_only
+        with pytest.raises(ValueError, match="budget must be a fraction"):
+            exact.search(faiss_index.representations(["v0_1"]), 1.5)
+        with pytest.raises(ValueError, match="top-k must be a whole number"):
+            exact.search(faiss_index.representations(["v0_1"]), 0.1, -1)
+    with pytest.raises(compressed.CompressedCoarseError, match="coarse search must be one of"):
+        ShardedSearch(dns, mine, use_ray=False, coarse_search="ivf")
+
+
+def test_a_small_faiss_ivfpq_collection_is_searched_exactly_by_shards(tmp_path, nets):
+    """Under compressed.MIN_VIDEOS a faiss-ivfpq index has no faiss file: every video is ranked, as
+    in one process."""
+    pytest.importorskip("faiss", reason="faiss is optional (pip install 'dns-jax[faiss]')")
+    small = synthetic_index(str(tmp_path / "small"), nets, n=compressed.MIN_VIDEOS - 1, shard=21)
+    dns = retrieval.DnS(*nets)
+    queries = small.representations(["v0_0", "v0_40"])
+    with ShardedSearch(dns, small.directory, actors=3, use_ray=False) as sharded:
+        assert not sharded.candidates_only
+        a = sharded.search(queries, 4, None)
+    b = search_index(dns, small, queries, "dns", 4, None)
+    assert a.ranking.shape == (2, compressed.MIN_VIDEOS - 1)
+    np.testing.assert_array_equal(a.ranking, b.ranking)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-6)
+
+
 # -- Ray ----------------------------------------------------------------------------------------
 
 def _ray():
@@ -277,12 +399,30 @@ def test_sharded_search_on_ray_actors_equals_search_index(ray_cluster, single, n
     queries = index.representations(["v0", "grp/r3", "v4"])
     with ShardedSearch(dns, single, actors=2) as sharded:
         assert sharded.ids == index.ids and len(sharded.sizes) == 2 and min(sharded.resident_bytes) > 0
-        for budget, topk in ((0.3, None), (4, 6)):
-            a = sharded.search(queries, budget, topk)
-            b = search_index(dns, index, queries, "dns", budget, topk)
+        for budget, topk, count in ((0.3, None, 0), (4, 6, 3)):
+            a = sharded.search(queries, budget, topk, segments=count)
+            b = search_index(dns, index, queries, "dns", budget, topk, segments=count)
             np.testing.assert_array_equal(a.ranking, b.ranking)
             np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-6)
             np.testing.assert_array_equal(a.reranked, b.reranked)
+            assert repr(a.segments) == repr(b.segments)
+
+
+@pytest.mark.slow
+@pytest.mark.deadline(240)
+def test_sharded_search_on_ray_actors_with_faiss_candidates_equals_search_index(ray_cluster, faiss_index, nets):
+    """The compressed coarse stage with Ray actors: the driver's pool, the actors' fine stage and
+    segments give one process's results."""
+    dns = retrieval.DnS(*nets)
+    queries = faiss_index.representations(["v0_3", "v0_150"])
+    with ShardedSearch(dns, faiss_index.directory, actors=2) as sharded:
+        assert sharded.candidates_only and len(sharded.sizes) == 2
+        a = sharded.search(queries, 5, 10, fine_mapping=_above, segments=6, pool=60)
+    b = search_index(dns, faiss_index, queries, "dns", 5, 10, fine_mapping=_above, segments=6, pool=60)
+    np.testing.assert_array_equal(a.ranking, b.ranking)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(a.reranked, b.reranked)
+    assert repr(a.segments) == repr(b.segments)
 
 
 def _write_video(path, n, level):

@@ -10,11 +10,11 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from helpers import network, save_build_networks, synthetic_index
 
 from dns_jax.index import Index, build_index, compressed, search_index
 from dns_jax.retrieval import DnS, Representations
 from dns_jax.retrieval.synthetic import SyntheticCG
-from helpers import network, save_build_networks
 
 faiss = pytest.importorskip("faiss", reason="faiss is optional (pip install 'dns-jax[faiss]')")
 
@@ -35,19 +35,7 @@ def dns(nets):
 
 
 def _make_index(directory, nets, n=N, seed=0, kind=compressed.FAISS_IVFPQ, log=None):
-    """An index of `n` synthetic videos (clustered CG vectors, random packed FG-Bin codes) in shards
-    of SHARD, with its faiss coarse stage synced."""
-    vectors = SyntheticCG(n=n, dims=1024, rank=64, topics=12, seed=seed).vectors()
-    rng = np.random.default_rng(seed)
-    index = Index.create(directory, *nets, "packed", 64)
-    for s in range(0, n, SHARD):
-        ids = [f"v{seed}_{i}" for i in range(s, min(n, s + SHARD))]
-        fine = [rng.integers(0, 256, (4, 9, 64), np.uint8) for _ in ids]
-        index.add(ids, fine, vectors[s:s + len(ids)], rng.uniform(0.5, 1.0, len(ids)).astype(np.float32))
-    index.set_coarse_search(kind)
-    compressed.sync(index, log=log or (lambda m: None))
-    index.close()
-    return Index.open(directory)
+    return synthetic_index(directory, nets, n=n, shard=SHARD, seed=seed, kind=kind, log=log)
 
 
 @pytest.fixture(scope="module")

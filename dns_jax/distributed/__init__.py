@@ -13,7 +13,8 @@
   actors run the jitted extractor, parts are staged and committed by the driver; resumable.
 * `ShardedSearch` (search.py): an index split over Ray actors, each holding some shards (coarse
   vectors, selector self-similarities, resident fine representations); a query fans out and the
-  driver merges: the same ranked ids and scores as `search_index` over the whole index.
+  driver merges: the same ranked ids, scores and segments as `search_index` over the whole index
+  (on its faiss candidates where the index has the compressed coarse stage).
 
 Everything here imports Ray lazily; without it, `ClusterError` says what to install.
 """

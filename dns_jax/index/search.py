@@ -69,8 +69,7 @@ def search_index(dns: DnS, index: Index, queries: Representations, stage: str = 
     compressed.check_kind(coarse_search)
     if len(index) == 0:
         raise FeatureError(f"the index at {index.directory!r} is empty")
-    kind = coarse_search or index.coarse_search
-    if kind == compressed.FAISS_IVFPQ and stage != "fine":
+    if stage != "fine" and uses_candidates(index, coarse_search):
         return _search_compressed(dns, index, queries, stage, budget, topk, fine_mapping, progress, pool,
                                   segments, localize_options)
     if stage == "dns":
@@ -115,6 +114,17 @@ class _Every(dict):
         return j
 
 
+def uses_candidates(index: Index, coarse_search: Optional[str] = None) -> bool:
+    """Whether 'coarse' and 'dns' searches of `index` rank faiss candidates: `coarse_search` (None:
+    the index's) is 'faiss-ivfpq', except for a faiss-ivfpq collection of fewer than
+    compressed.MIN_VIDEOS videos without its faiss file, searched exactly."""
+    compressed.check_kind(coarse_search)
+    if (coarse_search or index.coarse_search) != compressed.FAISS_IVFPQ:
+        return False
+    return not (index.coarse_search == compressed.FAISS_IVFPQ and len(index) < compressed.MIN_VIDEOS
+                and not os.path.exists(compressed.path_of(index)))
+
+
 def compressed_search(index: Index) -> "compressed.CompressedSearch":
     """The faiss candidates of `index` (cached on it, rebuilt when the index changes); exact search
     of a small collection has none: CompressedCoarseError."""
@@ -134,11 +144,6 @@ def _search_compressed(dns, index, queries, stage, budget, topk, fine_mapping, p
                        segments=0, localize_options=None) -> SearchResults:
     """'coarse' and 'dns' on the faiss candidates of each query (see the module docstring)."""
     n = len(index)
-    if (index.coarse_search == compressed.FAISS_IVFPQ and n < compressed.MIN_VIDEOS
-            and not os.path.exists(compressed.path_of(index))):
-        return search_index(dns, index, queries, stage, budget, topk, fine_mapping=fine_mapping,
-                            progress=progress, coarse_search=compressed.EXACT,   # a small collection
-                            segments=segments, localize_options=localize_options)
     t0 = time.perf_counter()
     searcher = compressed_search(index)
     size = compressed.pool_size(n, budget if stage == "dns" else 0, topk, pool)

@@ -197,6 +197,18 @@ def selection(selector_scores, budget) -> np.ndarray:
     return np.argsort(-s, axis=1, kind="stable")[:, :n_fine]
 
 
+def rank_pool(cand, coarse, chosen, fine, k: int, fine_mapping=None):
+    """One query's pool ranked by mixed score: cand (C,) positions, coarse (C,), chosen (n,) pool
+    columns re-scored, fine (n,) their raw fine similarities (None when n = 0) -> (positions (k,),
+    mixed scores (k,), re-ranked flags (k,)), ties to the lower pool column."""
+    mixed = np.array(coarse, np.float32, copy=True)
+    if fine is not None and len(chosen):
+        f = np.asarray(fine, np.float32)
+        mixed[chosen] = f / 2.0 + 0.5 if fine_mapping is None else np.asarray(fine_mapping(f), np.float32)
+    top = np.argsort(-mixed, kind="stable")[:k]
+    return cand[top], mixed[top], np.isin(top, chosen)
+
+
 # ------------------------------------------------------------------------------------------------
 # the pipeline
 
@@ -382,6 +394,30 @@ class DnS:
         self._fine_db_key = (weakref.ref(database), len(database), version)
         return self._fine_db
 
+    def pool_selection(self, queries: Representations, database, candidates, coarse, budget):
+        """The selection of `search_candidates`: -> (candidates (Q, C) sorted by database position,
+        their coarse (Q, C), per query the pool columns (n_fine,) the selector picks, best first (ties
+        to the lower position; n_fine = budget_count(budget, N), at most C), selector seconds)."""
+        n = len(database)
+        cand = np.asarray(candidates, np.int64)
+        c = np.asarray(coarse, np.float32)
+        if cand.ndim != 2 or c.shape != cand.shape or cand.shape[0] != len(queries):
+            raise ValueError(f"candidates and coarse must be (Q, C) with Q = {len(queries)}; got "
+                             f"{cand.shape} and {c.shape}")
+        if cand.size and (cand.min() < 0 or cand.max() >= n):
+            raise ValueError(f"candidate positions must be in [0, {n})")
+        order = np.argsort(cand, axis=1, kind="stable")
+        cand, c = np.take_along_axis(cand, order, 1), np.take_along_axis(c, order, 1)
+        n_fine = min(budget_count(budget, n), cand.shape[1])
+        t0 = time.perf_counter()
+        selfsim = np.asarray(database.selfsim)
+        chosen = []
+        for qi in range(len(queries)):
+            sel = selector_lib.selector_scores(self.selector_model, queries.selfsim[qi:qi + 1],
+                                               selfsim[cand[qi]], c[qi:qi + 1])[0]
+            chosen.append(np.argsort(-sel, kind="stable")[:n_fine])
+        return cand, c, chosen, time.perf_counter() - t0
+
     def search_candidates(self, queries: Representations, database, candidates, coarse, budget=0.1,
                           topk: Optional[int] = 100, progress: Optional[Callable] = None,
                           fine_mapping: Optional[Callable[[np.ndarray], np.ndarray]] = None,
@@ -394,45 +430,28 @@ class DnS:
         in the pool this is `search` (candidates are taken in database order, ties as there).
         `segments` / `localize_options`: as in `search`."""
         n = len(database)
-        cand = np.asarray(candidates, np.int64)
-        c = np.asarray(coarse, np.float32)
-        if cand.ndim != 2 or c.shape != cand.shape or cand.shape[0] != len(queries):
-            raise ValueError(f"candidates and coarse must be (Q, C) with Q = {len(queries)}; got "
-                             f"{cand.shape} and {c.shape}")
-        if cand.size and (cand.min() < 0 or cand.max() >= n):
-            raise ValueError(f"candidate positions must be in [0, {n})")
-        order = np.argsort(cand, axis=1, kind="stable")
-        cand, c = np.take_along_axis(cand, order, 1), np.take_along_axis(c, order, 1)
+        cand, c, chosen, t_sel = self.pool_selection(queries, database, candidates, coarse, budget)
         n_fine = min(budget_count(budget, n), cand.shape[1])
         k = cand.shape[1] if topk is None else int(min(topk, cand.shape[1]))
         ranking = np.zeros((len(queries), k), np.int64)
         scores = np.zeros((len(queries), k), np.float32)
         reranked = np.zeros((len(queries), k), bool)
         resident = self.fine_database(database) if n_fine else None
-        t_sel = t_fine = 0.0
-        selfsim = np.asarray(database.selfsim)
+        t_fine = 0.0
         kept: List[Optional[tuple]] = [None] * len(queries)     # per query: (FrameMatrices, {video: column})
         for qi in range(len(queries)):
-            t0 = time.perf_counter()
-            sel = selector_lib.selector_scores(self.selector_model, queries.selfsim[qi:qi + 1],
-                                               selfsim[cand[qi]], c[qi:qi + 1])[0]
-            chosen = np.argsort(-sel, kind="stable")[:n_fine]
             t1 = time.perf_counter()
-            mixed = c[qi].copy()
+            f = None
             if n_fine:
-                idx = cand[qi, chosen]
+                idx = cand[qi, chosen[qi]]
                 targets = resident.subset(idx) if resident is not None else database.fine_reps(idx)
                 out = self.scorer.similarities([queries.fine_rep(qi)], targets, frame_matrices=segments > 0)
                 if segments > 0:
                     out, matrices = out
                     kept[qi] = (matrices, {int(j): col for col, j in enumerate(idx)})
-                f = np.asarray(out[0], np.float32)
-                mixed[chosen] = f / 2.0 + 0.5 if fine_mapping is None else \
-                    np.asarray(fine_mapping(f), np.float32)
-            top = np.argsort(-mixed, kind="stable")[:k]
-            ranking[qi], scores[qi] = cand[qi, top], mixed[top]
-            reranked[qi] = np.isin(top, chosen)
-            t_sel, t_fine = t_sel + t1 - t0, t_fine + time.perf_counter() - t1
+                f = out[0]
+            ranking[qi], scores[qi], reranked[qi] = rank_pool(cand[qi], c[qi], chosen[qi], f, k, fine_mapping)
+            t_fine += time.perf_counter() - t1
             if progress is not None:
                 progress(1)
         nq = max(len(queries), 1)
