@@ -1,7 +1,7 @@
 """Distributed throughput on Ray and DnS at FIVR-200K size, on this machine.
 
-    python benchmarks/bench_distributed.py [--skip ray,fivr] [--videos 48] [--clips 8]
-        [--fivr-videos 225960] [--queries 2]
+    python benchmarks/bench_distributed.py [--skip ray,fivr,fine] [--videos 48] [--clips 8]
+        [--fivr-videos 225960] [--queries 2] [--fine-targets 1000] [--rounds 3]
 
 Random weights and random features (speed does not depend on their values). Prints:
 
@@ -16,6 +16,12 @@ Random weights and random features (speed does not depend on their values). Prin
   the FG-Bin codes of 225,960 such videos take ~15 GB, more than this shared VM can spare, so every
   video's codes are a window of a 512 MiB pool of random codes, kept resident (the kernel's work per
   video is that of its own length). Coarse vectors (float32) and self-similarities are real-sized.
+* The fine stage alone at that size (`fine`): one 60-frame query against --fine-targets videos of
+  the same length distribution (resident FG-Bin codes), the paths before and after the FG-Bin
+  speed-ups side by side in interleaved rounds (the AVX2 Hamming loop and canvases filled by dense
+  frames; the AVX-512 VPOPCNTDQ loop where the CPU has it; canvases filled by canvas width), its
+  split into Hamming distances and comparator CNN, the canvas padding, and the arithmetic lower
+  bound: the comparator's multiply-adds against this CPU's fp32 FMA peak.
 """
 from __future__ import annotations
 
@@ -32,8 +38,15 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from dns_jax import pretrained, retrieval  # noqa: E402
-from dns_jax.retrieval.fine import ResidentDatabase, ResidentPart  # noqa: E402
+from dns_jax import native, pretrained, retrieval  # noqa: E402
+from dns_jax.retrieval import kernels  # noqa: E402
+from dns_jax.retrieval.fine import (  # noqa: E402
+    FineScorer,
+    ResidentDatabase,
+    ResidentPart,
+    ScorerOptions,
+    query_rows,
+)
 
 R, D = 9, 512
 
@@ -234,18 +247,125 @@ def fivr_rows(n, n_queries, budgets):
     return out
 
 
+# ------------------------------------------------------------------------------------------------
+# the fine stage alone at FIVR-200K lengths: before / after side by side
+
+# comparator multiply-adds per frame pair: conv1 3x3x1x32 at full resolution, conv2 3x3x32x64 at
+# half, conv3 3x3x64x128 and fconv 1x1x128x1 at quarter resolution
+CNN_MACS_PER_CELL = 9 * 32 + 9 * 32 * 64 / 4 + 9 * 64 * 128 / 16 + 128 / 16
+
+
+def cpu_fma_peak():
+    """fp32 multiply-adds per second of this machine's cores at their reported clock: 2 FMA units
+    x 8 floats (256-bit; Zen 4 runs 512-bit vectors as two halves) per core and cycle."""
+    mhz = []
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("cpu MHz"):
+                mhz.append(float(line.split(":")[1]))
+    ghz = (max(mhz) if mhz else 2500.0) / 1e3
+    return (os.cpu_count() or 1) * 2 * 8 * ghz * 1e9, ghz
+
+
+def fine_rows(n_targets, rounds):
+    rng = np.random.default_rng(1)
+    fg = pretrained.init_network("fg_bin_student", jax.random.PRNGKey(1), indexing="bin")
+    lengths = fivr_lengths(n_targets, rng)
+    frames = int(lengths.sum())
+    words = rng.integers(0, 2 ** 32, (frames + 1, R, 16), dtype=np.uint32)
+    words[-1] = 0
+    dev = jax.local_devices()[0]
+    db = ResidentDatabase(n=n_targets, lengths=lengths, part=np.zeros(n_targets, np.int32),
+                          start=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+                          parts=[ResidentPart(frames=jax.device_put(words, dev), device=dev, regions=R, zero=frames)])
+    sub = db.subset(np.arange(n_targets))
+    q = rng.integers(0, 2 ** 32, (60, R, 16), dtype=np.uint32)
+    native_ok = native.available()
+    best = native.set_isa("auto") if native_ok else "none"
+    variants = {   # name: (options, Hamming loop)
+        "before (AVX2 loop, canvases by dense frames)": (ScorerOptions(pack_gaps=False), "avx2"),
+        f"{best} loop, canvases by dense frames": (ScorerOptions(pack_gaps=False), "auto"),
+        f"after ({best} loop, canvases by width)": (ScorerOptions(), "auto"),
+    }
+    scorers = {k: FineScorer(fg, options=o) for k, (o, _) in variants.items()}
+    print(f"\n## FG-Bin fine stage at FIVR-200K lengths ({jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
+          f"load average {load()})")
+    print(f"one 60-frame query x {n_targets} targets, {frames} target frames (mean {lengths.mean():.1f})")
+    outs, times = {}, {k: [] for k in variants}
+    for k, sc in scorers.items():                                  # compile every canvas size
+        if native_ok:
+            native.set_isa(variants[k][1])
+        outs[k] = sc.similarities([q], sub)
+    for _ in range(rounds):
+        for k, sc in scorers.items():
+            if native_ok:
+                native.set_isa(variants[k][1])
+            t = time.perf_counter()
+            sc.similarities([q], sub)
+            times[k].append(time.perf_counter() - t)
+    if native_ok:
+        native.set_isa("auto")
+    base = next(iter(variants))
+    print(f"{'path':>48s} {'best s':>7s} {'median s':>8s} {'ms/target':>9s} {'vs before':>9s} {'canvas cols':>11s} "
+          f"{'padding':>7s} {'max |diff|':>10s}")
+    for k, sc in scorers.items():
+        cols = sum(c.size for c in sc.prepare(sub).canvases)
+        print(f"{k:>48s} {min(times[k]):7.3f} {np.median(times[k]):8.3f} {min(times[k]) / n_targets * 1e3:9.3f} "
+              f"{min(times[base]) / min(times[k]):8.2f}x {cols:11d} {cols / frames - 1:7.1%} "
+              f"{np.abs(outs[k] - outs[base]).max():10.2g}")
+    # the new path split into its two kernels, canvas by canvas (one thread)
+    sc = scorers[list(variants)[-1]]
+    pdb = sc.prepare(sub)
+    qc = sc._canvas([(q, 0, 60)], [0], query_rows(60), 60, dev)
+    work = [(cc, sc.spec_for(qc.size, cc.size, (R, R), (qc.dense_size, cc.dense_size))) for cc in pdb.canvases]
+    f2f = [kernels.place_dense(kernels.frame_to_frame_dense(qc.dense, cc.dense, spec, cc.take), qc.index, cc.index)
+           for cc, spec in work]
+
+    def hamming():
+        for o in [kernels.frame_to_frame_dense(qc.dense, cc.dense, spec, cc.take) for cc, spec in work]:
+            o.block_until_ready()
+
+    def cnn():
+        for o in [kernels.given_similarity(sc.conv_params, f, qc.maps(sc, False), cc.maps(sc, bool(spec.tile_cols)),
+                                           spec) for f, (cc, spec) in zip(f2f, work)]:
+            o.block_until_ready()
+
+    split = {"hamming": [], "cnn": []}
+    hamming(), cnn()
+    for _ in range(rounds):
+        for name, fn in (("hamming", hamming), ("cnn", cnn)):
+            t = time.perf_counter()
+            fn()
+            split[name].append(time.perf_counter() - t)
+    cols = sum(c.size for c in pdb.canvases)
+    macs = 60 * frames * CNN_MACS_PER_CELL
+    peak, ghz = cpu_fma_peak()
+    print(f"split of the new path, one canvas at a time: Hamming {min(split['hamming']):.3f} s, "
+          f"comparator CNN + Chamfer {min(split['cnn']):.3f} s "
+          f"({60 * cols * CNN_MACS_PER_CELL / min(split['cnn']) / 1e9:.1f} G multiply-adds/s on the canvas)")
+    print(f"lower bound: {macs / 1e9:.1f} G comparator multiply-adds on the real frame pairs "
+          f"({CNN_MACS_PER_CELL:.0f} per pair) / {peak / 1e9:.0f} G FMA/s fp32 peak ({os.cpu_count()} cores x 2 FMA "
+          f"x 8 floats x {ghz:.2f} GHz) = {macs / peak:.3f} s; "
+          f"{macs / peak / n_targets * 1e3:.3f} ms per target")
+    return times
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--skip", default="", help="comma list of sections to skip: ray,fivr")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: ray,fivr,fine")
     p.add_argument("--videos", type=int, default=48, help="feature sets indexed per Ray run")
     p.add_argument("--clips", type=int, default=8, help="video clips extracted per Ray run")
     p.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray cluster")
     p.add_argument("--fivr-videos", type=int, default=225960)
     p.add_argument("--queries", type=int, default=2, help="queries per budget (the first one compiles)")
+    p.add_argument("--fine-targets", type=int, default=1000, help="targets of the fine-stage comparison")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the fine-stage comparison")
     args = p.parse_args()
     skip = set(args.skip.split(","))
     print(f"# dns_jax distributed benchmark: {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
           f"jax {jax.__version__}, load average {load()}")
+    if "fine" not in skip:
+        fine_rows(args.fine_targets, args.rounds)
     if "fivr" not in skip:
         fivr_rows(args.fivr_videos, args.queries, [0.05, 1000])
     if "ray" not in skip:

@@ -5,7 +5,8 @@ along the rows, database videos (or their 2048-frame chunks) along the columns o
 canvases, so the kernel compiles once per canvas size (a handful of sizes), never per video.
 
 Speed: the matrix products run on the frames stored densely (no gaps, no padded frames: database
-canvases are filled first-fit decreasing to `max_cols` frames, a query gets exactly its frames up
+canvases are filled first-fit decreasing to `max_cols` canvas columns (frames, plus each segment's gap
+and alignment), a query gets exactly its frames up
 to a small rounding) and the frame-to-frame matrix is then placed on the canvas with gaps for the
 comparator. `FineScorer.prepare(database)` lays the database out once and keeps it on the device;
 `similarities(queries, prepared)` then only lays out the queries and dispatches every canvas
@@ -35,7 +36,16 @@ from dns_jax import native
 from dns_jax.models import FineGrainedStudent, ViSiLHead
 from dns_jax.retrieval import binary as codes
 from dns_jax.retrieval.kernels import KernelSpec, canvas_similarity, frame_to_frame_dense
-from dns_jax.retrieval.layout import HALO, Axis, ladder_size, pack_dense, pack_segments, place, round_up
+from dns_jax.retrieval.layout import (
+    HALO,
+    Axis,
+    ladder_size,
+    pack_dense,
+    pack_segments,
+    place,
+    round_up,
+    segment_gap,
+)
 from dns_jax.validation import FeatureError, check_video
 
 MIN_FRAMES = 4
@@ -97,6 +107,9 @@ class ScorerOptions:
     packed_block: int = 64            # FG-Bin target frames per elementwise block (0 = all at once)
     dispatch_threads: int = 0         # canvases run at once from host threads (0 = min(4, CPUs))
     kernel_threads: int = 0           # popcount='ffi': threads per native kernel call (0 = XLA's pool)
+    pack_gaps: bool = True            # fill database canvases by canvas width (frames + gap + 4-frame
+                                      # alignment), so a full one is max_cols wide for the CNN; False:
+                                      # by dense frames (full canvases were 4352 wide; docs/scaling.md)
 
     @classmethod
     def for_platform(cls, platform: str) -> "ScorerOptions":
@@ -348,8 +361,9 @@ class FineScorer:
         kept on the device, so that any number of queries can be scored against it without
         copying or re-laying out the database (`similarities(queries, prepared)`).
 
-        Canvases hold `options.max_cols` dense frames (first-fit decreasing: almost every canvas
-        is full, so almost no padded frames enter the matrix products); a target over 2048 frames
+        Canvases are `options.max_cols` columns wide: segments take their frames plus their gap and
+        4-frame alignment (`pack_gaps`), filled first-fit decreasing, so almost every canvas is full
+        and few padded frames enter the matrix products or the CNN; a target over 2048 frames
         contributes its 2048-frame chunks as separate pieces. The prepared copy takes as much
         memory as the representations themselves (device memory on an accelerator), spread
         round robin over the scorer's devices."""
@@ -377,10 +391,13 @@ class FineScorer:
         for k, (n, _, _) in enumerate(segs):
             counts[n] += 1
             by_key.setdefault(keys[n], []).append(k)
+        gap = segment_gap(self.padding)
         for key, seg_ids in sorted(by_key.items()):
             lens = [segs[k][2] for k in seg_ids]
-            cap = max(self.options.max_cols, max(lens))
-            for group in pack_dense(lens, cap):
+            # pack_gaps: a segment takes its gap and 4-frame alignment too (its canvas width, layout.place)
+            sizes = [round_up(n + gap, 4) for n in lens] if self.options.pack_gaps else lens
+            cap = max(self.options.max_cols, max(sizes))
+            for group in pack_dense(sizes, cap):
                 ids = [seg_ids[g] for g in group]
                 pl = [segs[k][2] for k in ids]
                 _, placed = place(pl, self.padding)
