@@ -282,10 +282,12 @@ def fine_rows(n_targets, rounds):
     q = rng.integers(0, 2 ** 32, (60, R, 16), dtype=np.uint32)
     native_ok = native.available()
     best = native.set_isa("auto") if native_ok else "none"
+    old = dict(pack_gaps=False, untiled_cells=1 << 19, tile_cells=0)     # the options before
     variants = {   # name: (options, Hamming loop)
-        "before (AVX2 loop, canvases by dense frames)": (ScorerOptions(pack_gaps=False), "avx2"),
-        f"{best} loop, canvases by dense frames": (ScorerOptions(pack_gaps=False), "auto"),
-        f"after ({best} loop, canvases by width)": (ScorerOptions(), "auto"),
+        "before (AVX2 loop, dense fill, wide tiles)": (ScorerOptions(**old), "avx2"),
+        f"{best} loop": (ScorerOptions(**old), "auto"),
+        f"{best} loop, fill by width": (ScorerOptions(untiled_cells=1 << 19, tile_cells=0), "auto"),
+        f"after ({best}, by width, 40k-cell tiles)": (ScorerOptions(), "auto"),
     }
     scorers = {k: FineScorer(fg, options=o) for k, (o, _) in variants.items()}
     print(f"\n## FG-Bin fine stage at FIVR-200K lengths ({jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
@@ -306,11 +308,11 @@ def fine_rows(n_targets, rounds):
     if native_ok:
         native.set_isa("auto")
     base = next(iter(variants))
-    print(f"{'path':>48s} {'best s':>7s} {'median s':>8s} {'ms/target':>9s} {'vs before':>9s} {'canvas cols':>11s} "
+    print(f"{'path':>44s} {'best s':>7s} {'median s':>8s} {'ms/target':>9s} {'vs before':>9s} {'canvas cols':>11s} "
           f"{'padding':>7s} {'max |diff|':>10s}")
     for k, sc in scorers.items():
         cols = sum(c.size for c in sc.prepare(sub).canvases)
-        print(f"{k:>48s} {min(times[k]):7.3f} {np.median(times[k]):8.3f} {min(times[k]) / n_targets * 1e3:9.3f} "
+        print(f"{k:>44s} {min(times[k]):7.3f} {np.median(times[k]):8.3f} {min(times[k]) / n_targets * 1e3:9.3f} "
               f"{min(times[base]) / min(times[k]):8.2f}x {cols:11d} {cols / frames - 1:7.1%} "
               f"{np.abs(outs[k] - outs[base]).max():10.2g}")
     # the new path split into its two kernels, canvas by canvas (one thread)
@@ -326,7 +328,8 @@ def fine_rows(n_targets, rounds):
             o.block_until_ready()
 
     def cnn():
-        for o in [kernels.given_similarity(sc.conv_params, f, qc.maps(sc, False), cc.maps(sc, bool(spec.tile_cols)),
+        for o in [kernels.given_similarity(sc.conv_params, f, qc.maps(sc, bool(spec.tile_rows)),
+                                           cc.maps(sc, bool(spec.tile_cols)),
                                            spec) for f, (cc, spec) in zip(f2f, work)]:
             o.block_until_ready()
 

@@ -22,6 +22,7 @@ Official evaluation rules kept (dns_spec sections 5 and 10):
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import threading
 import weakref
@@ -75,31 +76,44 @@ def _tile_divisor(n: int, limit: int) -> int:
     return 0
 
 
+def _tile_near(n: int, target: float, limit: int) -> int:
+    """The multiple of 16 that divides n, is <= limit and is nearest `target` by ratio (the larger
+    one on a tie; 0 if none)."""
+    ds = [d for d in range(16, min(limit, n) + 1, 16) if n % d == 0]
+    return min(ds, key=lambda d: (abs(math.log(d / target)), -d)) if ds else 0
+
+
 def tile_plan(rows: int, cols: int, o: "ScorerOptions") -> Tuple[int, int]:
-    """CNN tile sizes (full-resolution frames, 0 = untiled) for a rows x cols canvas."""
+    """CNN tile sizes (full-resolution frames, 0 = untiled) for a rows x cols canvas: tiles of
+    about `o.tile_cells` cells where set (their activations stay in the CPU's cache), else the
+    widest tile up to `o.tile_cols`."""
     tr = tc = 0
     if rows > o.untiled_rows:
         tr = _tile_divisor(rows, o.tile_rows)
     if rows * cols > o.untiled_cells:
-        tc = _tile_divisor(cols, o.tile_cols)
+        tc = _tile_near(cols, o.tile_cells / (tr or rows), o.tile_cols) if o.tile_cells else \
+            _tile_divisor(cols, o.tile_cols)
     return tr, tc
 
 
 @dataclasses.dataclass
 class ScorerOptions:
     """Tuning knobs. The CPU defaults come from the measurements in docs/retrieval.md: cache-sized
-    f2f blocks run the matrix product near the machine's matmul rate, XLA's convolutions prefer
-    wide tiles, FG-Bin's elementwise Hamming loop prefers 64-frame blocks. Working memory stays
+    f2f blocks run the matrix product near the machine's matmul rate, the CNN runs fastest on
+    cache-sized tiles of ~40k cells (docs/scaling.md), FG-Bin's elementwise Hamming loop prefers
+    64-frame blocks. Working memory stays
     ~ rows x cols x 4 B plus a block and a tile (about 128 B per canvas cell at the CNN's widest
     layer)."""
 
-    max_cols: int = 4096              # dense target frames per canvas (FineScorer.prepare)
+    max_cols: int = 4096              # columns per database canvas (FineScorer.prepare)
     max_rows: int = 512               # query frames per canvas (a longer query gets its own)
     block_bytes: int = 8 << 20        # f2f block intermediate
     untiled_rows: int = 256           # canvases with more rows are tiled for the CNN
-    untiled_cells: int = 1 << 19      # canvases with more cells are tiled along the columns
+    untiled_cells: int = 1 << 16      # canvases with more cells are tiled along the columns
     tile_rows: int = 256
-    tile_cols: int = 2560
+    tile_cols: int = 2560             # widest CNN tile
+    tile_cells: int = 40_000          # CNN tile area aimed at (rows x cols; 0: the widest tile): a
+                                      # 60 x 512 tile ran the CNN 1.4-1.7x faster than 60 x 4096 or 2048
     tile_batch: int = 1
     popcount: str = "auto"            # FG-Bin Hamming: 'ffi' (native AVX2 kernel), 'csa' (carry-save
                                       # adders in XLA), 'swar', 'lax' (lax.population_count) or
@@ -122,7 +136,7 @@ class ScorerOptions:
         first FG-Bin kernel is laid out, so FG-Att scorers never build it."""
         if platform == "cpu":
             return cls()
-        return cls(block_bytes=256 << 20, untiled_rows=1 << 12, untiled_cells=1 << 23,
+        return cls(block_bytes=256 << 20, untiled_rows=1 << 12, untiled_cells=1 << 23, tile_cells=0,
                    popcount="lax", packed_block=0, dispatch_threads=1)
 
     def threads(self) -> int:
