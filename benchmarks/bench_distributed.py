@@ -1,7 +1,7 @@
 """Distributed throughput on Ray and DnS at FIVR-200K size, on this machine.
 
     python benchmarks/bench_distributed.py [--skip ray,fivr,fine] [--videos 48] [--clips 8]
-        [--fivr-videos 225960] [--queries 2] [--fine-targets 1000] [--rounds 3]
+        [--fivr-videos 225960] [--queries 2] [--compare] [--warm 0] [--fine-targets 1000] [--rounds 3]
 
 Random weights and random features (speed does not depend on their values). Prints:
 
@@ -203,7 +203,11 @@ def fivr_lengths(n, rng):
     return np.clip(np.round(rng.lognormal(np.log(80.0), 0.9, n)), 4, 1800).astype(np.int64)
 
 
-def fivr_rows(n, n_queries, budgets):
+# the FG-Bin fine-stage options before the speed-ups of docs/scaling.md (with the AVX2 Hamming loop)
+OLD_FINE = dict(pack_gaps=False, untiled_cells=1 << 19, tile_cells=0)
+
+
+def fivr_rows(n, n_queries, budgets, compare=False, warm=0):
     rng = np.random.default_rng(0)
     fg, cg, sel = networks()
     lengths = fivr_lengths(n, rng)
@@ -211,8 +215,8 @@ def fivr_rows(n, n_queries, budgets):
     db = SyntheticDatabase(n, lengths, pool_frames=(1 << 29) // (R * 64), rng=rng)
     built = time.perf_counter() - t
     dns = retrieval.DnS(fg, cg, sel)
-    q = rng.standard_normal((n_queries, 60, R, D)).astype(np.float32)
-    queries = dns.index(list(q / np.linalg.norm(q, axis=-1, keepdims=True)))
+    q = rng.standard_normal((n_queries + warm, 60, R, D)).astype(np.float32)
+    queries = dns.index(list(q / np.linalg.norm(q, axis=-1, keepdims=True)))       # the last `warm`: warm-up only
     print(f"\n## DnS per query at FIVR-200K size on CPU ({jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
           f"load average {load()})")
     print(f"database: {n} videos, lengths {lengths.min()}-{lengths.max()} frames (mean {lengths.mean():.1f}, "
@@ -222,8 +226,24 @@ def fivr_rows(n, n_queries, budgets):
     print(f"{'budget':>12s} {'re-ranked':>9s} {'frames':>9s} {'total s':>8s} {'coarse s':>9s} {'selector s':>10s} "
           f"{'fine s':>8s} {'ms/target':>9s} {'rest s':>7s}")
     out = {}
+    new_options = dns.scorer.options
+    paths = [("before", ScorerOptions(**OLD_FINE), "avx2"), ("after", new_options, "auto")] if compare else \
+        [("", new_options, "auto")]
     for budget in budgets:
-        for qi in range(n_queries):
+        if warm and not isinstance(budget, float):      # compile the canvas sizes a fixed budget meets
+            for qi, (_, options, isa) in ((qi, p) for qi in range(n_queries, n_queries + warm) for p in paths):
+                dns.scorer.options = options
+                if native.available():
+                    native.set_isa(isa)
+                dns.search(retrieval.Representations(ids=[queries.ids[qi]], fine=[queries.fine[qi]],
+                                                     coarse=queries.coarse[qi:qi + 1],
+                                                     selfsim=queries.selfsim[qi:qi + 1]), db, budget=budget, topk=100)
+        for qi, (path, options, isa) in ((qi, p) for qi in range(n_queries) for p in paths):
+            dns.scorer.options = options
+            if native.available():
+                native.set_isa(isa)
+            if path:
+                print(f"{path}:", end=" ")
             one = retrieval.Representations(ids=[queries.ids[qi]], fine=[queries.fine[qi]],
                                             coarse=queries.coarse[qi:qi + 1], selfsim=queries.selfsim[qi:qi + 1])
             t = time.perf_counter()
@@ -235,15 +255,20 @@ def fivr_rows(n, n_queries, budgets):
             frames = int(db.lengths[chosen].sum())
             rest = total - tm["coarse_s_per_query"] - tm["selector_s_per_query"] - tm["fine_s_per_query"]
             label = f"{budget:.0%}" if isinstance(budget, float) else f"{budget} videos"
-            note = " (first: compiles)" if qi == 0 else ""
+            note = " (first: compiles)" if qi == 0 and not (warm and not isinstance(budget, float)) else ""
             print(f"{label:>12s} {tm['fine_pairs_per_query']:9d} {frames:9d} {total:8.2f} {tm['coarse_s_per_query']:9.3f} "
                   f"{tm['selector_s_per_query']:10.3f} {tm['fine_s_per_query']:8.2f} "
                   f"{tm['fine_s_per_query'] / max(tm['fine_pairs_per_query'], 1) * 1e3:9.3f} {rest:7.2f}{note}")
             if qi:
-                out[budget] = min(out.get(budget, float("inf")), total)
+                out[(budget, path)] = min(out.get((budget, path), float("inf")), total)
             gc.collect()
+    dns.scorer.options = new_options
+    if native.available():
+        native.set_isa("auto")
     print("(one 60-frame query per search; total = coarse + selector + fine + selection, mixing and ranking "
-          "(rest); the first query of each budget compiles the canvas sizes it meets)")
+          "(rest); the first query of each budget compiles the canvas sizes it meets" +
+          ("; 'before': the fine stage with the options and Hamming loop before the FG-Bin speed-ups, "
+           "interleaved with 'after' query by query)" if compare else ")"))
     return out
 
 
@@ -282,7 +307,7 @@ def fine_rows(n_targets, rounds):
     q = rng.integers(0, 2 ** 32, (60, R, 16), dtype=np.uint32)
     native_ok = native.available()
     best = native.set_isa("auto") if native_ok else "none"
-    old = dict(pack_gaps=False, untiled_cells=1 << 19, tile_cells=0)     # the options before
+    old = OLD_FINE
     variants = {   # name: (options, Hamming loop)
         "before (AVX2 loop, dense fill, wide tiles)": (ScorerOptions(**old), "avx2"),
         f"{best} loop": (ScorerOptions(**old), "auto"),
@@ -363,6 +388,11 @@ def main():
     p.add_argument("--queries", type=int, default=2, help="queries per budget (the first one compiles)")
     p.add_argument("--fine-targets", type=int, default=1000, help="targets of the fine-stage comparison")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the fine-stage comparison")
+    p.add_argument("--warm", type=int, default=0,
+                   help="fivr: untimed queries before the 1,000-video budget (each query meets canvas widths of "
+                        "its own, compiled once per process; a warm service has them all)")
+    p.add_argument("--compare", action="store_true",
+                   help="fivr: run each query with the fine stage before and after the FG-Bin speed-ups, interleaved")
     args = p.parse_args()
     skip = set(args.skip.split(","))
     print(f"# dns_jax distributed benchmark: {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
@@ -370,7 +400,7 @@ def main():
     if "fine" not in skip:
         fine_rows(args.fine_targets, args.rounds)
     if "fivr" not in skip:
-        fivr_rows(args.fivr_videos, args.queries, [0.05, 1000])
+        fivr_rows(args.fivr_videos, args.queries, [0.05, 1000], compare=args.compare, warm=args.warm)
     if "ray" not in skip:
         ray_rows(args.videos, args.clips, args.cpus)
 
