@@ -1,7 +1,7 @@
 """Distributed throughput on Ray and DnS at FIVR-200K size, on this machine.
 
-    python benchmarks/bench_distributed.py [--skip ray,fivr] [--videos 48] [--clips 8]
-        [--fivr-videos 225960] [--queries 2]
+    python benchmarks/bench_distributed.py [--skip ray,fivr,fine] [--videos 48] [--clips 8]
+        [--fivr-videos 225960] [--queries 2] [--compare] [--warm 0] [--fine-targets 1000] [--rounds 3]
 
 Random weights and random features (speed does not depend on their values). Prints:
 
@@ -16,6 +16,12 @@ Random weights and random features (speed does not depend on their values). Prin
   the FG-Bin codes of 225,960 such videos take ~15 GB, more than this shared VM can spare, so every
   video's codes are a window of a 512 MiB pool of random codes, kept resident (the kernel's work per
   video is that of its own length). Coarse vectors (float32) and self-similarities are real-sized.
+* The fine stage alone at that size (`fine`): one 60-frame query against --fine-targets videos of
+  the same length distribution (resident FG-Bin codes), the paths before and after the FG-Bin
+  speed-ups side by side in interleaved rounds (the AVX2 Hamming loop and canvases filled by dense
+  frames; the AVX-512 VPOPCNTDQ loop where the CPU has it; canvases filled by canvas width), its
+  split into Hamming distances and comparator CNN, the canvas padding, and the arithmetic lower
+  bound: the comparator's multiply-adds against this CPU's fp32 FMA peak.
 """
 from __future__ import annotations
 
@@ -32,8 +38,15 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from dns_jax import pretrained, retrieval  # noqa: E402
-from dns_jax.retrieval.fine import ResidentDatabase, ResidentPart  # noqa: E402
+from dns_jax import native, pretrained, retrieval  # noqa: E402
+from dns_jax.retrieval import kernels  # noqa: E402
+from dns_jax.retrieval.fine import (  # noqa: E402
+    FineScorer,
+    ResidentDatabase,
+    ResidentPart,
+    ScorerOptions,
+    query_rows,
+)
 
 R, D = 9, 512
 
@@ -190,7 +203,11 @@ def fivr_lengths(n, rng):
     return np.clip(np.round(rng.lognormal(np.log(80.0), 0.9, n)), 4, 1800).astype(np.int64)
 
 
-def fivr_rows(n, n_queries, budgets):
+# the FG-Bin fine-stage options before the speed-ups of docs/scaling.md (with the AVX2 Hamming loop)
+OLD_FINE = dict(pack_gaps=False, untiled_cells=1 << 19, tile_cells=0)
+
+
+def fivr_rows(n, n_queries, budgets, compare=False, warm=0):
     rng = np.random.default_rng(0)
     fg, cg, sel = networks()
     lengths = fivr_lengths(n, rng)
@@ -198,8 +215,8 @@ def fivr_rows(n, n_queries, budgets):
     db = SyntheticDatabase(n, lengths, pool_frames=(1 << 29) // (R * 64), rng=rng)
     built = time.perf_counter() - t
     dns = retrieval.DnS(fg, cg, sel)
-    q = rng.standard_normal((n_queries, 60, R, D)).astype(np.float32)
-    queries = dns.index(list(q / np.linalg.norm(q, axis=-1, keepdims=True)))
+    q = rng.standard_normal((n_queries + warm, 60, R, D)).astype(np.float32)
+    queries = dns.index(list(q / np.linalg.norm(q, axis=-1, keepdims=True)))       # the last `warm`: warm-up only
     print(f"\n## DnS per query at FIVR-200K size on CPU ({jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
           f"load average {load()})")
     print(f"database: {n} videos, lengths {lengths.min()}-{lengths.max()} frames (mean {lengths.mean():.1f}, "
@@ -209,8 +226,24 @@ def fivr_rows(n, n_queries, budgets):
     print(f"{'budget':>12s} {'re-ranked':>9s} {'frames':>9s} {'total s':>8s} {'coarse s':>9s} {'selector s':>10s} "
           f"{'fine s':>8s} {'ms/target':>9s} {'rest s':>7s}")
     out = {}
+    new_options = dns.scorer.options
+    paths = [("before", ScorerOptions(**OLD_FINE), "avx2"), ("after", new_options, "auto")] if compare else \
+        [("", new_options, "auto")]
     for budget in budgets:
-        for qi in range(n_queries):
+        if warm and not isinstance(budget, float):      # compile the canvas sizes a fixed budget meets
+            for qi, (_, options, isa) in ((qi, p) for qi in range(n_queries, n_queries + warm) for p in paths):
+                dns.scorer.options = options
+                if native.available():
+                    native.set_isa(isa)
+                dns.search(retrieval.Representations(ids=[queries.ids[qi]], fine=[queries.fine[qi]],
+                                                     coarse=queries.coarse[qi:qi + 1],
+                                                     selfsim=queries.selfsim[qi:qi + 1]), db, budget=budget, topk=100)
+        for qi, (path, options, isa) in ((qi, p) for qi in range(n_queries) for p in paths):
+            dns.scorer.options = options
+            if native.available():
+                native.set_isa(isa)
+            if path:
+                print(f"{path}:", end=" ")
             one = retrieval.Representations(ids=[queries.ids[qi]], fine=[queries.fine[qi]],
                                             coarse=queries.coarse[qi:qi + 1], selfsim=queries.selfsim[qi:qi + 1])
             t = time.perf_counter()
@@ -222,32 +255,152 @@ def fivr_rows(n, n_queries, budgets):
             frames = int(db.lengths[chosen].sum())
             rest = total - tm["coarse_s_per_query"] - tm["selector_s_per_query"] - tm["fine_s_per_query"]
             label = f"{budget:.0%}" if isinstance(budget, float) else f"{budget} videos"
-            note = " (first: compiles)" if qi == 0 else ""
+            note = " (first: compiles)" if qi == 0 and not (warm and not isinstance(budget, float)) else ""
             print(f"{label:>12s} {tm['fine_pairs_per_query']:9d} {frames:9d} {total:8.2f} {tm['coarse_s_per_query']:9.3f} "
                   f"{tm['selector_s_per_query']:10.3f} {tm['fine_s_per_query']:8.2f} "
                   f"{tm['fine_s_per_query'] / max(tm['fine_pairs_per_query'], 1) * 1e3:9.3f} {rest:7.2f}{note}")
             if qi:
-                out[budget] = min(out.get(budget, float("inf")), total)
+                out[(budget, path)] = min(out.get((budget, path), float("inf")), total)
             gc.collect()
+    dns.scorer.options = new_options
+    if native.available():
+        native.set_isa("auto")
     print("(one 60-frame query per search; total = coarse + selector + fine + selection, mixing and ranking "
-          "(rest); the first query of each budget compiles the canvas sizes it meets)")
+          "(rest); the first query of each budget compiles the canvas sizes it meets" +
+          ("; 'before': the fine stage with the options and Hamming loop before the FG-Bin speed-ups, "
+           "interleaved with 'after' query by query)" if compare else ")"))
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the fine stage alone at FIVR-200K lengths: before / after side by side
+
+# comparator multiply-adds per frame pair: conv1 3x3x1x32 at full resolution, conv2 3x3x32x64 at
+# half, conv3 3x3x64x128 and fconv 1x1x128x1 at quarter resolution
+CNN_MACS_PER_CELL = 9 * 32 + 9 * 32 * 64 / 4 + 9 * 64 * 128 / 16 + 128 / 16
+
+
+def cpu_fma_peak():
+    """fp32 multiply-adds per second of this machine's cores at their reported clock: 2 FMA units
+    x 8 floats (256-bit; Zen 4 runs 512-bit vectors as two halves) per core and cycle."""
+    mhz = []
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("cpu MHz"):
+                mhz.append(float(line.split(":")[1]))
+    ghz = (max(mhz) if mhz else 2500.0) / 1e3
+    return (os.cpu_count() or 1) * 2 * 8 * ghz * 1e9, ghz
+
+
+def fine_rows(n_targets, rounds):
+    rng = np.random.default_rng(1)
+    fg = pretrained.init_network("fg_bin_student", jax.random.PRNGKey(1), indexing="bin")
+    lengths = fivr_lengths(n_targets, rng)
+    frames = int(lengths.sum())
+    words = rng.integers(0, 2 ** 32, (frames + 1, R, 16), dtype=np.uint32)
+    words[-1] = 0
+    dev = jax.local_devices()[0]
+    db = ResidentDatabase(n=n_targets, lengths=lengths, part=np.zeros(n_targets, np.int32),
+                          start=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
+                          parts=[ResidentPart(frames=jax.device_put(words, dev), device=dev, regions=R, zero=frames)])
+    sub = db.subset(np.arange(n_targets))
+    q = rng.integers(0, 2 ** 32, (60, R, 16), dtype=np.uint32)
+    native_ok = native.available()
+    best = native.set_isa("auto") if native_ok else "none"
+    old = OLD_FINE
+    variants = {   # name: (options, Hamming loop)
+        "before (AVX2 loop, dense fill, wide tiles)": (ScorerOptions(**old), "avx2"),
+        f"{best} loop": (ScorerOptions(**old), "auto"),
+        f"{best} loop, fill by width": (ScorerOptions(untiled_cells=1 << 19, tile_cells=0), "auto"),
+        f"after ({best}, by width, 40k-cell tiles)": (ScorerOptions(), "auto"),
+    }
+    scorers = {k: FineScorer(fg, options=o) for k, (o, _) in variants.items()}
+    print(f"\n## FG-Bin fine stage at FIVR-200K lengths ({jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
+          f"load average {load()})")
+    print(f"one 60-frame query x {n_targets} targets, {frames} target frames (mean {lengths.mean():.1f})")
+    outs, times = {}, {k: [] for k in variants}
+    for k, sc in scorers.items():                                  # compile every canvas size
+        if native_ok:
+            native.set_isa(variants[k][1])
+        outs[k] = sc.similarities([q], sub)
+    for _ in range(rounds):
+        for k, sc in scorers.items():
+            if native_ok:
+                native.set_isa(variants[k][1])
+            t = time.perf_counter()
+            sc.similarities([q], sub)
+            times[k].append(time.perf_counter() - t)
+    if native_ok:
+        native.set_isa("auto")
+    base = next(iter(variants))
+    print(f"{'path':>44s} {'best s':>7s} {'median s':>8s} {'ms/target':>9s} {'vs before':>9s} {'canvas cols':>11s} "
+          f"{'padding':>7s} {'max |diff|':>10s}")
+    for k, sc in scorers.items():
+        cols = sum(c.size for c in sc.prepare(sub).canvases)
+        print(f"{k:>44s} {min(times[k]):7.3f} {np.median(times[k]):8.3f} {min(times[k]) / n_targets * 1e3:9.3f} "
+              f"{min(times[base]) / min(times[k]):8.2f}x {cols:11d} {cols / frames - 1:7.1%} "
+              f"{np.abs(outs[k] - outs[base]).max():10.2g}")
+    # the new path split into its two kernels, canvas by canvas (one thread)
+    sc = scorers[list(variants)[-1]]
+    pdb = sc.prepare(sub)
+    qc = sc._canvas([(q, 0, 60)], [0], query_rows(60), 60, dev)
+    work = [(cc, sc.spec_for(qc.size, cc.size, (R, R), (qc.dense_size, cc.dense_size))) for cc in pdb.canvases]
+    f2f = [kernels.place_dense(kernels.frame_to_frame_dense(qc.dense, cc.dense, spec, cc.take), qc.index, cc.index)
+           for cc, spec in work]
+
+    def hamming():
+        for o in [kernels.frame_to_frame_dense(qc.dense, cc.dense, spec, cc.take) for cc, spec in work]:
+            o.block_until_ready()
+
+    def cnn():
+        for o in [kernels.given_similarity(sc.conv_params, f, qc.maps(sc, bool(spec.tile_rows)),
+                                           cc.maps(sc, bool(spec.tile_cols)),
+                                           spec) for f, (cc, spec) in zip(f2f, work)]:
+            o.block_until_ready()
+
+    split = {"hamming": [], "cnn": []}
+    hamming(), cnn()
+    for _ in range(rounds):
+        for name, fn in (("hamming", hamming), ("cnn", cnn)):
+            t = time.perf_counter()
+            fn()
+            split[name].append(time.perf_counter() - t)
+    cols = sum(c.size for c in pdb.canvases)
+    macs = 60 * frames * CNN_MACS_PER_CELL
+    peak, ghz = cpu_fma_peak()
+    print(f"split of the new path, one canvas at a time: Hamming {min(split['hamming']):.3f} s, "
+          f"comparator CNN + Chamfer {min(split['cnn']):.3f} s "
+          f"({60 * cols * CNN_MACS_PER_CELL / min(split['cnn']) / 1e9:.1f} G multiply-adds/s on the canvas)")
+    print(f"lower bound: {macs / 1e9:.1f} G comparator multiply-adds on the real frame pairs "
+          f"({CNN_MACS_PER_CELL:.0f} per pair) / {peak / 1e9:.0f} G FMA/s fp32 peak ({os.cpu_count()} cores x 2 FMA "
+          f"x 8 floats x {ghz:.2f} GHz) = {macs / peak:.3f} s; "
+          f"{macs / peak / n_targets * 1e3:.3f} ms per target")
+    return times
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--skip", default="", help="comma list of sections to skip: ray,fivr")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: ray,fivr,fine")
     p.add_argument("--videos", type=int, default=48, help="feature sets indexed per Ray run")
     p.add_argument("--clips", type=int, default=8, help="video clips extracted per Ray run")
     p.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray cluster")
     p.add_argument("--fivr-videos", type=int, default=225960)
     p.add_argument("--queries", type=int, default=2, help="queries per budget (the first one compiles)")
+    p.add_argument("--fine-targets", type=int, default=1000, help="targets of the fine-stage comparison")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the fine-stage comparison")
+    p.add_argument("--warm", type=int, default=0,
+                   help="fivr: untimed queries before the 1,000-video budget (each query meets canvas widths of "
+                        "its own, compiled once per process; a warm service has them all)")
+    p.add_argument("--compare", action="store_true",
+                   help="fivr: run each query with the fine stage before and after the FG-Bin speed-ups, interleaved")
     args = p.parse_args()
     skip = set(args.skip.split(","))
     print(f"# dns_jax distributed benchmark: {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
           f"jax {jax.__version__}, load average {load()}")
+    if "fine" not in skip:
+        fine_rows(args.fine_targets, args.rounds)
     if "fivr" not in skip:
-        fivr_rows(args.fivr_videos, args.queries, [0.05, 1000])
+        fivr_rows(args.fivr_videos, args.queries, [0.05, 1000], compare=args.compare, warm=args.warm)
     if "ray" not in skip:
         ray_rows(args.videos, args.clips, args.cpus)
 

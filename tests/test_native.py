@@ -1,18 +1,17 @@
 """The native FG-Bin kernel (dns_jax.native, XLA FFI): exact distances against numpy, the XLA
 formulations and the official float path; its build cache and its fallbacks."""
-import dataclasses
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import network
 
 from dns_jax import native
 from dns_jax.native import build
 from dns_jax.retrieval import kernels
 from dns_jax.retrieval.fine import FineScorer, ScorerOptions, resolve_popcount
-from helpers import network
 
 needs_kernel = pytest.mark.skipif(not native.available(), reason="native kernel not available here (no C++ compiler, no AVX2, or DNS_JAX_NATIVE=off)")
 
@@ -46,6 +45,27 @@ def test_min_hamming_equals_numpy(h, n, r, w, bits):
     exp = _expected(q, t, bits)
     np.testing.assert_array_equal(got, exp)
     assert got[0, 0] == 1.0 and (n == 1 or got[0, 1] == -1.0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("h,n,r,w,bits", [(3, 13, 9, 16, 512), (130, 70, 9, 16, 512), (2, 9, 4, 3, 96),
+                                          (4, 11, 2, 34, 1088), (1, 1, 1, 1, 32), (5, 17, (3, 4), 16, 512)])
+def test_both_hamming_loops_equal_numpy(h, n, r, w, bits):
+    """The AVX2 loop and (where the CPU has it) the AVX-512 VPOPCNTDQ loop give the same numbers."""
+    rng = np.random.default_rng(h + n + w)
+    rq, rt = r if isinstance(r, tuple) else (r, r)
+    q = rng.integers(0, 2 ** 32, (h, rq, w), dtype=np.uint32)
+    t = rng.integers(0, 2 ** 32, (n, rt, w), dtype=np.uint32)
+    fn = jax.jit(lambda a, b: native.min_hamming_similarity(a, b, bits))
+    try:
+        for isa in ("avx2", "avx512"):
+            used = native.set_isa(isa)
+            assert used == "avx2" or isa == "avx512"
+            np.testing.assert_array_equal(np.asarray(fn(q, t)), _expected(q, t, bits), err_msg=used)
+    finally:
+        native.set_isa("auto")
+    with pytest.raises(ValueError, match="isa must be"):
+        native.set_isa("sse")
 
 
 @needs_kernel

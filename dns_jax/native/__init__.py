@@ -5,8 +5,10 @@ code generation does poorly on CPUs.
 vector popcount and XLA gives no byte shuffle, so its best elementwise formulation ('csa' in
 dns_jax.retrieval.kernels) is vector-ALU bound; the hand-written loop here (eight target frames per
 vector, carry-save adders, vpshufb nibble counts, ~16 vector operations per region pair) is about
-twice as fast (figures in docs/retrieval.md). Results are identical (integer distances, the same
-float operations after them).
+twice as fast (figures in docs/retrieval.md). On CPUs with AVX-512 VPOPCNTDQ (AMD Zen 4, Intel Ice
+Lake and later) the kernel takes a second loop, sixteen target frames per vector counted by
+vpopcntd (~2.4x faster again, docs/scaling.md); `set_isa('avx2')` or DNS_JAX_NATIVE=avx2 forces the
+first. Results are identical (integer distances, the same float operations after them).
 
 The kernel is compiled on first use (build.py: the system C++ compiler and jaxlib's FFI headers,
 once, cached under ~/.cache/dns_jax/native). Without a compiler, on a CPU without AVX2, or
@@ -29,7 +31,9 @@ from dns_jax.native.build import BuildError, library_path, source_path
 
 ENV = "DNS_JAX_NATIVE"
 TARGET = "dns_jax_min_hamming"
+ISAS = {"auto": 0, "avx2": 1, "avx512": 2}      # the kernel's Hamming loops (see set_isa)
 log = logging.getLogger(__name__)
+_lib: Optional[ctypes.CDLL] = None
 
 
 def _setting() -> str:
@@ -51,6 +55,10 @@ def _load() -> Optional[str]:
             log.info("dns_jax native kernels: this CPU has no AVX2; using the XLA kernels")
             return None
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.DnsJaxMinHamming), platform="cpu")
+        global _lib
+        _lib = lib
+        if _setting().lower() == "avx2":
+            lib.dns_jax_native_set_isa(ISAS["avx2"])
         return path
     except (BuildError, OSError, AttributeError) as e:
         log.warning("dns_jax native kernels unavailable, using the XLA kernels: %s", e)
@@ -61,6 +69,19 @@ def available() -> bool:
     """True when the native FG-Bin kernel can run here (built, AVX2, not disabled by
     DNS_JAX_NATIVE=off). The first call may compile it (seconds)."""
     return not _disabled() and _load() is not None
+
+
+def set_isa(isa: str = "auto") -> str:
+    """Which Hamming loop the native kernel runs from now on (every compiled call, process-wide):
+    'auto' (the best this CPU has, the default), 'avx2' (eight target frames per vector, carry-save
+    adders), or 'avx512' (sixteen per vector and vpopcntd, where the CPU has AVX-512 VPOPCNTDQ; else
+    as 'auto'). Both give identical results; this is for comparing them. Returns the loop now used
+    for 512-bit codes: 'avx2' or 'avx512'."""
+    if isa not in ISAS:
+        raise ValueError(f"isa must be one of {', '.join(ISAS)}, got {isa!r}")
+    if not available():
+        raise RuntimeError("the native FG-Bin kernel is not available on this machine")
+    return {1: "avx2", 2: "avx512"}[_lib.dns_jax_native_set_isa(ISAS[isa])]
 
 
 def min_hamming_similarity(q: jax.Array, t: jax.Array, bits: int, threads: int = 0) -> jax.Array:

@@ -20,7 +20,7 @@ def main() -> int:
                else "not built or no AVX2: see the message above")
         print(f"native FG-Bin kernel: not available ({why}); the XLA carry-save loop ('csa') is used")
         return 1
-    print(f"native FG-Bin kernel: {native._load()}")
+    print(f"native FG-Bin kernel: {native._load()} ({native.set_isa('auto')} Hamming loop)")
     rng = np.random.default_rng(0)
     q = rng.integers(0, 2 ** 32, (7, 9, 16), dtype=np.uint32)
     t = rng.integers(0, 2 ** 32, (37, 9, 16), dtype=np.uint32)

@@ -5,7 +5,8 @@ along the rows, database videos (or their 2048-frame chunks) along the columns o
 canvases, so the kernel compiles once per canvas size (a handful of sizes), never per video.
 
 Speed: the matrix products run on the frames stored densely (no gaps, no padded frames: database
-canvases are filled first-fit decreasing to `max_cols` frames, a query gets exactly its frames up
+canvases are filled first-fit decreasing to `max_cols` canvas columns (frames, plus each segment's gap
+and alignment), a query gets exactly its frames up
 to a small rounding) and the frame-to-frame matrix is then placed on the canvas with gaps for the
 comparator. `FineScorer.prepare(database)` lays the database out once and keeps it on the device;
 `similarities(queries, prepared)` then only lays out the queries and dispatches every canvas
@@ -21,6 +22,7 @@ Official evaluation rules kept (dns_spec sections 5 and 10):
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import threading
 import weakref
@@ -35,7 +37,16 @@ from dns_jax import native
 from dns_jax.models import FineGrainedStudent, ViSiLHead
 from dns_jax.retrieval import binary as codes
 from dns_jax.retrieval.kernels import KernelSpec, canvas_similarity, frame_to_frame_dense
-from dns_jax.retrieval.layout import HALO, Axis, ladder_size, pack_dense, pack_segments, place, round_up
+from dns_jax.retrieval.layout import (
+    HALO,
+    Axis,
+    ladder_size,
+    pack_dense,
+    pack_segments,
+    place,
+    round_up,
+    segment_gap,
+)
 from dns_jax.validation import FeatureError, check_video
 
 MIN_FRAMES = 4
@@ -65,31 +76,44 @@ def _tile_divisor(n: int, limit: int) -> int:
     return 0
 
 
+def _tile_near(n: int, target: float, limit: int) -> int:
+    """The multiple of 16 that divides n, is <= limit and is nearest `target` by ratio (the larger
+    one on a tie; 0 if none)."""
+    ds = [d for d in range(16, min(limit, n) + 1, 16) if n % d == 0]
+    return min(ds, key=lambda d: (abs(math.log(d / target)), -d)) if ds else 0
+
+
 def tile_plan(rows: int, cols: int, o: "ScorerOptions") -> Tuple[int, int]:
-    """CNN tile sizes (full-resolution frames, 0 = untiled) for a rows x cols canvas."""
+    """CNN tile sizes (full-resolution frames, 0 = untiled) for a rows x cols canvas: tiles of
+    about `o.tile_cells` cells where set (their activations stay in the CPU's cache), else the
+    widest tile up to `o.tile_cols`."""
     tr = tc = 0
     if rows > o.untiled_rows:
         tr = _tile_divisor(rows, o.tile_rows)
     if rows * cols > o.untiled_cells:
-        tc = _tile_divisor(cols, o.tile_cols)
+        tc = _tile_near(cols, o.tile_cells / (tr or rows), o.tile_cols) if o.tile_cells else \
+            _tile_divisor(cols, o.tile_cols)
     return tr, tc
 
 
 @dataclasses.dataclass
 class ScorerOptions:
     """Tuning knobs. The CPU defaults come from the measurements in docs/retrieval.md: cache-sized
-    f2f blocks run the matrix product near the machine's matmul rate, XLA's convolutions prefer
-    wide tiles, FG-Bin's elementwise Hamming loop prefers 64-frame blocks. Working memory stays
+    f2f blocks run the matrix product near the machine's matmul rate, the CNN runs fastest on
+    cache-sized tiles of ~40k cells (docs/scaling.md), FG-Bin's elementwise Hamming loop prefers
+    64-frame blocks. Working memory stays
     ~ rows x cols x 4 B plus a block and a tile (about 128 B per canvas cell at the CNN's widest
     layer)."""
 
-    max_cols: int = 4096              # dense target frames per canvas (FineScorer.prepare)
+    max_cols: int = 4096              # columns per database canvas (FineScorer.prepare)
     max_rows: int = 512               # query frames per canvas (a longer query gets its own)
     block_bytes: int = 8 << 20        # f2f block intermediate
     untiled_rows: int = 256           # canvases with more rows are tiled for the CNN
-    untiled_cells: int = 1 << 19      # canvases with more cells are tiled along the columns
+    untiled_cells: int = 1 << 16      # canvases with more cells are tiled along the columns
     tile_rows: int = 256
-    tile_cols: int = 2560
+    tile_cols: int = 2560             # widest CNN tile
+    tile_cells: int = 40_000          # CNN tile area aimed at (rows x cols; 0: the widest tile): a
+                                      # 60 x 512 tile ran the CNN 1.4-1.7x faster than 60 x 4096 or 2048
     tile_batch: int = 1
     popcount: str = "auto"            # FG-Bin Hamming: 'ffi' (native AVX2 kernel), 'csa' (carry-save
                                       # adders in XLA), 'swar', 'lax' (lax.population_count) or
@@ -97,6 +121,9 @@ class ScorerOptions:
     packed_block: int = 64            # FG-Bin target frames per elementwise block (0 = all at once)
     dispatch_threads: int = 0         # canvases run at once from host threads (0 = min(4, CPUs))
     kernel_threads: int = 0           # popcount='ffi': threads per native kernel call (0 = XLA's pool)
+    pack_gaps: bool = True            # fill database canvases by canvas width (frames + gap + 4-frame
+                                      # alignment), so a full one is max_cols wide for the CNN; False:
+                                      # by dense frames (full canvases were 4352 wide; docs/scaling.md)
 
     @classmethod
     def for_platform(cls, platform: str) -> "ScorerOptions":
@@ -109,7 +136,7 @@ class ScorerOptions:
         first FG-Bin kernel is laid out, so FG-Att scorers never build it."""
         if platform == "cpu":
             return cls()
-        return cls(block_bytes=256 << 20, untiled_rows=1 << 12, untiled_cells=1 << 23,
+        return cls(block_bytes=256 << 20, untiled_rows=1 << 12, untiled_cells=1 << 23, tile_cells=0,
                    popcount="lax", packed_block=0, dispatch_threads=1)
 
     def threads(self) -> int:
@@ -348,8 +375,9 @@ class FineScorer:
         kept on the device, so that any number of queries can be scored against it without
         copying or re-laying out the database (`similarities(queries, prepared)`).
 
-        Canvases hold `options.max_cols` dense frames (first-fit decreasing: almost every canvas
-        is full, so almost no padded frames enter the matrix products); a target over 2048 frames
+        Canvases are `options.max_cols` columns wide: segments take their frames plus their gap and
+        4-frame alignment (`pack_gaps`), filled first-fit decreasing, so almost every canvas is full
+        and few padded frames enter the matrix products or the CNN; a target over 2048 frames
         contributes its 2048-frame chunks as separate pieces. The prepared copy takes as much
         memory as the representations themselves (device memory on an accelerator), spread
         round robin over the scorer's devices."""
@@ -377,10 +405,13 @@ class FineScorer:
         for k, (n, _, _) in enumerate(segs):
             counts[n] += 1
             by_key.setdefault(keys[n], []).append(k)
+        gap = segment_gap(self.padding)
         for key, seg_ids in sorted(by_key.items()):
             lens = [segs[k][2] for k in seg_ids]
-            cap = max(self.options.max_cols, max(lens))
-            for group in pack_dense(lens, cap):
+            # pack_gaps: a segment takes its gap and 4-frame alignment too (its canvas width, layout.place)
+            sizes = [round_up(n + gap, 4) for n in lens] if self.options.pack_gaps else lens
+            cap = max(self.options.max_cols, max(sizes))
+            for group in pack_dense(sizes, cap):
                 ids = [seg_ids[g] for g in group]
                 pl = [segs[k][2] for k in ids]
                 _, placed = place(pl, self.padding)
