@@ -29,7 +29,10 @@ and one ``ivfpq`` row per nprobe:
 * bytes/video: per video (PQ code + 8-byte id) and all stored bytes / N;
 * build time (train, add).
 
-The machine may be shared: times are wall-clock, with the thread count printed.
+The machine may be shared: times are wall-clock, with the thread count printed,
+and a line per N says where the time went (generate, train, add, exact).  10^7
+took 39 minutes on 2 shared cores with ``--nlist 1024 --train 16384
+--opq-iterations 4`` (docs/scaling.md, "10^7 vectors"), most of it in faiss's add.
 """
 from __future__ import annotations
 
@@ -173,6 +176,9 @@ def main(argv=None):
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     for n in (int(float(v)) for v in args.sizes.split(",")):
         rows += run(n, args)
+        r = rows[-1]
+        print(f"N={n}: generate {r['generate_s']:.0f} s, train {r['train_s']:.0f} s, add {r['add_s']:.0f} s, "
+              f"exact {r['exact_ms_per_query'] * args.queries / 1e3:.0f} s", flush=True)
         _table(rows, args)
     print(f"run {started} .. {time.strftime('%H:%M UTC', time.gmtime())}, load average at the end "
           f"{os.getloadavg()[0]:.1f}, {os.cpu_count()} cores")
