@@ -116,6 +116,32 @@ struct Problem {
   int64_t h, n, rq, rt, w, bits;
 };
 
+// Target words of frames [j0, j1) lane-major, [block][region][word][lane], `lanes` frames a block
+// and `words` words a region; td must be zeroed (the words past p.w and the lanes past j1 stay zero,
+// and zeros XOR zeros count 0).
+inline void LayoutTargets(const Problem& p, uint32_t* td, int64_t j0, int64_t j1, int64_t lanes, int64_t words) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const int64_t blk = (j - j0) / lanes, lane = (j - j0) % lanes;
+    for (int64_t b = 0; b < p.rt; ++b) {
+      const uint32_t* src = p.t + (j * p.rt + b) * p.w;
+      uint32_t* dst = td + ((blk * p.rt + b) * words) * lanes + lane;
+      for (int64_t k = 0; k < p.w; ++k) dst[k * lanes] = src[k];
+    }
+  }
+}
+
+// Scores of query row i and the m target frames from j, from their summed minimum distances; as
+// XLA computes the float path: sum over regions of (bits - 2 d) (exact), times 1/R (its mean:
+// division by a constant becomes a product), / bits.
+inline void StoreScores(const Problem& p, const int32_t* sums, int64_t i, int64_t j, int64_t m) {
+  const float inv_r = 1.0f / static_cast<float>(p.rq), fbits = static_cast<float>(p.bits);
+  float* dst = p.out + i * p.n + j;
+  for (int64_t l = 0; l < m; ++l) {
+    const float s = static_cast<float>(p.rq * p.bits - 2 * static_cast<int64_t>(sums[l]));
+    dst[l] = (s * inv_r) / fbits;
+  }
+}
+
 // One chunk: query rows [i0, i1) x target frames [j0, j1).
 DNS_JAX_AVX2 bool RunChunk(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   const int64_t groups = (p.w + kGroup - 1) / kGroup;
@@ -130,15 +156,7 @@ DNS_JAX_AVX2 bool RunChunk(const Problem& p, int64_t i0, int64_t i1, int64_t j0,
   __m256i* qb = tt + nt;
   uint32_t* td = reinterpret_cast<uint32_t*>(tt);
   std::memset(td, 0, nt * sizeof(__m256i));
-  for (int64_t j = j0; j < j1; ++j) {
-    const int64_t blk = (j - j0) / kLanes, lane = (j - j0) % kLanes;
-    for (int64_t b = 0; b < p.rt; ++b) {
-      const uint32_t* src = p.t + (j * p.rt + b) * p.w;
-      uint32_t* dst = td + ((blk * p.rt + b) * words) * kLanes + lane;
-      for (int64_t k = 0; k < p.w; ++k) dst[k * kLanes] = src[k];
-    }
-  }
-  const float inv_r = 1.0f / static_cast<float>(p.rq), fbits = static_cast<float>(p.bits);
+  LayoutTargets(p, td, j0, j1, kLanes, words);
   alignas(32) int32_t sums[kLanes];
   for (int64_t i = i0; i < i1; ++i) {
     for (int64_t a = 0; a < p.rq; ++a) {
@@ -161,14 +179,8 @@ DNS_JAX_AVX2 bool RunChunk(const Problem& p, int64_t i0, int64_t i1, int64_t j0,
         sum = _mm256_add_epi32(sum, best);
       }
       _mm256_store_si256(reinterpret_cast<__m256i*>(sums), sum);
-      const int64_t j = j0 + blk * kLanes, m = std::min<int64_t>(kLanes, j1 - j);
-      float* dst = p.out + i * p.n + j;
-      for (int64_t l = 0; l < m; ++l) {
-        // as XLA computes the float path: sum over regions of (bits - 2 d) (exact), times 1/R
-        // (its mean: division by a constant becomes a product), / bits
-        const float s = static_cast<float>(p.rq * p.bits - 2 * static_cast<int64_t>(sums[l]));
-        dst[l] = (s * inv_r) / fbits;
-      }
+      const int64_t j = j0 + blk * kLanes;
+      StoreScores(p, sums, i, j, std::min<int64_t>(kLanes, j1 - j));
     }
   }
   return true;
@@ -216,15 +228,7 @@ DNS_JAX_AVX512 bool RunChunk512(const Problem& p, int64_t i0, int64_t i1, int64_
   __m512i* sums = qv + nq;
   uint32_t* td = reinterpret_cast<uint32_t*>(tt);
   std::memset(td, 0, nt * sizeof(__m512i));
-  for (int64_t j = j0; j < j1; ++j) {
-    const int64_t blk = (j - j0) / kLanes512, lane = (j - j0) % kLanes512;
-    for (int64_t b = 0; b < p.rt; ++b) {
-      const uint32_t* src = p.t + (j * p.rt + b) * p.w;
-      uint32_t* dst = td + ((blk * p.rt + b) * w) * kLanes512 + lane;
-      for (int64_t k = 0; k < w; ++k) dst[k * kLanes512] = src[k];
-    }
-  }
-  const float inv_r = 1.0f / static_cast<float>(p.rq), fbits = static_cast<float>(p.bits);
+  LayoutTargets(p, td, j0, j1, kLanes512, w);
   alignas(64) int32_t lanes[kLanes512];
   for (int64_t i = i0; i < i1; ++i) {
     for (int64_t k = 0; k < nq; ++k) qv[k] = _mm512_set1_epi32(static_cast<int>(p.q[i * nq + k]));
@@ -235,12 +239,8 @@ DNS_JAX_AVX512 bool RunChunk512(const Problem& p, int64_t i0, int64_t i1, int64_
     }
     for (int64_t blk = 0; blk < blocks; ++blk) {
       _mm512_store_si512(reinterpret_cast<__m512i*>(lanes), sums[blk]);
-      const int64_t j = j0 + blk * kLanes512, m = std::min<int64_t>(kLanes512, j1 - j);
-      float* dst = p.out + i * p.n + j;
-      for (int64_t l = 0; l < m; ++l) {
-        const float s = static_cast<float>(p.rq * p.bits - 2 * static_cast<int64_t>(lanes[l]));
-        dst[l] = (s * inv_r) / fbits;
-      }
+      const int64_t j = j0 + blk * kLanes512;
+      StoreScores(p, lanes, i, j, std::min<int64_t>(kLanes512, j1 - j));
     }
   }
   return true;
