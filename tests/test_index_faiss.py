@@ -2,6 +2,7 @@
 the same results as the exact path when the pool covers the collection, <= 64 bytes per video, a
 faiss file of other vectors refused, removed videos never returned, updates followed, small
 collections searched exactly, and the command lines."""
+import glob
 import json
 import os
 import shutil
@@ -255,3 +256,41 @@ def test_build_command_keeps_the_coarse_search_stage(tmp_path, capsys):
     index = Index.open(os.path.join(work, "index"))
     assert index.coarse_search == "faiss-ivfpq" and ids[0] not in index.ids
     assert set(Searcher(work).search(ids[1], "dns", 0.5, top=3).scores) == set(index.ids)
+
+
+@pytest.mark.slow
+def test_query_command_on_a_work_directory_with_a_faiss_file(tmp_path, monkeypatch):
+    """`dns-jax query` on a work directory whose coarse stage is a faiss file (the collection made
+    large enough for one by lowering MIN_VIDEOS): it answers from the faiss candidates, its results
+    are indexed videos, the query's own copy comes first, and the scores equal the library's search."""
+    pytest.importorskip("av")
+    from dns_jax import cli
+    from dns_jax.app.query import Searcher
+    from dns_jax.datasets.video_collection import make_collection
+    monkeypatch.setattr(compressed, "MIN_VIDEOS", 4)
+    monkeypatch.setattr(compressed, "params_for",       # quantisers a handful of vectors can train
+                        lambda n, dims: compressed.IVFPQParams(m=8, nbits=2, nlist=1, nprobe=1, transform="none"))
+    make_collection(str(tmp_path / "c"), seed=2, num_sources=1, edits=("crop", "hflip"), extra_edits=0,
+                    num_distractors=2, min_seconds=3, max_seconds=4, width=96)
+    nets = save_build_networks(tmp_path, 32)
+    work = str(tmp_path / "work")
+    assert cli.main(["build", "--videos", str(tmp_path / "c" / "videos"), "--workdir", work, "--dims", "32",
+                     "--fine", nets["fine"], "--coarse", nets["coarse"], "--coarse", "faiss-ivfpq",
+                     "--selector", nets["selector"], "--quiet"]) == 0
+    index = Index.open(os.path.join(work, "index"))
+    assert compressed.ranks_candidates_only(index), "the build made no faiss file"
+    video = sorted(glob.glob(str(tmp_path / "c" / "videos" / "*")))[0]
+    out = str(tmp_path / "results.json")
+    assert cli.main(["query", "--workdir", work, "--stage", "dns", "--budget", "0.5", "--top", "3",
+                     "--output", out, video]) == 0
+    with open(out) as f:
+        results = json.load(f)
+    assert len(results) == 1
+    (scores,) = results.values()
+    own = os.path.splitext(os.path.basename(video))[0]
+    assert len(scores) == 3 and set(scores) <= set(index.ids)      # the top results only, from the candidates
+    assert max(scores, key=scores.get) == own
+    direct = Searcher(work).search(own, "dns", 0.5, top=3).scores    # the indexed video as the query
+    assert set(direct) == set(scores)
+    for vid, score in direct.items():
+        assert abs(score - scores[vid]) < 1e-4, vid
