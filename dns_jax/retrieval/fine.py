@@ -124,6 +124,10 @@ class ScorerOptions:
     pack_gaps: bool = True            # fill database canvases by canvas width (frames + gap + 4-frame
                                       # alignment), so a full one is max_cols wide for the CNN; False:
                                       # by dense frames (full canvases were 4352 wide; docs/scaling.md)
+    width_step: int = 1024            # a subset laid out on several canvases: its partly filled canvas is
+                                      # widened to a multiple of this (at most max_cols; its dense frames
+                                      # too), so a few sizes serve every query instead of one compile per
+                                      # query (~1 s); 0: the fine widths of canvas_width (docs/scaling.md)
 
     @classmethod
     def for_platform(cls, platform: str) -> "ScorerOptions":
@@ -411,11 +415,17 @@ class FineScorer:
             # pack_gaps: a segment takes its gap and 4-frame alignment too (its canvas width, layout.place)
             sizes = [round_up(n + gap, 4) for n in lens] if self.options.pack_gaps else lens
             cap = max(self.options.max_cols, max(sizes))
-            for group in pack_dense(sizes, cap):
+            groups = pack_dense(sizes, cap)
+            step = self.options.width_step if len(groups) > 1 else 0
+            for group in groups:
                 ids = [seg_ids[g] for g in group]
                 pl = [segs[k][2] for k in ids]
                 _, placed = place(pl, self.padding)
-                yield key, ids, dense_width(sum(pl), cap), canvas_width(placed)
+                if step and placed < cap:   # a partly filled canvas of a large subset: a bucket width
+                    size = canvas_width(min(round_up(placed, step), cap))
+                    yield key, ids, size, size
+                else:
+                    yield key, ids, dense_width(sum(pl), cap), canvas_width(placed)
 
     def resident(self, targets, devices: Optional[Sequence] = None) -> "ResidentDatabase":
         """Every target's kernel input stored once on the device(s) (`devices`, default the
