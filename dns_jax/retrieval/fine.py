@@ -304,9 +304,8 @@ class FineScorer:
     def _segments(self, lengths: Sequence[int]) -> List[Tuple[int, int, int]]:
         """(target index, start, length) of every scored piece of targets of these frame counts."""
         segs = []
-        for n, length in enumerate(lengths):
-            length = int(length)
-            if not self.comparator:
+        for n, length in enumerate(np.asarray(lengths, np.int64).tolist()):
+            if not self.comparator or MIN_FRAMES <= length <= TARGET_CHUNK:     # one piece: the whole video
                 segs.append((n, 0, length))
                 continue
             pieces = [(s, min(TARGET_CHUNK, length - s)) for s in range(0, length, TARGET_CHUNK)]
@@ -367,11 +366,10 @@ class FineScorer:
     def _canvas_index(self, lengths: Sequence[int], size: int) -> np.ndarray:
         """Canvas position -> dense frame for segments of these lengths stored back to back."""
         starts, _ = place(lengths, self.padding)
+        lens = np.asarray(lengths, np.int64)
+        dense = np.arange(int(lens.sum()))
         index = np.zeros(size, np.int32)
-        pos = 0
-        for n, s in zip(lengths, starts):
-            index[s:s + n] = np.arange(pos, pos + n, dtype=np.int32)
-            pos += n
+        index[dense + np.repeat(starts - (np.cumsum(lens) - lens), lens)] = dense   # segment k's frames from starts[k]
         return index
 
     def prepare(self, targets: Sequence) -> "PreparedDatabase":
@@ -413,7 +411,7 @@ class FineScorer:
         for key, seg_ids in sorted(by_key.items()):
             lens = [segs[k][2] for k in seg_ids]
             # pack_gaps: a segment takes its gap and 4-frame alignment too (its canvas width, layout.place)
-            sizes = [round_up(n + gap, 4) for n in lens] if self.options.pack_gaps else lens
+            sizes = ((np.asarray(lens, np.int64) + gap + 3) // 4 * 4).tolist() if self.options.pack_gaps else lens
             cap = max(self.options.max_cols, max(sizes))
             groups = pack_dense(sizes, cap)
             step = self.options.width_step if len(groups) > 1 else 0
@@ -494,14 +492,12 @@ class FineScorer:
         canvases = []
         for p, ids, dense_size, size in self._canvas_groups(segs, db.part[idx].tolist(), counts):
             part = db.parts[p]
-            take = np.full(dense_size, part.zero, np.int32)
-            pos = 0
-            for k in ids:
-                m, a, length = segs[k]
-                first = int(db.start[idx[m]]) + a
-                take[pos:pos + length] = np.arange(first, first + length, dtype=np.int32)
-                pos += length
             pl = [segs[k][2] for k in ids]
+            lens = np.asarray(pl, np.int64)
+            first = db.start[idx[[segs[k][0] for k in ids]]] + np.asarray([segs[k][1] for k in ids], np.int64)
+            take = np.full(dense_size, part.zero, np.int32)
+            n = int(lens.sum())          # piece k's frames are first[k], first[k] + 1, ... back to back
+            take[:n] = np.arange(n) + np.repeat(first - (np.cumsum(lens) - lens), lens)
             canvases.append(Canvas(dense=part.frames, index=jax.device_put(self._canvas_index(pl, size), part.device),
                                    lengths=pl, owners=[segs[k][0] for k in ids], size=size,
                                    dense_size=dense_size, regions=part.regions, device=part.device,
