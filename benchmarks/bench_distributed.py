@@ -231,8 +231,13 @@ def fivr_rows(n, n_queries, budgets, compare=False, warm=0, before="speedups"):
     old = (ScorerOptions(**OLD_FINE), "avx2") if before == "speedups" else \
         (dataclasses.replace(new_options, width_step=0), "auto")       # 'buckets': fine partial-canvas widths
     paths = [("before",) + old, ("after", new_options, "auto")] if compare else [("", new_options, "auto")]
-    # warm-up: untimed queries at a budget of 1,000 videos compile the canvas sizes they meet (full
-    # canvases and partly filled ones; the shapes do not depend on the budget, so both budgets use them)
+    # warm-up: FineScorer.warm_up compiles full canvases and every bucket width of a partly filled
+    # one (width_step; nothing for width_step=0), then untimed queries at a budget of 1,000 videos
+    # compile the canvas sizes they meet (the shapes do not depend on the budget)
+    if warm:
+        for _, options, isa in paths:
+            dns.scorer.options = options
+            dns.scorer.warm_up([queries.fine[0]], db.resident_fine)
     for qi, (_, options, isa) in ((qi, p) for qi in range(n_queries, n_queries + warm) for p in paths):
         dns.scorer.options = options
         if native.available():

@@ -165,7 +165,8 @@ def test_partial_canvas_widths_are_bucketed():
     """A subset laid out on several canvases gets its partly filled canvas widened to a multiple of
     `width_step` (ScorerOptions): a query whose partial canvas has another width than the warm-up's
     compiles nothing new and scores bit for bit as with the fine widths (width_step=0), whose
-    layout does meet a new width (a compile per query at FIVR size, docs/scaling.md)."""
+    layout does meet a new width (a compile per query at FIVR size, docs/scaling.md); after
+    `warm_up`, no subset compiles."""
     ref, net = network("fg_bin_student")
     opts = ScorerOptions(max_cols=256, max_rows=32, width_step=128)
     sc = FineScorer(net, options=opts)
@@ -192,3 +193,13 @@ def test_partial_canvas_widths_are_bucketed():
     np.testing.assert_array_equal(got, fine.similarities(queries, res.subset(b)))
     assert canvas_similarity._cache_size() > compiled                   # the fine widths: a new one
     np.testing.assert_array_equal(got, sc.similarities(queries, [reps[i] for i in b]))
+
+    other = FineScorer(net, options=dataclasses.replace(opts, width_step=64))
+    other.warm_up(queries, res)                                         # every bucket: 64, 128, 192, 256
+    compiled = canvas_similarity._cache_size()
+    subsets = (a, b, list(range(26, 40)), list(range(3, 40, 2)), list(range(0, 40, 3)))
+    assert len({w for idx in subsets for w in widths(other, idx)} - {(256, 256)}) >= 2   # several buckets met
+    scores = [other.similarities(queries, res.subset(idx)) for idx in subsets]
+    assert canvas_similarity._cache_size() == compiled                  # nothing compiled after the warm-up
+    for idx, g in zip(subsets, scores):
+        np.testing.assert_array_equal(g, fine.similarities(queries, res.subset(idx)))

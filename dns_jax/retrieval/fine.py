@@ -476,6 +476,33 @@ class FineScorer:
                 del frames
         return ResidentDatabase(n=n, lengths=lengths, part=part, start=start, parts=parts)
 
+    def warm_up(self, queries: Sequence, targets: "ResidentDatabase") -> None:
+        """Compile the canvas kernels that scoring these queries against large subsets of `targets`
+        meets: full canvases and every bucket width of a partly filled one (multiples of
+        `options.width_step` up to `max_cols`, see _canvas_groups), on every resident part. Each
+        runs once on a canvas of 64-frame segments; the scores are discarded. A subset small
+        enough for one canvas keeps its fine width and may still compile."""
+        o = self.options
+        if not o.width_step:
+            return
+        gap = segment_gap(self.padding)
+        widths = sorted({canvas_width(min(w, o.max_cols))
+                         for w in range(o.width_step, o.max_cols + o.width_step, o.width_step)})
+        for part in targets.parts:
+            canvases = []
+            for w in widths:
+                lens = [64] * max(w // round_up(64 + gap, 4), 1)
+                while place(lens, self.padding)[1] > w and len(lens) > 1:
+                    lens.pop()
+                if place(lens, self.padding)[1] > w:
+                    lens = [w - gap]
+                canvases.append(Canvas(dense=part.frames, index=jax.device_put(self._canvas_index(lens, w), part.device),
+                                       lengths=lens, owners=[0] * len(lens), size=w, dense_size=w,
+                                       regions=part.regions, device=part.device, starts=[0] * len(lens),
+                                       take=jax.device_put(np.full(w, part.zero, np.int32), part.device)))
+            self.similarities(queries, PreparedDatabase(n=1, counts=np.array([sum(len(c.lengths) for c in canvases)]),
+                                                        canvases=canvases))
+
     def _prepare_subset(self, sub: "ResidentSubset") -> "PreparedDatabase":
         """Canvases of a subset of a resident database, gathered on its devices: the layout (which
         frame goes where) is computed here from the lengths alone, exactly as `prepare` lays out
