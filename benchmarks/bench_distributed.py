@@ -246,7 +246,8 @@ def fivr_rows(n, n_queries, budgets, compare=False, warm=0, before="speedups"):
                                              coarse=queries.coarse[qi:qi + 1],
                                              selfsim=queries.selfsim[qi:qi + 1]), db, budget=1000, topk=100)
     for budget in budgets:
-        for qi, (path, options, isa) in ((qi, p) for qi in range(n_queries) for p in paths):
+        # the paths alternate which one runs first, query by query (the load drifts)
+        for qi, (path, options, isa) in ((qi, p) for qi in range(n_queries) for p in paths[::1 - 2 * (qi % 2)]):
             dns.scorer.options = options
             if native.available():
                 native.set_isa(isa)
