@@ -1,7 +1,7 @@
 """Distributed throughput on Ray and DnS at FIVR-200K size, on this machine.
 
     python benchmarks/bench_distributed.py [--skip ray,fivr,fine] [--videos 48] [--clips 8]
-        [--fivr-videos 225960] [--queries 2] [--compare] [--warm 0] [--fine-targets 1000] [--rounds 3]
+        [--fivr-videos 225960] [--queries 2] [--compare] [--before speedups|buckets] [--warm 0] [--fine-targets 1000] [--rounds 3]
 
 Random weights and random features (speed does not depend on their values). Prints:
 
@@ -26,6 +26,7 @@ Random weights and random features (speed does not depend on their values). Prin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import shutil
@@ -207,7 +208,7 @@ def fivr_lengths(n, rng):
 OLD_FINE = dict(pack_gaps=False, untiled_cells=1 << 19, tile_cells=0)
 
 
-def fivr_rows(n, n_queries, budgets, compare=False, warm=0):
+def fivr_rows(n, n_queries, budgets, compare=False, warm=0, before="speedups"):
     rng = np.random.default_rng(0)
     fg, cg, sel = networks()
     lengths = fivr_lengths(n, rng)
@@ -227,18 +228,26 @@ def fivr_rows(n, n_queries, budgets, compare=False, warm=0):
           f"{'fine s':>8s} {'ms/target':>9s} {'rest s':>7s}")
     out = {}
     new_options = dns.scorer.options
-    paths = [("before", ScorerOptions(**OLD_FINE), "avx2"), ("after", new_options, "auto")] if compare else \
-        [("", new_options, "auto")]
+    old = (ScorerOptions(**OLD_FINE), "avx2") if before == "speedups" else \
+        (dataclasses.replace(new_options, width_step=0), "auto")       # 'buckets': fine partial-canvas widths
+    paths = [("before",) + old, ("after", new_options, "auto")] if compare else [("", new_options, "auto")]
+    # warm-up: FineScorer.warm_up compiles full canvases and every bucket width of a partly filled
+    # one (width_step; nothing for width_step=0), then untimed queries at a budget of 1,000 videos
+    # compile the canvas sizes they meet (the shapes do not depend on the budget)
+    if warm:
+        for _, options, isa in paths:
+            dns.scorer.options = options
+            dns.scorer.warm_up([queries.fine[0]], db.resident_fine)
+    for qi, (_, options, isa) in ((qi, p) for qi in range(n_queries, n_queries + warm) for p in paths):
+        dns.scorer.options = options
+        if native.available():
+            native.set_isa(isa)
+        dns.search(retrieval.Representations(ids=[queries.ids[qi]], fine=[queries.fine[qi]],
+                                             coarse=queries.coarse[qi:qi + 1],
+                                             selfsim=queries.selfsim[qi:qi + 1]), db, budget=1000, topk=100)
     for budget in budgets:
-        if warm and not isinstance(budget, float):      # compile the canvas sizes a fixed budget meets
-            for qi, (_, options, isa) in ((qi, p) for qi in range(n_queries, n_queries + warm) for p in paths):
-                dns.scorer.options = options
-                if native.available():
-                    native.set_isa(isa)
-                dns.search(retrieval.Representations(ids=[queries.ids[qi]], fine=[queries.fine[qi]],
-                                                     coarse=queries.coarse[qi:qi + 1],
-                                                     selfsim=queries.selfsim[qi:qi + 1]), db, budget=budget, topk=100)
-        for qi, (path, options, isa) in ((qi, p) for qi in range(n_queries) for p in paths):
+        # the paths alternate which one runs first, query by query (the load drifts)
+        for qi, (path, options, isa) in ((qi, p) for qi in range(n_queries) for p in paths[::1 - 2 * (qi % 2)]):
             dns.scorer.options = options
             if native.available():
                 native.set_isa(isa)
@@ -246,16 +255,18 @@ def fivr_rows(n, n_queries, budgets, compare=False, warm=0):
                 print(f"{path}:", end=" ")
             one = retrieval.Representations(ids=[queries.ids[qi]], fine=[queries.fine[qi]],
                                             coarse=queries.coarse[qi:qi + 1], selfsim=queries.selfsim[qi:qi + 1])
+            compiled = kernels.canvas_similarity._cache_size()
             t = time.perf_counter()
             res = dns.search(one, db, budget=budget, topk=100)
             total = time.perf_counter() - t
+            compiled = kernels.canvas_similarity._cache_size() - compiled      # canvas kernels compiled
             tm = res.timings
             chosen = retrieval.selection(retrieval.selector_scores(sel, one.selfsim, db.selfsim,
                                                                    one.coarse @ db.coarse.T), budget)[0]
             frames = int(db.lengths[chosen].sum())
             rest = total - tm["coarse_s_per_query"] - tm["selector_s_per_query"] - tm["fine_s_per_query"]
             label = f"{budget:.0%}" if isinstance(budget, float) else f"{budget} videos"
-            note = " (first: compiles)" if qi == 0 and not (warm and not isinstance(budget, float)) else ""
+            note = f" ({compiled} canvas kernels compiled)" if compiled else ""
             print(f"{label:>12s} {tm['fine_pairs_per_query']:9d} {frames:9d} {total:8.2f} {tm['coarse_s_per_query']:9.3f} "
                   f"{tm['selector_s_per_query']:10.3f} {tm['fine_s_per_query']:8.2f} "
                   f"{tm['fine_s_per_query'] / max(tm['fine_pairs_per_query'], 1) * 1e3:9.3f} {rest:7.2f}{note}")
@@ -266,9 +277,10 @@ def fivr_rows(n, n_queries, budgets, compare=False, warm=0):
     if native.available():
         native.set_isa("auto")
     print("(one 60-frame query per search; total = coarse + selector + fine + selection, mixing and ranking "
-          "(rest); the first query of each budget compiles the canvas sizes it meets" +
-          ("; 'before': the fine stage with the options and Hamming loop before the FG-Bin speed-ups, "
-           "interleaved with 'after' query by query)" if compare else ")"))
+          "(rest); a query that compiles canvas kernels (sizes not met before in this process) says so" +
+          ("; 'before': " + ("the fine stage with the options and Hamming loop before the FG-Bin speed-ups"
+                             if before == "speedups" else "partly filled canvases at their fine widths (width_step=0)")
+           + ", interleaved with 'after' query by query)" if compare else ")"))
     return out
 
 
@@ -389,10 +401,13 @@ def main():
     p.add_argument("--fine-targets", type=int, default=1000, help="targets of the fine-stage comparison")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the fine-stage comparison")
     p.add_argument("--warm", type=int, default=0,
-                   help="fivr: untimed queries before the 1,000-video budget (each query meets canvas widths of "
+                   help="fivr: untimed queries (1,000 videos each) before the timed ones (each meets canvas widths of "
                         "its own, compiled once per process; a warm service has them all)")
     p.add_argument("--compare", action="store_true",
                    help="fivr: run each query with the fine stage before and after the FG-Bin speed-ups, interleaved")
+    p.add_argument("--before", choices=("speedups", "buckets"), default="speedups",
+                   help="fivr --compare: 'before' is the fine stage before the FG-Bin speed-ups, or ('buckets') "
+                        "with the partly filled canvases at their fine widths (ScorerOptions.width_step=0)")
     args = p.parse_args()
     skip = set(args.skip.split(","))
     print(f"# dns_jax distributed benchmark: {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
@@ -400,7 +415,8 @@ def main():
     if "fine" not in skip:
         fine_rows(args.fine_targets, args.rounds)
     if "fivr" not in skip:
-        fivr_rows(args.fivr_videos, args.queries, [0.05, 1000], compare=args.compare, warm=args.warm)
+        fivr_rows(args.fivr_videos, args.queries, [0.05, 1000], compare=args.compare, warm=args.warm,
+                  before=args.before)
     if "ray" not in skip:
         ray_rows(args.videos, args.clips, args.cpus)
 

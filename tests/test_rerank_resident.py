@@ -1,12 +1,14 @@
 """Re-ranking at prepared speed and absolute budgets: a resident (device-kept) fine database scores
 any subset with the same numbers, bit for bit, as the same videos given as arrays; DnS.search
 gathers its selected videos from it; a budget is a fraction (float) or a number of videos (int)."""
+import dataclasses
 import json
 import shutil
 
 import h5py
 import numpy as np
 import pytest
+from helpers import network
 
 from dns_jax import retrieval
 from dns_jax.commands.common import budget_value
@@ -14,7 +16,7 @@ from dns_jax.index import Index, build_index, search_index
 from dns_jax.index.search import check_search_options
 from dns_jax.retrieval.dns import budget_count
 from dns_jax.retrieval.fine import FineScorer, ResidentDatabase, ScorerOptions
-from helpers import network
+from dns_jax.retrieval.kernels import canvas_similarity
 
 # several canvases of 16 dense frames, f2f blocks of a few frames
 SMALL = ScorerOptions(max_cols=16, max_rows=32, block_bytes=1 << 12)
@@ -157,3 +159,47 @@ def test_retrieve_command_takes_a_number_of_videos(index_dir, tmp_path):
                      "--quiet"] + flags) == 0
     rows = json.load(open(out))["v0"]
     assert len(rows) == len(Index.open(d)) and sum(r["reranked"] for r in rows) == 3
+
+
+def test_partial_canvas_widths_are_bucketed():
+    """A subset laid out on several canvases gets its partly filled canvas widened to a multiple of
+    `width_step` (ScorerOptions): a query whose partial canvas has another width than the warm-up's
+    compiles nothing new and scores bit for bit as with the fine widths (width_step=0), whose
+    layout does meet a new width (a compile per query at FIVR size, docs/scaling.md); after
+    `warm_up`, no subset compiles."""
+    ref, net = network("fg_bin_student")
+    opts = ScorerOptions(max_cols=256, max_rows=32, width_step=128)
+    sc = FineScorer(net, options=opts)
+    fine = FineScorer(net, options=dataclasses.replace(opts, width_step=0))
+    rng = np.random.default_rng(3)
+    reps = _reps(sc, rng, rng.integers(8, 60, 40))
+    res = sc.resident(reps)
+    queries = sc.index(ref.videos("q"))
+
+    def widths(scorer, idx):
+        return sorted((c.size, c.dense_size) for c in scorer.prepare(res.subset(idx)).canvases)
+
+    a, b = list(range(0, 14)), list(range(14, 26))
+    wa, wb = widths(sc, a), widths(sc, b)
+    assert len(wa) > 1 and len(wb) > 1                                  # several canvases each
+    assert set(wa) | set(wb) <= {(256, 256), (128, 128)}                # full, or a bucket
+    assert set(widths(fine, b)) - set(widths(fine, a))                  # the fine widths differ
+    sc.similarities(queries, res.subset(a))                             # warm-up
+    compiled = canvas_similarity._cache_size()
+    got = sc.similarities(queries, res.subset(b))
+    assert canvas_similarity._cache_size() == compiled                  # nothing new compiled
+    fine.similarities(queries, res.subset(a))
+    compiled = canvas_similarity._cache_size()
+    np.testing.assert_array_equal(got, fine.similarities(queries, res.subset(b)))
+    assert canvas_similarity._cache_size() > compiled                   # the fine widths: a new one
+    np.testing.assert_array_equal(got, sc.similarities(queries, [reps[i] for i in b]))
+
+    other = FineScorer(net, options=dataclasses.replace(opts, width_step=64))
+    other.warm_up(queries, res)                                         # every bucket: 64, 128, 192, 256
+    compiled = canvas_similarity._cache_size()
+    subsets = (a, b, list(range(26, 40)), list(range(3, 40, 2)), list(range(0, 40, 3)))
+    assert len({w for idx in subsets for w in widths(other, idx)} - {(256, 256)}) >= 2   # several buckets met
+    scores = [other.similarities(queries, res.subset(idx)) for idx in subsets]
+    assert canvas_similarity._cache_size() == compiled                  # nothing compiled after the warm-up
+    for idx, g in zip(subsets, scores):
+        np.testing.assert_array_equal(g, fine.similarities(queries, res.subset(idx)))

@@ -124,6 +124,10 @@ class ScorerOptions:
     pack_gaps: bool = True            # fill database canvases by canvas width (frames + gap + 4-frame
                                       # alignment), so a full one is max_cols wide for the CNN; False:
                                       # by dense frames (full canvases were 4352 wide; docs/scaling.md)
+    width_step: int = 1024            # a subset laid out on several canvases: its partly filled canvas is
+                                      # widened to a multiple of this (at most max_cols; its dense frames
+                                      # too), so a few sizes serve every query instead of one compile per
+                                      # query (~1 s); 0: the fine widths of canvas_width (docs/scaling.md)
 
     @classmethod
     def for_platform(cls, platform: str) -> "ScorerOptions":
@@ -300,9 +304,8 @@ class FineScorer:
     def _segments(self, lengths: Sequence[int]) -> List[Tuple[int, int, int]]:
         """(target index, start, length) of every scored piece of targets of these frame counts."""
         segs = []
-        for n, length in enumerate(lengths):
-            length = int(length)
-            if not self.comparator:
+        for n, length in enumerate(np.asarray(lengths, np.int64).tolist()):
+            if not self.comparator or MIN_FRAMES <= length <= TARGET_CHUNK:     # one piece: the whole video
                 segs.append((n, 0, length))
                 continue
             pieces = [(s, min(TARGET_CHUNK, length - s)) for s in range(0, length, TARGET_CHUNK)]
@@ -363,11 +366,10 @@ class FineScorer:
     def _canvas_index(self, lengths: Sequence[int], size: int) -> np.ndarray:
         """Canvas position -> dense frame for segments of these lengths stored back to back."""
         starts, _ = place(lengths, self.padding)
+        lens = np.asarray(lengths, np.int64)
+        dense = np.arange(int(lens.sum()))
         index = np.zeros(size, np.int32)
-        pos = 0
-        for n, s in zip(lengths, starts):
-            index[s:s + n] = np.arange(pos, pos + n, dtype=np.int32)
-            pos += n
+        index[dense + np.repeat(starts - (np.cumsum(lens) - lens), lens)] = dense   # segment k's frames from starts[k]
         return index
 
     def prepare(self, targets: Sequence) -> "PreparedDatabase":
@@ -409,13 +411,19 @@ class FineScorer:
         for key, seg_ids in sorted(by_key.items()):
             lens = [segs[k][2] for k in seg_ids]
             # pack_gaps: a segment takes its gap and 4-frame alignment too (its canvas width, layout.place)
-            sizes = [round_up(n + gap, 4) for n in lens] if self.options.pack_gaps else lens
+            sizes = ((np.asarray(lens, np.int64) + gap + 3) // 4 * 4).tolist() if self.options.pack_gaps else lens
             cap = max(self.options.max_cols, max(sizes))
-            for group in pack_dense(sizes, cap):
+            groups = pack_dense(sizes, cap)
+            step = self.options.width_step if len(groups) > 1 else 0
+            for group in groups:
                 ids = [seg_ids[g] for g in group]
                 pl = [segs[k][2] for k in ids]
                 _, placed = place(pl, self.padding)
-                yield key, ids, dense_width(sum(pl), cap), canvas_width(placed)
+                if step and placed < cap:   # a partly filled canvas of a large subset: a bucket width
+                    size = canvas_width(min(round_up(placed, step), cap))
+                    yield key, ids, size, size
+                else:
+                    yield key, ids, dense_width(sum(pl), cap), canvas_width(placed)
 
     def resident(self, targets, devices: Optional[Sequence] = None) -> "ResidentDatabase":
         """Every target's kernel input stored once on the device(s) (`devices`, default the
@@ -468,6 +476,33 @@ class FineScorer:
                 del frames
         return ResidentDatabase(n=n, lengths=lengths, part=part, start=start, parts=parts)
 
+    def warm_up(self, queries: Sequence, targets: "ResidentDatabase") -> None:
+        """Compile the canvas kernels that scoring these queries against large subsets of `targets`
+        meets: full canvases and every bucket width of a partly filled one (multiples of
+        `options.width_step` up to `max_cols`, see _canvas_groups), on every resident part. Each
+        runs once on a canvas of 64-frame segments; the scores are discarded. A subset small
+        enough for one canvas keeps its fine width and may still compile."""
+        o = self.options
+        if not o.width_step:
+            return
+        gap = segment_gap(self.padding)
+        widths = sorted({canvas_width(min(w, o.max_cols))
+                         for w in range(o.width_step, o.max_cols + o.width_step, o.width_step)})
+        for part in targets.parts:
+            canvases = []
+            for w in widths:
+                lens = [64] * max(w // round_up(64 + gap, 4), 1)
+                while place(lens, self.padding)[1] > w and len(lens) > 1:
+                    lens.pop()
+                if place(lens, self.padding)[1] > w:
+                    lens = [w - gap]
+                canvases.append(Canvas(dense=part.frames, index=jax.device_put(self._canvas_index(lens, w), part.device),
+                                       lengths=lens, owners=[0] * len(lens), size=w, dense_size=w,
+                                       regions=part.regions, device=part.device, starts=[0] * len(lens),
+                                       take=jax.device_put(np.full(w, part.zero, np.int32), part.device)))
+            self.similarities(queries, PreparedDatabase(n=1, counts=np.array([sum(len(c.lengths) for c in canvases)]),
+                                                        canvases=canvases))
+
     def _prepare_subset(self, sub: "ResidentSubset") -> "PreparedDatabase":
         """Canvases of a subset of a resident database, gathered on its devices: the layout (which
         frame goes where) is computed here from the lengths alone, exactly as `prepare` lays out
@@ -484,14 +519,12 @@ class FineScorer:
         canvases = []
         for p, ids, dense_size, size in self._canvas_groups(segs, db.part[idx].tolist(), counts):
             part = db.parts[p]
-            take = np.full(dense_size, part.zero, np.int32)
-            pos = 0
-            for k in ids:
-                m, a, length = segs[k]
-                first = int(db.start[idx[m]]) + a
-                take[pos:pos + length] = np.arange(first, first + length, dtype=np.int32)
-                pos += length
             pl = [segs[k][2] for k in ids]
+            lens = np.asarray(pl, np.int64)
+            first = db.start[idx[[segs[k][0] for k in ids]]] + np.asarray([segs[k][1] for k in ids], np.int64)
+            take = np.full(dense_size, part.zero, np.int32)
+            n = int(lens.sum())          # piece k's frames are first[k], first[k] + 1, ... back to back
+            take[:n] = np.arange(n) + np.repeat(first - (np.cumsum(lens) - lens), lens)
             canvases.append(Canvas(dense=part.frames, index=jax.device_put(self._canvas_index(pl, size), part.device),
                                    lengths=pl, owners=[segs[k][0] for k in ids], size=size,
                                    dense_size=dense_size, regions=part.regions, device=part.device,

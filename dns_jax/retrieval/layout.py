@@ -44,13 +44,13 @@ def place(lengths: Sequence[int], padding: str) -> Tuple[np.ndarray, int]:
     of 4): up to the end of the last one's gap, or, with zero padding, up to the end of the last
     segment itself (the kernel pads the canvas border with zeros, which is that gap)."""
     gap = segment_gap(padding)
-    starts = np.zeros(len(lengths), np.int64)
-    pos = 0
-    for i, n in enumerate(lengths):
-        starts[i] = pos
-        pos = round_up(pos + int(n) + gap, 4)
-    if padding == "zero" and len(lengths):
-        pos = round_up(starts[-1] + int(lengths[-1]), 4)
+    lens = np.asarray(lengths, np.int64).reshape(-1)
+    steps = (lens + gap + 3) // 4 * 4           # every start is a multiple of 4: steps add up
+    starts = np.zeros(len(lens), np.int64)
+    np.cumsum(steps[:-1], out=starts[1:])
+    pos = int(steps.sum())
+    if padding == "zero" and len(lens):
+        pos = round_up(starts[-1] + int(lens[-1]), 4)
     return starts, int(pos)
 
 
@@ -142,13 +142,15 @@ def pack_dense(lengths: Sequence[int], capacity: int, open_groups: int = 64) -> 
                 free[g] -= n
                 break
         else:
+            g = len(groups)
             groups.append([i])
             free.append(capacity - n)
-        # close groups that no remaining segment fits in, or the fullest when too many are open
-        keep = [g for g, f in enumerate(free) if f >= smallest]
-        done.extend(groups[g] for g in range(len(groups)) if free[g] < smallest)
-        groups, free = [groups[g] for g in keep], [free[g] for g in keep]
-        if len(groups) > open_groups:
+        # close the group if no remaining segment fits in it (only group g changed), or the
+        # fullest when too many are open
+        if free[g] < smallest:
+            done.append(groups.pop(g))
+            free.pop(g)
+        elif len(groups) > open_groups:
             g = min(range(len(free)), key=free.__getitem__)
             done.append(groups.pop(g))
             free.pop(g)
