@@ -25,11 +25,11 @@ def get_config(arg=None):
         dims=512,                       # whitened feature dims, the input of every network
         # eigenvalues of the collection-fitted whitening regularised to d_k + shrink * mean(d):
         # 'auto' = dims / frames of the fit (about 3 for the 34-video demo, 0.005 at 10^5 frames);
-        # 0 = the official full whitening (docs/features.md); unused with --pca
+        # a number as text ("0": the official full whitening; docs/features.md); unused with --pca
         whitening_shrink="auto",
         fps=1.0,
         rs_size=256,
-        cc_size=224), type_safe=False)    # whitening_shrink: 'auto' or a number
+        cc_size=224))
 
     # -- teacher: scores the training pairs; 'visil_f' needs no weights (frame-level Chamfer of
     # region Chamfer similarities); 's2vs' trains the S2VS network self-supervised on the collection

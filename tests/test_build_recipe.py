@@ -4,8 +4,17 @@ import h5py
 import numpy as np
 import pytest
 
-from dns_jax.app.build import (BuildError, BuildOptions, _check_settings, decisive_settings, selector_target,
-                               selector_threshold, stage_of_setting, stage_pca, whitening_shrink)
+from dns_jax.app.build import (
+    BuildError,
+    BuildOptions,
+    _check_settings,
+    decisive_settings,
+    selector_target,
+    selector_threshold,
+    stage_of_setting,
+    stage_pca,
+    whitening_shrink,
+)
 from dns_jax.app.workdir import Workdir, WorkdirError
 from dns_jax.features.pca import load_pca
 from dns_jax.training.pairs import PairSet, selector_labels
@@ -126,7 +135,7 @@ def test_stage_pca_writes_the_shrink_its_setting_gives(tmp_path):
     top = np.argsort(-d)[:8]
     np.testing.assert_allclose(load_pca(wd.pca, 8)["DVt"], V[:, top] / np.sqrt(d[top] + 0.4 * d[top].mean() + 1e-7),
                                rtol=1e-5)
-    rc.features.whitening_shrink = 0
+    rc.features.whitening_shrink = "0"
     stage_pca(opts, rc, wd, lambda *_: None, None)
     np.testing.assert_allclose(load_pca(wd.pca, 8)["DVt"], V[:, top] / np.sqrt(d[top] + 1e-7), rtol=1e-5)
 
@@ -147,3 +156,17 @@ def test_a_work_directory_built_before_the_whitening_shrink_stays_valid(tmp_path
     wd.record_settings(dict(old, **{"features.whitening_shrink": 0.0}))
     with pytest.raises(WorkdirError, match="features.whitening_shrink: 0.0 -> 'auto'.*--reset pca"):
         _check_settings(opts, rc, wd, said.append)
+
+
+def test_whitening_shrink_flag_reaches_the_settings_and_the_recorded_options(tmp_path, capsys):
+    from dns_jax import cli
+    from dns_jax.app.build import recorded_options
+    opts = BuildOptions(videos="v", workdir=str(tmp_path), recipe="build:demo", whitening_shrink="0.0", dims=64)
+    assert decisive_settings(opts, opts.config())["features.whitening_shrink"] == "0.0"
+    assert whitening_shrink(opts.config().features.whitening_shrink) == 0.0
+    assert recorded_options(opts, Workdir(str(tmp_path)))["whitening_shrink"] == "0.0"
+    for bad in ("-1", "inf", "lots"):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["build", "--videos", str(tmp_path), "--workdir", str(tmp_path / "w"), "--whitening-shrink", bad])
+        assert e.value.code == 2
+        assert "expected 'auto' or a number >= 0" in capsys.readouterr().err

@@ -70,6 +70,7 @@ class BuildOptions:
     backbone: Optional[str] = None      # torchvision ResNet-50 .pth; None: the offline backbone
     pca: Optional[str] = None           # official PCA file; None: fitted on the collection
     dims: Optional[int] = None
+    whitening_shrink: Optional[str] = None   # 'auto' or a number >= 0 as text (features.whitening_shrink)
     teacher: Optional[str] = None
     fine: Optional[str] = None          # given networks skip their training stage
     coarse: Optional[str] = None
@@ -93,7 +94,8 @@ class BuildOptions:
     def config(self):
         """The recipe with this build's options written over it."""
         c = load_config(self.recipe)
-        for value, key in ((self.dims, "features.dims"), (self.teacher, "teacher"), (self.seed, "seed"),
+        for value, key in ((self.dims, "features.dims"), (self.whitening_shrink, "features.whitening_shrink"),
+                           (self.teacher, "teacher"), (self.seed, "seed"),
                            (self.batch_size, "batch_size"), (self.fine_steps, "fine.steps"),
                            (self.coarse_steps, "coarse.steps"), (self.selector_steps, "selector.steps")):
             if value is not None:
@@ -674,7 +676,7 @@ def run_build(opts: BuildOptions, stages=STAGES) -> Dict:
 
 
 _OPTION_PATHS = ("videos", "pca", "fine", "coarse", "selector")
-_RECORDED = ("videos", "backbone", "pca", "dims", "teacher", "fine", "coarse", "selector", "fine_steps",
+_RECORDED = ("videos", "backbone", "pca", "dims", "whitening_shrink", "teacher", "fine", "coarse", "selector", "fine_steps",
              "coarse_steps", "selector_steps", "batch_size", "coarse_model", "seed", "recipe", "coarse_search")
 
 

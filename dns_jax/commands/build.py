@@ -31,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pca", metavar="FILE", help="official PCA file (pca_resnet50_vcdb_1M.pth); default: fitted "
                    "on the collection")
     p.add_argument("--dims", type=int, help="feature dims after PCA (recipe: 512)")
+    p.add_argument("--whitening-shrink", metavar="auto|S", type=_shrink,
+                   help="eigenvalues of the PCA whitening fitted on the collection become d + S x their mean: "
+                        "'auto' (the recipe's) = dims / frames of the fit, which keeps a small collection's "
+                        "whitening from suppressing its own near-duplicates; 0 = the official whitening")
     p.add_argument("--teacher", help="teacher: 'visil_f' (no weights, the recipe's), NAME:PATH (e.g. "
                    "visil:visil.pth) or a checkpoint dir")
     p.add_argument("--fine", metavar="SPEC", help="use this fine student instead of training one "
@@ -54,13 +58,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_quiet(p)
 
 
+def _shrink(text: str):
+    """--whitening-shrink: 'auto' or a number >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {text!r}")
+    return repr(value)          # the recipe's value is text ('auto' or a number)
+
+
 def run(args) -> int:
     check_ray_arguments(args)
     if args.ray is not None:
         check_address(args.ray)             # before any work: a missing extra or a dead address is one line
     coarse, coarse_search = split_coarse(args.coarse, need_network=False)
     run_build(BuildOptions(
-        videos=args.videos, workdir=args.workdir, backbone=args.backbone, pca=args.pca, dims=args.dims,
+        videos=args.videos, workdir=args.workdir, backbone=args.backbone, pca=args.pca, dims=args.dims, whitening_shrink=args.whitening_shrink,
         teacher=args.teacher, fine=args.fine, coarse=coarse, selector=args.selector,
         fine_steps=args.steps, coarse_steps=args.steps, selector_steps=args.steps,
         batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, recipe=args.recipe,
