@@ -169,4 +169,4 @@ def test_whitening_shrink_flag_reaches_the_settings_and_the_recorded_options(tmp
         with pytest.raises(SystemExit) as e:
             cli.main(["build", "--videos", str(tmp_path), "--workdir", str(tmp_path / "w"), "--whitening-shrink", bad])
         assert e.value.code == 2
-        assert "expected 'auto' or a number >= 0" in capsys.readouterr().err
+        assert "--whitening-shrink must be 'auto' or a number >= 0" in capsys.readouterr().err

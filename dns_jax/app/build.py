@@ -45,7 +45,7 @@ from dns_jax.distributed.extraction import staged_feature_parts
 from dns_jax.features import load_extractor
 from dns_jax.features.extract_folder import extract_to_hdf5, list_videos
 from dns_jax.features.offline import OPENNSFW
-from dns_jax.features.pca import apply_whitening, auto_shrink, fit_pca_hdf5, whitening_matrices
+from dns_jax.features.pca import apply_whitening, auto_shrink, fit_pca_hdf5, parse_shrink, whitening_matrices
 from dns_jax.fileio import JobInterrupted, atomic_savez
 from dns_jax.index import Index, build_index, compressed, staged_parts
 from dns_jax.index.build import update_coarse_search
@@ -197,15 +197,10 @@ def stage_pca(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) 
 
 def whitening_shrink(value):
     """The recipe's `features.whitening_shrink`: 'auto' (dims / frames of the fit) or a number >= 0."""
-    if isinstance(value, str) and value == "auto":
-        return value
     try:
-        shrink = float(value)
-    except (TypeError, ValueError):
-        shrink = float("nan")
-    if isinstance(value, bool) or not (np.isfinite(shrink) and shrink >= 0):
-        raise BuildError(f"features.whitening_shrink must be 'auto' or a number >= 0, got {value!r}")
-    return shrink
+        return parse_shrink(value, "features.whitening_shrink", allow_auto=True)
+    except ValueError as e:
+        raise BuildError(str(e)) from None
 
 
 def _frame_count(path: str) -> int:

@@ -7,6 +7,7 @@ from dns_jax.app.build import RETRAIN_GROWTH, STAGES, BuildOptions, run_build
 from dns_jax.commands.common import add_quiet, add_ray_arguments, check_ray_arguments
 from dns_jax.commands.networks import split_coarse
 from dns_jax.distributed import check_address
+from dns_jax.features.pca import parse_shrink
 
 NAME = "build"
 DESCRIPTION = (
@@ -60,15 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _shrink(text: str):
     """--whitening-shrink: 'auto' or a number >= 0."""
-    if text == "auto":
-        return text
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (value >= 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {text!r}")
-    return repr(value)          # the recipe's value is text ('auto' or a number)
+        value = parse_shrink(text, "--whitening-shrink", allow_auto=True)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value if value == "auto" else repr(value)        # the recipe's value is text
 
 
 def run(args) -> int:

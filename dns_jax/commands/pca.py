@@ -5,7 +5,7 @@ import argparse
 
 import numpy as np
 
-from dns_jax.features.pca import fit_pca_hdf5
+from dns_jax.features.pca import fit_pca_hdf5, parse_shrink
 from dns_jax.fileio import atomic_savez
 
 DESCRIPTION = ("Fit PCA whitening on a collection's region vectors (an HDF5 made by `dns-jax extract` "
@@ -24,8 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    if not (np.isfinite(args.shrink) and args.shrink >= 0):
-        raise ValueError(f"--shrink must be a number >= 0, got {args.shrink}")
+    parse_shrink(args.shrink, "--shrink")
     pca = fit_pca_hdf5(args.features, args.max_vectors, progress=True)
     extra = {"shrink": np.float64(args.shrink)} if args.shrink else {}
     atomic_savez(args.output, **pca, **extra)

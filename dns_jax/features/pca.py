@@ -48,6 +48,20 @@ class PCAWhitening(nn.Module):
         return l2_normalize(x)
 
 
+def parse_shrink(value: Any, what: str = "shrink", allow_auto: bool = False):
+    """An eigenvalue shrink from a number or its text: a finite float >= 0, or 'auto' where allowed;
+    otherwise ValueError naming `what`."""
+    if allow_auto and isinstance(value, str) and value == "auto":
+        return value
+    try:
+        shrink = float("nan") if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        shrink = float("nan")
+    if not (np.isfinite(shrink) and shrink >= 0):
+        raise ValueError(f"{what} must be {repr('auto') + ' or ' if allow_auto else ''}a number >= 0, got {value!r}")
+    return shrink
+
+
 def build_whitening(mean, V, d, dims: int | None = None, shrink: float = 0.0) -> dict:
     """Official `{mean, V, d}` -> `{'mean' [D], 'DVt' [D, dims]}` (float32, as the official layer).
 
@@ -65,9 +79,7 @@ def build_whitening(mean, V, d, dims: int | None = None, shrink: float = 0.0) ->
     dims = D if dims is None else int(dims)
     if not 0 < dims <= D:
         raise ValueError(f"PCA dims must be in 1..{D}, got {dims}")
-    shrink = float(shrink)
-    if not (np.isfinite(shrink) and shrink >= 0):
-        raise ValueError(f"PCA weights: the eigenvalue shrink must be a number >= 0, got {shrink!r}")
+    shrink = parse_shrink(shrink, "PCA weights: the eigenvalue shrink")
     idx = np.argsort(-d, kind="stable")[:dims]
     kept = d[idx] + np.float32(shrink) * d[idx].mean() if shrink else d[idx]
     scale = np.float32(1.0) / np.sqrt(kept + np.float32(EIG_EPS))
