@@ -70,16 +70,18 @@ def test_score_equals_official_per_pair_path(cases, name):
             np.testing.assert_allclose(got[:3], ref.out["sim_unbatched" if "fg" in name else "sim"][0], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["fg_att_student", "visil_head_sym512"])
+@pytest.mark.parametrize("name", ["fg_att_student", "fg_bin_student", "visil_head_sym512"])
 def test_tiled_blocked_multi_canvas_path(cases, name):
-    """Tiny canvases: the CNN runs on tiles with halos, f2f by row and column blocks, many canvases."""
+    """Tiny canvases: the CNN runs on tiles with halos, f2f by row and column blocks, many canvases
+    (FG-Bin: packed codes and the native Hamming kernel, canvases filled by width)."""
     net, queries, targets, expected = cases[name]
     sc = FineScorer(net, options=TINY)
     targets = [t for t in targets if len(t) < 2048][:5]      # keep the canvases tiny
     got = sc.similarities(sc.index(queries), sc.index(targets))
     np.testing.assert_allclose(got, expected[:, :len(targets)], atol=2e-6, rtol=0)
     spec = sc.spec_for(64, 64, (9, 9))
-    assert spec.tile_rows and spec.tile_cols and spec.col_block
+    assert spec.tile_rows and spec.tile_cols
+    assert spec.col_block or name == "fg_bin_student"       # packed codes: no float f2f blocks
 
 
 def test_indexed_input_and_binary_modes_agree(cases):
