@@ -65,7 +65,11 @@ def get_config(arg=None):
             netvlad_outdims=256 if demo else 1024,
             transformer_feedforward_dims=1024 if demo else 2048)),
         spread_floor=3.0,               # teacher scores within this many robust stds of the background -> 0
-        init_max_videos=4096))          # videos whose VLAD vectors fit the initial PCA reduction
+        # how the student starts (dns_jax/app/coarse_recipe.py): 'mean_pooling' (NetVLAD starts as mean
+        # pooling of the frame vectors, for videos seen or not) or 'vlad_pca' (the reduction fitted on
+        # the collection's VLAD vectors: it spans only those videos, so videos added later rank badly)
+        init="mean_pooling",
+        init_max_videos=4096))          # 'vlad_pca': videos whose VLAD vectors fit the reduction
     c.selector = ml_collections.ConfigDict(dict(
         steps=steps,
         learning_rate=1e-4,

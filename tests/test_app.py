@@ -132,7 +132,7 @@ def tiny_cg():
     from dns_jax.app.coarse_recipe import initial_variables
     rng = np.random.default_rng(3)
     videos = [rng.normal(size=(t, 2, 32)).astype(np.float32) for t in (3, 4, 2, 4, 3, 4)]   # one padded length
-    return videos, initial_variables(_TINY_CG, videos, seed=0)
+    return videos, initial_variables(_TINY_CG, videos, seed=0, init="vlad_pca")
 
 
 def test_spread_targets_zero_the_background_and_keep_the_teacher_order():
@@ -159,6 +159,7 @@ def test_spread_targets_zero_the_background_and_keep_the_teacher_order():
 
 def test_initial_cg_student_has_identity_residuals(tiny_cg):
     import jax
+
     from dns_jax import pretrained
     videos, variables = tiny_cg
     module = pretrained.build_module("cg_student", _TINY_CG)
@@ -186,6 +187,61 @@ def test_initial_cg_reduction_spans_the_collections_vlad_vectors(tiny_cg):
     v = vlad_vectors(module, variables, videos).astype(np.float64)               # 6 videos < 16 dims
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(v @ kernel @ kernel.T, v, atol=1e-4)             # nothing projected away
+
+
+def _netvlad_inputs(module, variables, video):
+    """[T, D]: the frame vectors NetVLAD receives (the Transformer's output) for one video."""
+    _, state = module.apply(variables, video, method="index_video", mutable=["intermediates"])
+    return np.asarray(state["intermediates"]["transformer_out"][0])[0]
+
+
+def test_mean_pooling_init_makes_the_cg_student_mean_pooling_for_any_video(tiny_cg):
+    """scale=0: the output is l2(LayerNorm(P^T l2(sum_t x_t))) with P the first `out` dims, for
+    videos the initialisation never saw; the default scale stays close to it."""
+    import jax
+
+    from dns_jax import pretrained
+    from dns_jax.app.coarse_recipe import initial_variables, mean_pooling_init
+    module = pretrained.build_module("cg_student", _TINY_CG)
+    base = initial_variables(_TINY_CG, [], seed=0)            # needs no videos
+    exact = mean_pooling_init(jax.tree_util.tree_map(np.asarray, base), scale=0.0)
+    rng = np.random.default_rng(7)
+    unseen = [rng.normal(size=(t, 2, 32)).astype(np.float32) for t in (1, 3, 5)]
+    for video in unseen:
+        x = _netvlad_inputs(module, exact, video)
+        u = x.sum(0) / np.linalg.norm(x.sum(0))
+        z = u[:16]                                              # P^T u, P = the first 16 of 32 dims
+        z = (z - z.mean()) / np.sqrt(z.var() + 1e-5)            # the LayerNorm at initialisation
+        want = z / np.linalg.norm(z)
+        got = np.asarray(module.apply(exact, video, method="index_video"))[0]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        near = np.asarray(module.apply(base, video, method="index_video"))[0]
+        assert float(near @ want) > 0.95
+    # the same network whatever the videos: nothing of the collection is fitted
+    other = initial_variables(_TINY_CG, unseen, seed=0)
+    for a, b in zip(jax.tree_util.tree_leaves(base), jax.tree_util.tree_leaves(other)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_mean_pooling_init_keeps_every_dimension_when_the_output_is_wider():
+    from dns_jax.app.coarse_recipe import initial_variables
+    wide = dict(_TINY_CG, netvlad_outdims=48)
+    kernel = np.asarray(initial_variables(wide, [], seed=0)["params"]["netvlad_layer"]["reduction_layer"]["kernel"])
+    block = np.vstack([np.eye(32, 48)] * 4) / 2.0               # 4 clusters: 1 / sqrt(4)
+    np.testing.assert_allclose(kernel, block, atol=1e-7)
+
+
+def test_unknown_cg_init_is_refused_before_any_work(tmp_path):
+    from dns_jax.app.build import BuildError, BuildOptions, _check_settings
+    from dns_jax.app.coarse_recipe import initial_variables
+    from dns_jax.app.workdir import Workdir
+    with pytest.raises(ValueError, match="coarse.init 'kmeans': expected one of mean_pooling, vlad_pca"):
+        initial_variables(_TINY_CG, [], init="kmeans")
+    opts = BuildOptions(videos="v", workdir=str(tmp_path), recipe="build:demo")
+    rc = opts.config()
+    rc.coarse.init = "kmeans"
+    with pytest.raises(BuildError, match="coarse.init 'kmeans'"):
+        _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
 
 
 def test_interrupted_training_stage_is_not_marked_done(built, tmp_path, monkeypatch):

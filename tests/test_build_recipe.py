@@ -130,7 +130,7 @@ def test_stage_pca_writes_the_shrink_its_setting_gives(tmp_path):
     info = stage_pca(opts, rc, wd, lambda *_: None, None)
     assert info["frames"] == 20 and info["shrink"] == pytest.approx(8 / 20)
     with np.load(wd.pca) as z:
-        mean, V, d, shrink = z["mean"], z["V"], z["d"], float(z["shrink"])
+        V, d, shrink = z["V"], z["d"], float(z["shrink"])
     assert shrink == pytest.approx(0.4)
     top = np.argsort(-d)[:8]
     np.testing.assert_allclose(load_pca(wd.pca, 8)["DVt"], V[:, top] / np.sqrt(d[top] + 0.4 * d[top].mean() + 1e-7),
@@ -155,6 +155,26 @@ def test_a_work_directory_built_before_the_whitening_shrink_stays_valid(tmp_path
     assert any("--reset pca refits it" in line for line in said)
     wd.record_settings(dict(old, **{"features.whitening_shrink": 0.0}))
     with pytest.raises(WorkdirError, match="features.whitening_shrink: 0.0 -> 'auto'.*--reset pca"):
+        _check_settings(opts, rc, wd, said.append)
+
+
+def test_a_work_directory_built_before_the_cg_init_keeps_its_cg_student(tmp_path):
+    """coarse.init came after work directories existed: one recorded without it goes on with its
+    trained CG student (and says how to retrain it); --reset coarse takes the recipe's."""
+    opts = BuildOptions(videos="v", workdir=str(tmp_path), recipe="build:demo")
+    rc = opts.config()
+    wd = Workdir(str(tmp_path))
+    old = decisive_settings(opts, rc)
+    assert old["coarse.init"] == "mean_pooling"
+    old.pop("coarse.init")
+    wd.record_settings(old)
+    said = []
+    assert "coarse.init" not in _check_settings(opts, rc, wd, said.append)
+    assert any("keeps its CG student; --reset coarse trains it again" in line for line in said)
+    reset = BuildOptions(videos="v", workdir=str(tmp_path), recipe="build:demo", reset="coarse")
+    assert _check_settings(reset, rc, wd, said.append)["coarse.init"] == "mean_pooling"
+    wd.record_settings(dict(old, **{"coarse.init": "vlad_pca"}))
+    with pytest.raises(WorkdirError, match="coarse.init: 'vlad_pca' -> 'mean_pooling'.*--reset coarse"):
         _check_settings(opts, rc, wd, said.append)
 
 

@@ -344,7 +344,7 @@ def stage_coarse(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChange
     model = dict(default_config("cg_student").model.to_dict(), dims=rc.features.dims, **rc.coarse.model.to_dict())
     pairs, init, targets = coarse_recipe.prepare(wd.pairs("teacher"), wd.features, model, wd.path("coarse_init"),
                                                  seed=rc.seed, max_videos=rc.coarse.init_max_videos,
-                                                 floor=rc.coarse.spread_floor, log=log)
+                                                 floor=rc.coarse.spread_floor, init=rc.coarse.init, log=log)
     log(f"coarse: distilling the CG student ({rc.coarse.steps} steps)")
     extra = {"pairs": pairs, "init_from": init, "learning_rate": rc.coarse.learning_rate}
     extra.update({f"model.{k}": v for k, v in rc.coarse.model.items()})
@@ -484,7 +484,9 @@ _SETTING_STAGE = (("features.whitening_shrink", "pca"), ("backbone", "features")
 SPEED_ONLY = ("teacher_job.batch_size", "checkpoint_fraction", "min_checkpoint_every", "log_fraction",
               "min_log_every")
 # settings added after work directories existed: one recorded without them keeps what it was built with
-LEGACY_SETTINGS = ("features.whitening_shrink",)
+# (what it keeps, how to take the recipe's instead)
+LEGACY_SETTINGS = {"features.whitening_shrink": ("its whitening", "--reset pca refits it"),
+                   "coarse.init": ("its CG student", "--reset coarse trains it again")}
 RETRAIN_GROWTH = 2.0    # a collection grown past this factor of the videos the networks saw is retrained
 # what each stage leaves in the work directory (removed when the stage is reset)
 _OUTPUTS = {"features": ("features/raw.hdf5", "features/raw.hdf5.parts"), "pca": ("features/pca.npz",), "whiten": ("features/features.hdf5",),
@@ -556,15 +558,16 @@ def reset_stages(wd: Workdir, stage: str, log) -> None:
 def _check_settings(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
     """The settings of this run; a changed setting is an error unless a reset covers its stage."""
     whitening_shrink(rc.features.whitening_shrink)     # a bad value stops the build before any work
+    if rc.coarse.init not in coarse_recipe.INITS:
+        raise BuildError(f"coarse.init {rc.coarse.init!r} in the recipe: expected one of {', '.join(coarse_recipe.INITS)}")
     settings = decisive_settings(opts, rc)
     reset = opts.reset or ("pca" if opts.retrain else None)
     recorded = wd.settings()
-    refit = reset is not None and STAGES.index(reset) <= STAGES.index("pca")
-    for key in LEGACY_SETTINGS:
-        if recorded and key not in recorded and not refit:     # built before the key: it stays as it was built
-            settings.pop(key, None)
-            log(f"{wd.root} was built before {key} existed and keeps its whitening; "
-                f"--reset pca refits it with the recipe's ({rc.features.whitening_shrink!r})")
+    for key, (kept, how) in LEGACY_SETTINGS.items():
+        redo = reset is not None and STAGES.index(reset) <= STAGES.index(stage_of_setting(key))
+        if recorded and key not in recorded and not redo:     # built before the key: it stays as it was built
+            value = settings.pop(key, None)
+            log(f"{wd.root} was built before {key} existed and keeps {kept}; {how} with the recipe's ({value!r})")
     changed = wd.changed_settings(settings)
     if changed:
         first = min((stage_of_setting(k) for k in changed), key=STAGES.index)
