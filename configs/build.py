@@ -73,10 +73,15 @@ def get_config(arg=None):
     c.selector = ml_collections.ConfigDict(dict(
         steps=steps,
         learning_rate=1e-4,
-        # which training pairs are worth re-ranking (configs/selector.py): 'gap' (official, |fine - coarse|
-        # above `threshold`) or 'inversion' (coarse orders it against a pair of its query whose fine
-        # score differs by more than `threshold`)
-        target="gap",
+        # which training pairs are worth re-ranking (dns_jax/training/pairs.py selector_labels):
+        # 'relevance' (either student scores it above `threshold`: the pairs that may reach the top of
+        # the ranking), 'gap' (official, |fine - coarse| above `threshold`) or 'inversion' (coarse
+        # orders it against a pair of its query whose fine score differs by more than `threshold`)
+        target="relevance",
+        # how DnS puts a re-ranked video's fine score on the CG scale: 'quantiles' (the CG cosine at
+        # the fine score's quantile over the training pairs) or 'spread' (the fine scores spread like
+        # the teacher's for the CG targets; re-ranked copies fell under distractors the CG overrates)
+        fine_scale="quantiles",
         threshold=0.2,
         # fewer pairs than this on either side of the threshold (a small collection): the threshold
         # becomes the median difference (dns_jax/app/build.py selector_threshold)

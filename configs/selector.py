@@ -64,9 +64,10 @@ def get_config(arg=None):
         fine_pairs="" if synthetic else "/path/to/dns100k/pairs_fg_att_student.npz",
         coarse_pairs="" if synthetic else "/path/to/dns100k/pairs_cg_student.npz",
         threshold=0.2,
-        # which pairs are worth re-ranking: 'gap' (official: |fine / 2 + 0.5 - coarse| > threshold) or
+        # which pairs are worth re-ranking: 'gap' (official: |fine / 2 + 0.5 - coarse| > threshold),
         # 'inversion' (the coarse score orders the pair against another of its query whose fine score
-        # differs by more than threshold; dns_jax/training/pairs.py selector_labels)
+        # differs by more than threshold) or 'relevance' (max(fine / 2 + 0.5, coarse) > threshold);
+        # dns_jax/training/pairs.py selector_labels
         target="gap",
         pairs_per_class=5000,
         val_size=0.03))

@@ -274,20 +274,24 @@ def test_interrupted_training_stage_is_not_marked_done(built, tmp_path, monkeypa
 
 def test_dns_puts_reranked_fine_scores_on_the_coarse_scale(built):
     """A self-built CG student scores unrelated videos near 0, the fine student's official s/2+0.5
-    near 0.5: re-ranked entries must take the fine similarity spread onto the CG scale, the others
-    keep the CG cosine (budget 1: all spread fine scores; budget 0: all CG cosines)."""
-    from dns_jax.app.coarse_recipe import spread_scores
+    near 0.5: re-ranked entries must take the fine similarity mapped onto the CG scale by the
+    quantiles of the two students' training-pair scores, the others keep the CG cosine (budget 1:
+    all mapped fine scores; budget 0: all CG cosines); a build recorded before the quantiles
+    spreads the fine scores."""
+    from dns_jax.app.coarse_recipe import quantile_scores, spread_scores
     from dns_jax.app.query import Searcher
     root, info, _, _ = built
     s = Searcher(str(root / "work"))
-    assert s.fine_spread, "the build should record the fine student's spread"
+    assert s.fine_quantiles and s.fine_spread, "the build should record the fine student's mappings"
     ids = s.index.ids
     queries = [q for q in info.ground_truth if q in s.index][:2]
     reps = s.dns.index([s.features(q)[1] for q in queries], queries)
     fine = s.dns.scorer.similarities([reps.fine_rep(i) for i in range(len(queries))],
                                      s.index.fine_reps(range(len(ids))))
-    np.testing.assert_allclose(s.dns_scores(reps, 1.0), spread_scores(fine, s.fine_spread), atol=1e-5)
+    np.testing.assert_allclose(s.dns_scores(reps, 1.0), quantile_scores(fine, s.fine_quantiles), atol=1e-5)
     np.testing.assert_allclose(s.dns_scores(reps, 0.0), reps.coarse @ s.index.coarse.T, atol=1e-5)
+    s.fine_quantiles = None
+    np.testing.assert_allclose(s.dns_scores(reps, 1.0), spread_scores(fine, s.fine_spread), atol=1e-5)
 
 
 TINY_RECIPE = '''

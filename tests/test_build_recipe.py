@@ -69,8 +69,38 @@ def test_selector_inversion_labels_mark_the_pairs_the_coarse_order_swaps():
     assert selector_labels(f, _coarse_dict(c), 0.2, "gap")[1] == [1, 1, 1, 0, 0]
     # a fine gap below the margin is no swap worth a re-rank
     assert selector_labels(f, _coarse_dict(c), 0.85, "inversion")[1] == [0, 0, 0, 0, 0]
-    with pytest.raises(ValueError, match="selector target must be one of gap, inversion"):
+    with pytest.raises(ValueError, match="selector target must be one of gap, inversion, relevance"):
         selector_labels(f, _coarse_dict(c), 0.2, "nearest")
+
+
+def test_selector_relevance_labels_mark_what_either_student_puts_near_the_top():
+    """Fine (on the coarse scale) 1.0, 0.9, 0.1, 0.1, 0.1; coarse 0.15, 0.45, 0.5, 0.2, 0.1. Above
+    0.3 by either student: the two copies (one the coarse student misses) and the other it overrates."""
+    fine = np.array([1.0, 0.9, 0.1, 0.1, 0.1]) * 2 - 1
+    coarse = np.array([0.15, 0.45, 0.5, 0.2, 0.1])
+    f, c = _pairs(fine, coarse)
+    assert selector_labels(f, _coarse_dict(c), 0.3, "relevance")[1] == [1, 1, 1, 0, 0]
+    assert selector_labels(f, _coarse_dict(c), 0.95, "relevance")[1] == [1, 0, 0, 0, 0]
+    said = []
+    assert selector_target(f, c, 0.3, "relevance", 2, said.append) == (0.3, "relevance")
+    # 0.95 leaves one positive: the threshold becomes the median of max(fine, coarse) (1, 0.9, 0.5, 0.2, 0.1)
+    thr, target = selector_target(f, c, 0.95, "relevance", 2, said.append)
+    assert target == "relevance" and thr == pytest.approx(0.5) and "using the median 0.500" in said[-1]
+    assert selector_labels(f, _coarse_dict(c), thr, "relevance")[1] == [1, 1, 0, 0, 0]
+
+
+def test_quantile_map_puts_fine_scores_where_the_coarse_student_puts_the_same_quantile():
+    from dns_jax.app.coarse_recipe import fit_quantile_map, quantile_scores
+    rng = np.random.default_rng(0)
+    fine = rng.uniform(-1, 1, 1000)
+    coarse = 0.3 * fine ** 3 + 0.05           # another, monotone scale
+    params = fit_quantile_map(fine, coarse, points=101)
+    assert params["rule"] == "quantiles" and len(params["fine"]) == len(params["coarse"]) == 101
+    x = np.linspace(-0.95, 0.95, 41)
+    np.testing.assert_allclose(quantile_scores(x, params), 0.3 * x ** 3 + 0.05, atol=2e-3)
+    # monotone, and beyond the fitted range the fine order is kept (no ties at the ends)
+    y = quantile_scores(np.array([-3.0, -2.0, 0.0, 2.0, 3.0]), params)
+    assert np.all(np.diff(y) > 0)
 
 
 def test_selector_target_lowers_the_margin_or_falls_back_to_the_gap():
@@ -85,16 +115,6 @@ def test_selector_target_lowers_the_margin_or_falls_back_to_the_gap():
     thr, target = selector_target(*_pairs(fine, ordered), 0.2, "inversion", 2, said.append)
     assert target == "gap" and "labelling by the gap" in " ".join(said)
     assert selector_target(*_pairs(fine, swapped), 0.2, "gap", 2, said.append) == (0.2, "gap")
-
-
-def test_selector_target_is_a_setting_only_when_it_is_not_the_official_gap():
-    """Work directories built before `selector.target` existed (labelled by the gap) stay valid."""
-    opts = BuildOptions(videos="v", workdir="w", recipe="build:demo")
-    assert "selector.target" not in decisive_settings(opts, opts.config())
-    rc = opts.config()
-    rc.selector.target = "inversion"
-    assert decisive_settings(opts, rc)["selector.target"] == "inversion"
-    assert stage_of_setting("selector.target") == "selector"
 
 
 def test_decisive_settings_and_their_stages():
@@ -158,24 +178,30 @@ def test_a_work_directory_built_before_the_whitening_shrink_stays_valid(tmp_path
         _check_settings(opts, rc, wd, said.append)
 
 
-def test_a_work_directory_built_before_the_cg_init_keeps_its_cg_student(tmp_path):
-    """coarse.init came after work directories existed: one recorded without it goes on with its
-    trained CG student (and says how to retrain it); --reset coarse takes the recipe's."""
+@pytest.mark.parametrize("key, default, other, said, stage", [
+    ("coarse.init", "mean_pooling", "vlad_pca", "keeps its CG student; --reset coarse trains it again", "coarse"),
+    ("selector.target", "relevance", "gap", "keeps its selector; --reset selector trains it again", "selector"),
+    ("selector.fine_scale", "quantiles", "spread", "--reset selector fits it again", "selector")])
+def test_a_work_directory_built_before_a_setting_existed_keeps_what_it_has(tmp_path, key, default, other, said,
+                                                                           stage):
+    """Settings that came after work directories existed: one recorded without the key goes on with
+    what it was built with (and says how to redo it); a reset of the key's stage takes the recipe's;
+    a recorded value other than the recipe's is a change like any other."""
     opts = BuildOptions(videos="v", workdir=str(tmp_path), recipe="build:demo")
     rc = opts.config()
     wd = Workdir(str(tmp_path))
     old = decisive_settings(opts, rc)
-    assert old["coarse.init"] == "mean_pooling"
-    old.pop("coarse.init")
+    assert old[key] == default and stage_of_setting(key) == stage
+    old.pop(key)
     wd.record_settings(old)
-    said = []
-    assert "coarse.init" not in _check_settings(opts, rc, wd, said.append)
-    assert any("keeps its CG student; --reset coarse trains it again" in line for line in said)
-    reset = BuildOptions(videos="v", workdir=str(tmp_path), recipe="build:demo", reset="coarse")
-    assert _check_settings(reset, rc, wd, said.append)["coarse.init"] == "mean_pooling"
-    wd.record_settings(dict(old, **{"coarse.init": "vlad_pca"}))
-    with pytest.raises(WorkdirError, match="coarse.init: 'vlad_pca' -> 'mean_pooling'.*--reset coarse"):
-        _check_settings(opts, rc, wd, said.append)
+    lines = []
+    assert key not in _check_settings(opts, rc, wd, lines.append)
+    assert any(said in line for line in lines)
+    reset = BuildOptions(videos="v", workdir=str(tmp_path), recipe="build:demo", reset=stage)
+    assert _check_settings(reset, rc, wd, lines.append)[key] == default
+    wd.record_settings(dict(old, **{key: other}))
+    with pytest.raises(WorkdirError, match=f"{key}: '{other}' -> '{default}'.*--reset {stage}"):
+        _check_settings(opts, rc, wd, lines.append)
 
 
 def test_whitening_shrink_flag_reaches_the_settings_and_the_recorded_options(tmp_path, capsys):

@@ -33,7 +33,7 @@ import numpy as np
 
 from dns_jax import checkpoint, pretrained
 from dns_jax.app import coarse_recipe
-from dns_jax.app.coarse_recipe import fit_spread, spread_scores
+from dns_jax.app.coarse_recipe import fit_quantile_map, fit_spread, spread_scores
 from dns_jax.app.s2vs_teacher import TeacherInterrupted, train_s2vs_teacher
 from dns_jax.app.sources import SourceChanges, current_files, diff, video_id_of
 from dns_jax.app.summary import format_build_summary
@@ -370,16 +370,18 @@ def load_networks(wd: Workdir):
     return tuple(nets)
 
 
-def _student_pairs(wd: Workdir, model, name: str, spread: bool = False) -> Tuple[str, Optional[Dict]]:
+def _student_pairs(wd: Workdir, model, name: str, spread: bool = False) -> Tuple[str, Optional[Dict], np.ndarray]:
     """The teacher's training pairs re-scored by a trained student (the selector's inputs) ->
-    (pair file, spread parameters or None). `spread`: the scores are put on the scale of a CG
-    student trained on spread targets (coarse_recipe.fit_spread on this student's own scores) and
-    stored as 2 * spread(s) - 1, so that the selector's s / 2 + 0.5 compares them on that scale."""
+    (pair file, spread parameters or None, the raw scores [P] in `all_pairs` order). `spread`: the
+    scores are put on the scale of a CG student trained on spread targets (coarse_recipe.fit_spread
+    on this student's own scores) and stored as 2 * spread(s) - 1, so that the selector's
+    s / 2 + 0.5 compares them on that scale."""
 
     teacher = read_pairs(wd.pairs("teacher"))
     all_pairs = teacher.all_pairs()
     scorer = PairScorer(model.name, model.module, model.variables, batch_size=64)
     sims = scorer.score(_store(wd), [(teacher.index[q], teacher.index[t]) for q, t, _, _ in all_pairs])
+    raw = np.asarray(sims, np.float64)
     params = None
     if spread:
         params = fit_spread(sims)
@@ -388,7 +390,7 @@ def _student_pairs(wd: Workdir, model, name: str, spread: bool = False) -> Tuple
     for (q, t, _, positive), s in zip(all_pairs, sims.tolist()):
         pairs.setdefault(q, {"positives": {}, "negatives": {}})["positives" if positive else "negatives"][t] = s
     write_pairs(PairSet(list(teacher.index), pairs, {"scored_by": model.name, "spread": params}), wd.pairs(name))
-    return wd.pairs(name), params
+    return wd.pairs(name), params, raw
 
 
 def stage_selector(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) -> Dict:
@@ -399,8 +401,11 @@ def stage_selector(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChan
     coarse = pretrained.load(coarse_info["network"], coarse_info["path"])
     log("selector: scoring the training pairs with both students")
     # a CG student trained on spread targets: the fine scores are compared on its scale
-    fine_pairs, fine_spread = _student_pairs(wd, fine, "fine", spread=bool(coarse_info.get("targets")))
-    coarse_pairs, _ = _student_pairs(wd, coarse, "coarse")
+    fine_pairs, fine_spread, fine_raw = _student_pairs(wd, fine, "fine", spread=bool(coarse_info.get("targets")))
+    coarse_pairs, _, coarse_raw = _student_pairs(wd, coarse, "coarse")
+    scale = rc.selector.fine_scale
+    if scale not in FINE_SCALES:
+        raise BuildError(f"selector.fine_scale {scale!r} in the recipe: expected one of {', '.join(FINE_SCALES)}")
     threshold, target = selector_target(read_pairs(fine_pairs), read_pairs(coarse_pairs), rc.selector.threshold,
                                         rc.selector.get("target", "gap"), rc.selector.min_pairs_per_class, log)
     log(f"selector: training ({rc.selector.steps} steps)")
@@ -408,20 +413,36 @@ def stage_selector(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChan
                        {"selector.fine_pairs": fine_pairs, "selector.coarse_pairs": coarse_pairs,
                         "selector.pairs_per_class": rc.selector.pairs_per_class, "selector.target": target,
                         "selector.threshold": threshold, "learning_rate": rc.selector.learning_rate})
-    # `fine_spread`: how DnS puts the fine student's scores on the CG scale (None: official s/2+0.5)
-    return {"network": "selector", "path": path, "trained": True, "fine_spread": fine_spread,
+    # how DnS puts the fine student's scores on the CG scale: `fine_quantiles` where recorded, else
+    # `fine_spread` (None: the official s / 2 + 0.5); app/query.py Searcher.fine_mapping
+    scales = {"fine_spread": fine_spread}
+    if scale == "quantiles" and coarse_info.get("targets"):
+        scales["fine_quantiles"] = fit_quantile_map(fine_raw, coarse_raw)
+    return {"network": "selector", "path": path, "trained": True, **scales,
             "threshold": threshold, "target": target, **how}
 
 
 def selector_target(fine: PairSet, coarse: PairSet, threshold: float, target: str, min_per_class: int,
                     log) -> Tuple[float, str]:
     """(threshold, target) the selector is trained with (training/pairs.py selector_labels). 'gap':
-    selector_threshold. 'inversion': the recipe's fine-score margin, halved (down to 0) while either
-    class has fewer than `min_per_class` pairs; a coarse student that swaps nothing even then leaves
-    nothing to learn from, and the labels fall back to 'gap'."""
+    selector_threshold. 'relevance': the recipe's threshold, or the median of the pairs' best
+    score when it leaves either class with fewer than `min_per_class` pairs. 'inversion': the
+    recipe's fine-score margin, halved (down to 0) while either class has fewer than
+    `min_per_class` pairs; a coarse student that swaps nothing even then leaves nothing to learn
+    from, and the labels fall back to 'gap'."""
     if target == "gap":
         return selector_threshold(fine, coarse, threshold, min_per_class, log), "gap"
     c = {(coarse.index[q], coarse.index[t]): s for q, t, s, _ in coarse.all_pairs()}
+    if target == "relevance":
+        items, labels, _ = selector_labels(fine, c, threshold, target)
+        positives = int(np.sum(labels))
+        if min(positives, len(labels) - positives) >= min(min_per_class, len(labels) // 2):
+            return float(threshold), target
+        fine_scores = {(fine.index[q], fine.index[t]): s / 2 + 0.5 for q, t, s, _ in fine.all_pairs()}
+        best = np.median([max(fine_scores[(q, t)], sc) for q, t, sc in items])
+        log(f"selector: relevance threshold {threshold:g} leaves too few pairs in one class; using the median "
+            f"{best:.3f}")
+        return float(best), target
     for margin in (threshold, threshold / 2, threshold / 4, threshold / 8, 0.0):
         labels = np.asarray(selector_labels(fine, c, margin, target)[1])
         positives = int(labels.sum())
@@ -486,7 +507,11 @@ SPEED_ONLY = ("teacher_job.batch_size", "checkpoint_fraction", "min_checkpoint_e
 # settings added after work directories existed: one recorded without them keeps what it was built with
 # (what it keeps, how to take the recipe's instead)
 LEGACY_SETTINGS = {"features.whitening_shrink": ("its whitening", "--reset pca refits it"),
-                   "coarse.init": ("its CG student", "--reset coarse trains it again")}
+                   "coarse.init": ("its CG student", "--reset coarse trains it again"),
+                   "selector.target": ("its selector", "--reset selector trains it again"),
+                   "selector.fine_scale": ("how DnS scales its fine scores", "--reset selector fits it again")}
+# how DnS puts re-ranked fine scores on the CG scale (configs/build.py selector.fine_scale)
+FINE_SCALES = ("quantiles", "spread")
 RETRAIN_GROWTH = 2.0    # a collection grown past this factor of the videos the networks saw is retrained
 # what each stage leaves in the work directory (removed when the stage is reset)
 _OUTPUTS = {"features": ("features/raw.hdf5", "features/raw.hdf5.parts"), "pca": ("features/pca.npz",), "whiten": ("features/features.hdf5",),
@@ -520,8 +545,6 @@ def decisive_settings(opts: BuildOptions, rc) -> Dict:
     flat.pop("features.backbone", None)
     flat["dims"] = flat.pop("features.dims")
     flat["pca"] = os.path.abspath(opts.pca) if opts.pca else None
-    if flat.get("selector.target") == "gap":    # the labels of builds made before the key: they stay valid
-        flat.pop("selector.target")
     for kind in ("fine", "coarse", "selector"):
         given = getattr(opts, kind)
         flat[f"{kind}.given"] = os.path.abspath(given) if given else None

@@ -73,6 +73,26 @@ def spread_scores(sims: np.ndarray, params: Dict) -> np.ndarray:
     return np.clip(np.log1p(np.maximum(z - floor, 0.0)) / np.log1p(top - floor), 0.0, 1.0)
 
 
+def fit_quantile_map(fine: np.ndarray, coarse: np.ndarray, points: int = 257) -> Dict:
+    """Parameters of `quantile_scores`: the `points` quantiles of the fine student's raw
+    similarities [P] and of the CG student's cosines [P] on the same training pairs. DnS then
+    gives a re-ranked video the CG cosine at its fine score's quantile: the fine student's best
+    pairs land where the CG student puts its best, whatever the two scales (spreading the fine
+    scores like the teacher's left re-ranked copies under distractors the CG scores above its
+    own targets)."""
+    q = np.linspace(0.0, 1.0, points)
+    return {"rule": "quantiles", "fine": np.quantile(np.asarray(fine, np.float64), q).tolist(),
+            "coarse": np.quantile(np.asarray(coarse, np.float64), q).tolist()}
+
+
+def quantile_scores(raw: np.ndarray, params: Dict) -> np.ndarray:
+    """Raw fine similarities [...] -> the CG scale (`params` from `fit_quantile_map`): piecewise
+    linear between the quantiles, plus 1e-4 x raw so that scores beyond the fitted range (or on a
+    flat stretch) keep the fine student's order. Monotone."""
+    raw = np.asarray(raw, np.float64)
+    return np.interp(raw, params["fine"], params["coarse"]) + 1e-4 * raw
+
+
 def spread_targets(pairs: PairSet, floor: float = 3.0) -> PairSet:
     """The teacher's pair file with similarities s' such that the CG loss's official mapping
     s' / 2 + 0.5 gives the spread target cosine (s' = 2 t - 1); parameters in meta['cg_targets']."""

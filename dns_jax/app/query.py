@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dns_jax.app.build import OFFLINE_BACKBONE, load_networks
-from dns_jax.app.coarse_recipe import spread_scores
+from dns_jax.app.coarse_recipe import quantile_scores, spread_scores
 from dns_jax.app.workdir import Workdir, WorkdirError
 from dns_jax.evaluation.vsc import matches_from_segments, matches_to_csv
 from dns_jax.features import load_extractor
@@ -61,7 +61,9 @@ class Searcher:
         # a CG student distilled with spread targets scores on another scale than the official
         # s / 2 + 0.5 of the fine student: DnS puts the re-ranked fine scores on the CG scale
         # with the parameters fitted when the selector was trained
-        self.fine_spread = (self.wd.read_state()["done"].get("selector") or {}).get("fine_spread")
+        selector_info = self.wd.read_state()["done"].get("selector") or {}
+        self.fine_spread = selector_info.get("fine_spread")
+        self.fine_quantiles = selector_info.get("fine_quantiles")
         self._extractor = None
 
     # -- query features -----------------------------------------------------------------------
@@ -100,7 +102,11 @@ class Searcher:
     def fine_mapping(self):
         """How DnS puts re-ranked fine scores on the coarse scale: a CG student distilled with
         spread targets scores on another scale than the official s / 2 + 0.5, so the fine scores
-        are spread with the parameters fitted when the selector was trained (None: official)."""
+        are mapped with what was fitted when the selector was trained: the quantile map of the two
+        students' training-pair scores (builds since `selector.fine_scale`), else the spread of the
+        fine scores (None: official)."""
+        if self.fine_quantiles:
+            return lambda raw: quantile_scores(raw, self.fine_quantiles)
         if not self.fine_spread:
             return None
         return lambda raw: spread_scores(raw, self.fine_spread)

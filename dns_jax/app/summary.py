@@ -56,7 +56,11 @@ def _network(info: Dict[str, Any], stage: str) -> str:
     what = f"{name} trained{_training(info)}"
     if stage == "coarse" and info.get("targets"):
         what += ", on the teacher's scores spread above their background"
-    if stage == "selector" and info.get("fine_spread"):
+    if stage == "selector" and info.get("target"):
+        what += f" ({info['target']} labels)"
+    if stage == "selector" and info.get("fine_quantiles"):
+        what += "; fine scores put on the coarse scale by quantiles"
+    elif stage == "selector" and info.get("fine_spread"):
         what += "; fine scores put on the coarse scale"
     return what
 

@@ -280,7 +280,7 @@ def drop_missing(pairs: PairSet, available) -> Tuple[PairSet, MissingReport]:
     return kept, report
 
 
-SELECTOR_TARGETS = ("gap", "inversion")
+SELECTOR_TARGETS = ("gap", "inversion", "relevance")
 
 
 def selector_labels(fine: PairSet, coarse: Dict[Tuple[str, str], float], threshold: float,
@@ -293,7 +293,10 @@ def selector_labels(fine: PairSet, coarse: Dict[Tuple[str, str], float], thresho
       'inversion'  the coarse student puts it on the wrong side of another target of the same query
                    whose fine score differs from its own by more than `threshold`: re-ranking it
                    changes the order the fine student gives, which is what a budget must catch
-                   (a pair that is merely on another scale is left alone).
+                   (a pair that is merely on another scale is left alone);
+      'relevance'  either student scores it above `threshold` (max(fine / 2 + 0.5, coarse)): the
+                   pairs that may reach the top of the query's ranking, the copies the coarse student
+                   scores low (to lift them) and the videos it scores high (to verify them).
     """
     if target not in SELECTOR_TARGETS:
         raise ValueError(f"selector target must be one of {', '.join(SELECTOR_TARGETS)}, got {target!r}")
@@ -309,6 +312,8 @@ def selector_labels(fine: PairSet, coarse: Dict[Tuple[str, str], float], thresho
     c = np.asarray([it[2] for it in items], np.float64)
     if target == "gap":
         return items, [1.0 if abs(a - b) > threshold else 0.0 for a, b in zip(f, c)], unmatched
+    if target == "relevance":
+        return items, (np.maximum(f, c) > threshold).astype(np.float64).tolist(), unmatched
     labels = np.zeros(len(items))
     queries = np.asarray([it[0] for it in items], dtype=object)
     for q in dict.fromkeys(queries.tolist()):
