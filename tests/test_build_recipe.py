@@ -204,6 +204,26 @@ def test_a_work_directory_built_before_a_setting_existed_keeps_what_it_has(tmp_p
         _check_settings(opts, rc, wd, lines.append)
 
 
+def test_stage_to_rebuild_names_the_first_stage_whose_settings_changed(tmp_path):
+    """What the demo rebuilds after a recipe change: nothing for a new or up-to-date work directory,
+    the first affected stage otherwise; settings a work directory predates are kept as built."""
+    from dns_jax.app.build import stage_to_rebuild
+    opts = BuildOptions(videos="v", workdir=str(tmp_path), recipe="build:demo")
+    assert stage_to_rebuild(opts) is None
+    wd = Workdir(str(tmp_path))
+    recorded = decisive_settings(opts, opts.config())
+    wd.record_settings(recorded)
+    assert stage_to_rebuild(opts) is None
+    wd.record_settings(dict(recorded, **{"fine.steps": 200, "selector.steps": 7}))
+    assert stage_to_rebuild(opts) == "fine"
+    older = dict(recorded)
+    older.pop("coarse.init")
+    wd.record_settings(older)
+    assert stage_to_rebuild(opts) is None
+    assert stage_to_rebuild(BuildOptions(videos="v", workdir=str(tmp_path), recipe="build:demo", teacher="s2vs")) \
+        == "teacher"
+
+
 def test_whitening_shrink_flag_reaches_the_settings_and_the_recorded_options(tmp_path, capsys):
     from dns_jax import cli
     from dns_jax.app.build import recorded_options

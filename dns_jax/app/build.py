@@ -578,6 +578,25 @@ def reset_stages(wd: Workdir, stage: str, log) -> None:
     log(f"reset: {', '.join(later)} will be built again")
 
 
+def _first_stage(changed: Dict) -> str:
+    return min((stage_of_setting(k) for k in changed), key=STAGES.index)
+
+
+def stage_to_rebuild(opts: BuildOptions) -> Optional[str]:
+    """The first stage whose recorded settings differ from what `opts` would build with (None: an
+    up-to-date or new work directory; settings a work directory predates are kept as built)."""
+    wd = Workdir(opts.workdir)
+    recorded = wd.settings() if os.path.isdir(opts.workdir) else {}
+    if not recorded:
+        return None
+    settings = decisive_settings(opts, opts.config())
+    for key in LEGACY_SETTINGS:
+        if key not in recorded:
+            settings.pop(key, None)
+    changed = wd.changed_settings(settings)
+    return _first_stage(changed) if changed else None
+
+
 def _check_settings(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
     """The settings of this run; a changed setting is an error unless a reset covers its stage."""
     whitening_shrink(rc.features.whitening_shrink)     # a bad value stops the build before any work
@@ -593,7 +612,7 @@ def _check_settings(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
             log(f"{wd.root} was built before {key} existed and keeps {kept}; {how} with the recipe's ({value!r})")
     changed = wd.changed_settings(settings)
     if changed:
-        first = min((stage_of_setting(k) for k in changed), key=STAGES.index)
+        first = _first_stage(changed)
         if reset is None or STAGES.index(reset) > STAGES.index(first):
             lines = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise WorkdirError(f"{wd.root} was built with other settings ({lines}); to rebuild with the new ones "

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,9 +19,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from dns_jax.app.build import SELF_SUPERVISED_TEACHER, BuildOptions, run_build
+from dns_jax.app.build import SELF_SUPERVISED_TEACHER, BuildOptions, run_build, stage_to_rebuild
 from dns_jax.app.query import Searcher
-from dns_jax.app.workdir import Workdir
 from dns_jax.datasets.stores import open_features
 from dns_jax.datasets.video_collection import make_collection
 from dns_jax.evaluation.metrics import average_precision, ranked_list_average_precision
@@ -157,7 +157,8 @@ def build_teachers(videos: str, workdir: str, teachers=("visil_f",), recipe: str
                    progress: bool = True, **options) -> Dict[str, str]:
     """Build `videos` once per teacher with the same recipe and seed ({teacher: work directory}).
     A later teacher starts from a copy of the first build, so the features, PCA and whitening are
-    computed once and every teacher scores the same features."""
+    computed once and every teacher scores the same features. A build made with other settings (an
+    older recipe, other steps) is built again from the first stage they affect."""
     out = {}
     for teacher in teachers:
         if teacher not in TEACHERS:
@@ -165,10 +166,12 @@ def build_teachers(videos: str, workdir: str, teachers=("visil_f",), recipe: str
         wd = build_dir(workdir, teacher)
         if out and not os.path.exists(wd):
             shutil.copytree(next(iter(out.values())), wd, ignore=shutil.ignore_patterns(".lock"))
-        recorded = Workdir(wd).settings().get("teacher") if os.path.exists(wd) else None
-        run_build(BuildOptions(videos=videos, workdir=wd, teacher=teacher, recipe=recipe, seed=seed,
-                               progress=progress, reset="teacher" if recorded not in (None, teacher) else None,
-                               **options))
+        opts = BuildOptions(videos=videos, workdir=wd, teacher=teacher, recipe=recipe, seed=seed,
+                            progress=progress, **options)
+        reset = stage_to_rebuild(opts)
+        if reset and progress:
+            print(f"[demo] {wd} was built with other settings: building it again from the {reset} stage")
+        run_build(dataclasses.replace(opts, reset=reset))
         out[teacher] = wd
     return out
 

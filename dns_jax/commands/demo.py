@@ -16,7 +16,7 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default="dns-jax-demo", metavar="WORK", help="output folder (default ./dns-jax-demo)")
-    p.add_argument("--steps", type=int, help="training steps per network (recipe build:demo: 200)")
+    p.add_argument("--steps", type=int, help="training steps per network (recipe build:demo: 200, the fine student 600)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--teacher", choices=("visil_f", "s2vs", "both"), default="visil_f",
                    help="teacher of the build: ViSiL_f (no weights, the default), an S2VS network trained on the "
