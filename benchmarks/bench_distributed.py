@@ -227,7 +227,7 @@ def fivr_rows(n, n_queries, budgets, compare=False, warm=0, before="speedups", c
           f"(here windows of a {db.pool.nbytes / 2**30:.1f} GiB resident pool); coarse {db.coarse.nbytes / 1e9:.2f} GB "
           f"float32; built in {built:.0f} s")
     print(f"{'budget':>12s} {'re-ranked':>9s} {'frames':>9s} {'total s':>8s} {'coarse s':>9s} {'selector s':>10s} "
-          f"{'fine s':>8s} {'ms/target':>9s} {'rest s':>7s}")
+          f"{'fine s':>8s} {'ms/target':>9s} {'rest s':>7s} {'load':>5s}")
     out = {}
     new_options = dns.scorer.options
     old = (ScorerOptions(**OLD_FINE), "avx2") if before == "speedups" else \
@@ -273,7 +273,7 @@ def fivr_rows(n, n_queries, budgets, compare=False, warm=0, before="speedups", c
             note = f" ({compiled} canvas kernels compiled)" if compiled else ""
             print(f"{label:>12s} {tm['fine_pairs_per_query']:9d} {frames:9d} {total:8.2f} {tm['coarse_s_per_query']:9.3f} "
                   f"{tm['selector_s_per_query']:10.3f} {tm['fine_s_per_query']:8.2f} "
-                  f"{tm['fine_s_per_query'] / max(tm['fine_pairs_per_query'], 1) * 1e3:9.3f} {rest:7.2f}{note}")
+                  f"{tm['fine_s_per_query'] / max(tm['fine_pairs_per_query'], 1) * 1e3:9.3f} {rest:7.2f} {os.getloadavg()[0]:5.1f}{note}")
             if qi:
                 out[(budget, path)] = min(out.get((budget, path), float("inf")), total)
             gc.collect()
