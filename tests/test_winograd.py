@@ -6,12 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import network
 from jax import lax
-from test_retrieval import TINY, _videos
 
 from dns_jax.retrieval import kernels, winograd
 from dns_jax.retrieval.fine import FineScorer, ScorerOptions, resolve_conv
+from helpers import network
+from test_retrieval import TINY, _videos
 
 
 def _direct(x, k, b):
