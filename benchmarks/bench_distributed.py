@@ -2,6 +2,7 @@
 
     python benchmarks/bench_distributed.py [--skip ray,fivr,fine] [--videos 48] [--clips 8]
         [--fivr-videos 225960] [--queries 2] [--compare] [--before speedups|buckets] [--warm 0] [--fine-targets 1000] [--rounds 3]
+        [--conv-algorithms direct,winograd]
 
 Random weights and random features (speed does not depend on their values). Prints:
 
@@ -19,9 +20,10 @@ Random weights and random features (speed does not depend on their values). Prin
 * The fine stage alone at that size (`fine`): one 60-frame query against --fine-targets videos of
   the same length distribution (resident FG-Bin codes), the paths before and after the FG-Bin
   speed-ups side by side in interleaved rounds (the AVX2 Hamming loop and canvases filled by dense
-  frames; the AVX-512 VPOPCNTDQ loop where the CPU has it; canvases filled by canvas width), its
-  split into Hamming distances and comparator CNN, the canvas padding, and the arithmetic lower
-  bound: the comparator's multiply-adds against this CPU's fp32 FMA peak.
+  frames; the AVX-512 VPOPCNTDQ loop where the CPU has it; canvases filled by canvas width; the
+  comparator's conv2/conv3 direct, then by Winograd), its split into Hamming distances and
+  comparator CNN, the canvas padding, and the arithmetic lower bound: the comparator's direct
+  multiply-adds against this CPU's fp32 FMA peak (Winograd needs fewer: 'direct-equivalent' rates).
 """
 from __future__ import annotations
 
@@ -208,7 +210,7 @@ def fivr_lengths(n, rng):
 OLD_FINE = dict(pack_gaps=False, untiled_cells=1 << 19, tile_cells=0)
 
 
-def fivr_rows(n, n_queries, budgets, compare=False, warm=0, before="speedups"):
+def fivr_rows(n, n_queries, budgets, compare=False, warm=0, before="speedups", conv_algorithms=()):
     rng = np.random.default_rng(0)
     fg, cg, sel = networks()
     lengths = fivr_lengths(n, rng)
@@ -225,12 +227,14 @@ def fivr_rows(n, n_queries, budgets, compare=False, warm=0, before="speedups"):
           f"(here windows of a {db.pool.nbytes / 2**30:.1f} GiB resident pool); coarse {db.coarse.nbytes / 1e9:.2f} GB "
           f"float32; built in {built:.0f} s")
     print(f"{'budget':>12s} {'re-ranked':>9s} {'frames':>9s} {'total s':>8s} {'coarse s':>9s} {'selector s':>10s} "
-          f"{'fine s':>8s} {'ms/target':>9s} {'rest s':>7s}")
+          f"{'fine s':>8s} {'ms/target':>9s} {'rest s':>7s} {'load':>5s}")
     out = {}
     new_options = dns.scorer.options
     old = (ScorerOptions(**OLD_FINE), "avx2") if before == "speedups" else \
         (dataclasses.replace(new_options, width_step=0), "auto")       # 'buckets': fine partial-canvas widths
     paths = [("before",) + old, ("after", new_options, "auto")] if compare else [("", new_options, "auto")]
+    if conv_algorithms:      # the comparator's conv2/conv3 algorithms side by side (ScorerOptions.conv_algorithm)
+        paths = [(alg, dataclasses.replace(new_options, conv_algorithm=alg), "auto") for alg in conv_algorithms]
     # warm-up: FineScorer.warm_up compiles full canvases and every bucket width of a partly filled
     # one (width_step; nothing for width_step=0), then untimed queries at a budget of 1,000 videos
     # compile the canvas sizes they meet (the shapes do not depend on the budget)
@@ -269,7 +273,7 @@ def fivr_rows(n, n_queries, budgets, compare=False, warm=0, before="speedups"):
             note = f" ({compiled} canvas kernels compiled)" if compiled else ""
             print(f"{label:>12s} {tm['fine_pairs_per_query']:9d} {frames:9d} {total:8.2f} {tm['coarse_s_per_query']:9.3f} "
                   f"{tm['selector_s_per_query']:10.3f} {tm['fine_s_per_query']:8.2f} "
-                  f"{tm['fine_s_per_query'] / max(tm['fine_pairs_per_query'], 1) * 1e3:9.3f} {rest:7.2f}{note}")
+                  f"{tm['fine_s_per_query'] / max(tm['fine_pairs_per_query'], 1) * 1e3:9.3f} {rest:7.2f} {os.getloadavg()[0]:5.1f}{note}")
             if qi:
                 out[(budget, path)] = min(out.get((budget, path), float("inf")), total)
             gc.collect()
@@ -278,7 +282,9 @@ def fivr_rows(n, n_queries, budgets, compare=False, warm=0, before="speedups"):
         native.set_isa("auto")
     print("(one 60-frame query per search; total = coarse + selector + fine + selection, mixing and ranking "
           "(rest); a query that compiles canvas kernels (sizes not met before in this process) says so" +
-          ("; 'before': " + ("the fine stage with the options and Hamming loop before the FG-Bin speed-ups"
+          (f"; the comparator's conv2/conv3 as {' / '.join(conv_algorithms)} (ScorerOptions.conv_algorithm), "
+           "interleaved query by query)" if conv_algorithms else
+           "; 'before': " + ("the fine stage with the options and Hamming loop before the FG-Bin speed-ups"
                              if before == "speedups" else "partly filled canvases at their fine widths (width_step=0)")
            + ", interleaved with 'after' query by query)" if compare else ")"))
     return out
@@ -324,7 +330,8 @@ def fine_rows(n_targets, rounds):
         "before (AVX2 loop, dense fill, wide tiles)": (ScorerOptions(**old), "avx2"),
         f"{best} loop": (ScorerOptions(**old), "auto"),
         f"{best} loop, fill by width": (ScorerOptions(untiled_cells=1 << 19, tile_cells=0), "auto"),
-        f"after ({best}, by width, 40k-cell tiles)": (ScorerOptions(), "auto"),
+        f"{best}, by width, 40k tiles, direct CNN": (ScorerOptions(conv_algorithm="direct"), "auto"),
+        f"after ({best}, by width, 40k tiles, Winograd)": (ScorerOptions(conv_algorithm="winograd"), "auto"),
     }
     scorers = {k: FineScorer(fg, options=o) for k, (o, _) in variants.items()}
     print(f"\n## FG-Bin fine stage at FIVR-200K lengths ({jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
@@ -365,7 +372,7 @@ def fine_rows(n_targets, rounds):
             o.block_until_ready()
 
     def cnn():
-        for o in [kernels.given_similarity(sc.conv_params, f, qc.maps(sc, bool(spec.tile_rows)),
+        for o in [kernels.given_similarity(sc.kernel_params(spec), f, qc.maps(sc, bool(spec.tile_rows)),
                                            cc.maps(sc, bool(spec.tile_cols)),
                                            spec) for f, (cc, spec) in zip(f2f, work)]:
             o.block_until_ready()
@@ -382,7 +389,8 @@ def fine_rows(n_targets, rounds):
     peak, ghz = cpu_fma_peak()
     print(f"split of the new path, one canvas at a time: Hamming {min(split['hamming']):.3f} s, "
           f"comparator CNN + Chamfer {min(split['cnn']):.3f} s "
-          f"({60 * cols * CNN_MACS_PER_CELL / min(split['cnn']) / 1e9:.1f} G multiply-adds/s on the canvas)")
+          f"({60 * cols * CNN_MACS_PER_CELL / min(split['cnn']) / 1e9:.1f} G direct-equivalent multiply-adds/s "
+          f"on the canvas)")
     print(f"lower bound: {macs / 1e9:.1f} G comparator multiply-adds on the real frame pairs "
           f"({CNN_MACS_PER_CELL:.0f} per pair) / {peak / 1e9:.0f} G FMA/s fp32 peak ({os.cpu_count()} cores x 2 FMA "
           f"x 8 floats x {ghz:.2f} GHz) = {macs / peak:.3f} s; "
@@ -408,6 +416,9 @@ def main():
     p.add_argument("--before", choices=("speedups", "buckets"), default="speedups",
                    help="fivr --compare: 'before' is the fine stage before the FG-Bin speed-ups, or ('buckets') "
                         "with the partly filled canvases at their fine widths (ScorerOptions.width_step=0)")
+    p.add_argument("--conv-algorithms", default="",
+                   help="fivr: comma list of comparator conv algorithms (ScorerOptions.conv_algorithm: direct, winograd) "
+                        "run side by side, interleaved query by query (replaces --compare)")
     args = p.parse_args()
     skip = set(args.skip.split(","))
     print(f"# dns_jax distributed benchmark: {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
@@ -416,7 +427,7 @@ def main():
         fine_rows(args.fine_targets, args.rounds)
     if "fivr" not in skip:
         fivr_rows(args.fivr_videos, args.queries, [0.05, 1000], compare=args.compare, warm=args.warm,
-                  before=args.before)
+                  before=args.before, conv_algorithms=[a for a in args.conv_algorithms.split(",") if a])
     if "ray" not in skip:
         ray_rows(args.videos, args.clips, args.cpus)
 

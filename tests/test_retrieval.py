@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dns_jax import retrieval
-from dns_jax.retrieval import binary, kernels
+from dns_jax.retrieval import binary, kernels, selector
 from dns_jax.retrieval.fine import FineScorer, ScorerOptions
 from dns_jax.validation import FeatureError
 from helpers import network, reference
@@ -239,6 +239,20 @@ def test_selector_self_similarity_exact():
     z = ref.out["mlp_in"]
     s = retrieval.selector_scores(net, z[::3, 0], z[:3, 1], z[:, 2].reshape(2, 3))
     np.testing.assert_allclose(s.reshape(-1), ref.out["mlp_out"][:, 0], atol=1e-6)
+
+
+def test_selector_scores_over_several_chunks_equal_one_call():
+    """selector_scores runs the MLP in chunks of MLP_CHUNK pairs (the last one padded): the same
+    probabilities as one call of the network on every pair."""
+    _, net = network("selector")
+    rng = np.random.default_rng(4)
+    n = 2 * selector.MLP_CHUNK + 37
+    qs, ts = rng.uniform(0.2, 0.9, 2).astype(np.float32), rng.uniform(0.2, 0.9, n).astype(np.float32)
+    c = rng.uniform(-1, 1, (2, n)).astype(np.float32)
+    got = retrieval.selector_scores(net, qs, ts, c)
+    z = np.stack([np.broadcast_to(qs[:, None], c.shape), np.broadcast_to(ts[None, :], c.shape), c], -1)
+    want = np.asarray(net(z.reshape(-1, 3)))[:, 0].reshape(c.shape)
+    np.testing.assert_allclose(got, want, atol=1e-7, rtol=0)
 
 
 @pytest.mark.parametrize("platform,tt", [("cpu", 2048), ("gpu", 8192)])

@@ -36,6 +36,7 @@ import numpy as np
 from dns_jax import native
 from dns_jax.models import FineGrainedStudent, ViSiLHead
 from dns_jax.retrieval import binary as codes
+from dns_jax.retrieval import winograd
 from dns_jax.retrieval.kernels import KernelSpec, canvas_similarity, frame_to_frame_dense
 from dns_jax.retrieval.layout import (
     HALO,
@@ -103,7 +104,7 @@ class ScorerOptions:
     cache-sized tiles of ~40k cells (docs/scaling.md), FG-Bin's elementwise Hamming loop prefers
     64-frame blocks. Working memory stays
     ~ rows x cols x 4 B plus a block and a tile (about 128 B per canvas cell at the CNN's widest
-    layer)."""
+    layer; ~400 B with the Winograd convolutions' transformed tiles)."""
 
     max_cols: int = 4096              # columns per database canvas (FineScorer.prepare)
     max_rows: int = 512               # query frames per canvas (a longer query gets its own)
@@ -124,6 +125,11 @@ class ScorerOptions:
     pack_gaps: bool = True            # fill database canvases by canvas width (frames + gap + 4-frame
                                       # alignment), so a full one is max_cols wide for the CNN; False:
                                       # by dense frames (full canvases were 4352 wide; docs/scaling.md)
+    conv_algorithm: str = "auto"      # comparator conv2/conv3: 'direct' (XLA's convolution), 'winograd'
+                                      # (Winograd F(m x m, 3 x 3) with the tiles of winograd_tiles: fewer
+                                      # multiply-adds, same results to float32 rounding; 1.5x faster CNN on
+                                      # CPU, docs/scaling.md) or 'auto' (winograd on CPU, direct elsewhere)
+    winograd_tiles: Tuple[int, int] = (2, 4)   # output tile m of conv2 (ReLU + pool fused) and conv3
     width_step: int = 1024            # a subset laid out on several canvases: its partly filled canvas is
                                       # widened to a multiple of this (at most max_cols; its dense frames
                                       # too), so a few sizes serve every query instead of one compile per
@@ -137,11 +143,13 @@ class ScorerOptions:
         native popcount instruction, and the same bounded-memory layout (a 512 x 4096-frame
         canvas needs < 1 GiB). FG-Bin on CPU ('auto'): the native kernel of dns_jax.native where it
         builds (AVX2 and a C++ compiler; faster than the 'csa' XLA loop), else 'csa'; decided when the
-        first FG-Bin kernel is laid out, so FG-Att scorers never build it."""
+        first FG-Bin kernel is laid out, so FG-Att scorers never build it. The comparator's conv2 and
+        conv3: Winograd on CPU (fewer multiply-adds), the direct convolution on accelerators (their
+        untiled canvases would hold Winograd's ~6x larger intermediates)."""
         if platform == "cpu":
             return cls()
         return cls(block_bytes=256 << 20, untiled_rows=1 << 12, untiled_cells=1 << 23, tile_cells=0,
-                   popcount="lax", packed_block=0, dispatch_threads=1)
+                   popcount="lax", packed_block=0, dispatch_threads=1, conv_algorithm="direct")
 
     def threads(self) -> int:
         """Host threads that run canvas calls concurrently. On CPU one canvas leaves cores idle
@@ -153,6 +161,20 @@ class ScorerOptions:
 
 
 POPCOUNTS = ("auto", "ffi", "csa", "swar", "lax")
+CONV_ALGORITHMS = ("auto", "direct", "winograd")
+
+
+def resolve_conv(o: ScorerOptions, platform: str = "cpu") -> Tuple[int, int]:
+    """KernelSpec.winograd for the options: the Winograd tiles of conv2 and conv3, or (0, 0) for the
+    direct convolution ('auto': Winograd on CPU only; accelerators keep their convolution units)."""
+    if o.conv_algorithm not in CONV_ALGORITHMS:
+        raise ValueError(f"conv_algorithm must be one of {', '.join(CONV_ALGORITHMS)}, got {o.conv_algorithm!r}")
+    if o.conv_algorithm == "direct" or (o.conv_algorithm == "auto" and platform != "cpu"):
+        return (0, 0)
+    tiles = tuple(int(m) for m in o.winograd_tiles)
+    if len(tiles) != 2 or any(m not in winograd.TILES + (0,) for m in tiles):
+        raise ValueError(f"winograd_tiles must be two of {winograd.TILES} (or 0: direct), got {o.winograd_tiles!r}")
+    return tiles
 
 
 def resolve_popcount(popcount: str, platform: str = "cpu") -> str:
@@ -217,6 +239,7 @@ class FineScorer:
         self.dims = module.dims
         self.zero_codes_seen = 0     # exactly-0 FG-Bin codes met by index() (packed as -1)
         self._pool: Optional[ThreadPoolExecutor] = None
+        self._winograd_params: Dict[Tuple[int, int], Dict[str, Any]] = {}
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         """The host threads that run canvases concurrently, started once per scorer (starting them
@@ -337,7 +360,19 @@ class FineScorer:
                           tile_rows=tr, tile_cols=tc, tile_batch=o.tile_batch,
                           popcount=resolve_popcount(o.popcount, self.devices[0].platform) if self.packed else "lax",
                           packed_block=o.packed_block,
-                          kernel_threads=o.kernel_threads)
+                          kernel_threads=o.kernel_threads,
+                          winograd=resolve_conv(o, self.devices[0].platform) if self.comparator else (0, 0))
+
+    def kernel_params(self, spec: KernelSpec) -> Dict[str, Any]:
+        """The comparator params for a kernel of `spec`: with the Winograd-transformed kernels of
+        spec.winograd (computed once per scorer and tile choice, in float64; two threads meeting a
+        new choice at once may both compute it, with the same result)."""
+        if not any(spec.winograd):
+            return self.conv_params
+        key = tuple(spec.winograd)
+        if key not in self._winograd_params:
+            self._winograd_params[key] = winograd.with_transformed(self.conv_params, dict(zip(("conv2", "conv3"), key)))
+        return self._winograd_params[key]
 
     def _axis(self, lengths: Sequence[int], size: int, tiled: bool) -> Tuple[Axis, np.ndarray]:
         starts, _ = place(lengths, self.padding)
@@ -577,7 +612,7 @@ class FineScorer:
                 work.append((rc, cc, spec))
 
         def run(rc: Canvas, cc: Canvas, spec: KernelSpec):
-            return canvas_similarity(self.conv_params, rc.dense, cc.dense, rc.maps(self, bool(spec.tile_rows)),
+            return canvas_similarity(self.kernel_params(spec), rc.dense, cc.dense, rc.maps(self, bool(spec.tile_rows)),
                                      cc.maps(self, bool(spec.tile_cols)), spec, rows_index=rc.index,
                                      cols_index=cc.index, cols_take=cc.take, with_f2f=frame_matrices)
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from dns_jax import native
+from dns_jax.retrieval import winograd
 from dns_jax.retrieval.layout import HALO, LEVELS
 
 Array = jax.Array
@@ -48,6 +49,8 @@ class KernelSpec:
                                   # or 'ffi' (dns_jax.native's AVX2 CPU kernel)
     packed_block: int = 0         # packed codes: target frames per elementwise block (0 = all)
     kernel_threads: int = 0       # popcount='ffi': threads of the native kernel (0 = XLA's CPU pool)
+    winograd: tuple = (0, 0)      # conv2, conv3: Winograd F(m x m, 3 x 3) output tile m (2 or 4; conv2
+                                  # with its ReLU + max-pool fused), 0 = XLA's direct convolution
 
 
 # ------------------------------------------------------------------------------------------------
@@ -286,6 +289,13 @@ def _conv1_relu_pool(xp: Array, layer: Dict[str, Array]) -> Array:
     return jax.nn.relu(out)
 
 
+def winograd_kernel(layer: Dict[str, Array], m: int) -> Array:
+    """The layer's kernel transformed for F(m x m, 3 x 3): [(m+2)^2, Cin, Cout]; precomputed under
+    the key f'winograd{m}' (see winograd.with_transformed), else transformed here (float32)."""
+    key = f"winograd{m}"
+    return layer[key] if key in layer else winograd.transform_kernel(layer["kernel"], m)
+
+
 def _max_pool(x: Array) -> Array:
     return lax.reduce_window(x, -jnp.inf, lax.max, (2, 2, 1), (2, 2, 1), "VALID")
 
@@ -304,7 +314,8 @@ def comparator_canvas(params: Dict[str, Any], f2f: Array, rmaps: Dict[str, Array
 
     f2f [H, W] -> [H//4, W//4] raw CNN output (before the hard tanh); cells outside the segment
     pairs hold garbage. Exact per pair (see layout.py); tiled with a halo of HALO frames when
-    spec.tile_rows/tile_cols are set.
+    spec.tile_rows/tile_cols are set. conv2 and conv3 run as Winograd convolutions where
+    spec.winograd sets their tile (equal to the direct ones to float32 rounding).
     """
     hh, ww = f2f.shape
     th, tw = spec.tile_rows or hh, spec.tile_cols or ww
@@ -314,6 +325,8 @@ def comparator_canvas(params: Dict[str, Any], f2f: Array, rmaps: Dict[str, Array
     x = jnp.pad(f2f, ((hr, hr), (hc, hc))) if (hr or hc) else f2f
     pad_mode = "constant" if spec.padding == "zero" else "edge"
     convs = [params["conv1"], params["conv2"], params["conv3"]]
+    tiles = (0,) + tuple(spec.winograd)                           # Winograd tile per level (0: direct)
+    wkern = {lv: winograd_kernel(convs[lv], m) for lv, m in enumerate(tiles) if m}   # once per call
 
     def tile(idx):
         i, j = idx // nc, idx % nc
@@ -330,6 +343,11 @@ def comparator_canvas(params: Dict[str, Any], f2f: Array, rmaps: Dict[str, Array
             y = jnp.pad(y, ((1, 1), (1, 1), (0, 0)), mode=pad_mode)
             if level == 0 and spec.fuse_conv1:
                 y = _conv1_relu_pool(y[..., 0], convs[0])
+                continue
+            if tiles[level]:
+                args = (y, wkern[level], convs[level]["bias"], tiles[level], spec.precision)
+                y = winograd.conv3x3_relu_pool(*args) if level < LEVELS - 1 else \
+                    jax.nn.relu(winograd.conv3x3(*args))
                 continue
             y = jax.nn.relu(_conv(y, convs[level], spec.precision))
             if level < LEVELS - 1:
