@@ -85,7 +85,7 @@ def test_build_recipes():
     assert {"build", "fg_att_student", "fg_bin_student", "cg_student", "selector"} <= set(recipe_names())
     own, demo = load_config("build"), load_config("build:demo")
     assert own.coarse.model.netvlad_clusters == 64 and demo.coarse.model.netvlad_clusters == 16
-    assert demo.fine.steps == 200 and own.fine.steps == 300 and own.teacher == "visil_f"
+    assert demo.fine.steps == 600 and demo.coarse.steps == 200 and own.fine.steps == 300 and own.teacher == "visil_f"
 
 
 def test_an_interrupted_job_exits_143_with_one_line_and_a_user_error_exits_2(capsys):

@@ -74,13 +74,14 @@ def spread_scores(sims: np.ndarray, params: Dict) -> np.ndarray:
 
 
 def fit_quantile_map(fine: np.ndarray, coarse: np.ndarray, points: int = 257) -> Dict:
-    """Parameters of `quantile_scores`: the `points` quantiles of the fine student's raw
+    """Parameters of `quantile_scores`: `points` quantiles (at most one per 4 pairs, so that a few
+    pairs do not make steep stretches that magnify float noise) of the fine student's raw
     similarities [P] and of the CG student's cosines [P] on the same training pairs. DnS then
     gives a re-ranked video the CG cosine at its fine score's quantile: the fine student's best
     pairs land where the CG student puts its best, whatever the two scales (spreading the fine
     scores like the teacher's left re-ranked copies under distractors the CG scores above its
     own targets)."""
-    q = np.linspace(0.0, 1.0, points)
+    q = np.linspace(0.0, 1.0, int(np.clip(len(fine) // 4 + 1, 2, points)))
     return {"rule": "quantiles", "fine": np.quantile(np.asarray(fine, np.float64), q).tolist(),
             "coarse": np.quantile(np.asarray(coarse, np.float64), q).tolist()}
 
