@@ -6,12 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import network
 from jax import lax
+from test_retrieval import TINY, _videos
 
 from dns_jax.retrieval import kernels, winograd
 from dns_jax.retrieval.fine import FineScorer, ScorerOptions, resolve_conv
-from helpers import network
-from test_retrieval import TINY, _videos
 
 
 def _direct(x, k, b):
@@ -72,6 +72,11 @@ def test_resolve_conv_per_platform():
     assert resolve_conv(ScorerOptions(), "gpu") == (0, 0)
     assert resolve_conv(ScorerOptions(conv_algorithm="direct"), "cpu") == (0, 0)
     assert resolve_conv(ScorerOptions(conv_algorithm="winograd", winograd_tiles=(4, 2)), "gpu") == (4, 2)
+    # 'auto' leaves canvases below winograd_min_cells to the direct convolution; an explicit choice holds
+    assert resolve_conv(ScorerOptions(), "cpu", 60 * 4096) == (2, 4)
+    assert resolve_conv(ScorerOptions(), "cpu", 60 * 256) == (0, 0)
+    assert resolve_conv(ScorerOptions(winograd_min_cells=0), "cpu", 60 * 256) == (2, 4)
+    assert resolve_conv(ScorerOptions(conv_algorithm="winograd"), "cpu", 16) == (2, 4)
 
 
 def _count_convs(sc, spec):

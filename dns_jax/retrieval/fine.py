@@ -130,6 +130,9 @@ class ScorerOptions:
                                       # multiply-adds, same results to float32 rounding; 1.5x faster CNN on
                                       # CPU, docs/scaling.md) or 'auto' (winograd on CPU, direct elsewhere)
     winograd_tiles: Tuple[int, int] = (2, 4)   # output tile m of conv2 (ReLU + pool fused) and conv3
+    winograd_min_cells: int = 1 << 15  # 'auto': canvases of fewer cells keep the direct convolution
+                                      # (their CNN takes milliseconds; Winograd's larger graph takes
+                                      # ~1-2 s more to compile each new canvas size)
     width_step: int = 1024            # a subset laid out on several canvases: its partly filled canvas is
                                       # widened to a multiple of this (at most max_cols; its dense frames
                                       # too), so a few sizes serve every query instead of one compile per
@@ -164,12 +167,14 @@ POPCOUNTS = ("auto", "ffi", "csa", "swar", "lax")
 CONV_ALGORITHMS = ("auto", "direct", "winograd")
 
 
-def resolve_conv(o: ScorerOptions, platform: str = "cpu") -> Tuple[int, int]:
-    """KernelSpec.winograd for the options: the Winograd tiles of conv2 and conv3, or (0, 0) for the
-    direct convolution ('auto': Winograd on CPU only; accelerators keep their convolution units)."""
+def resolve_conv(o: ScorerOptions, platform: str = "cpu", cells: Optional[int] = None) -> Tuple[int, int]:
+    """KernelSpec.winograd for the options and a canvas of `cells` cells (None: a large one): the
+    Winograd tiles of conv2 and conv3, or (0, 0) for the direct convolution ('auto': Winograd on
+    CPU for canvases of at least `winograd_min_cells`; accelerators keep their convolution units)."""
     if o.conv_algorithm not in CONV_ALGORITHMS:
         raise ValueError(f"conv_algorithm must be one of {', '.join(CONV_ALGORITHMS)}, got {o.conv_algorithm!r}")
-    if o.conv_algorithm == "direct" or (o.conv_algorithm == "auto" and platform != "cpu"):
+    small = cells is not None and cells < o.winograd_min_cells
+    if o.conv_algorithm == "direct" or (o.conv_algorithm == "auto" and (platform != "cpu" or small)):
         return (0, 0)
     tiles = tuple(int(m) for m in o.winograd_tiles)
     if len(tiles) != 2 or any(m not in winograd.TILES + (0,) for m in tiles):
@@ -361,7 +366,8 @@ class FineScorer:
                           popcount=resolve_popcount(o.popcount, self.devices[0].platform) if self.packed else "lax",
                           packed_block=o.packed_block,
                           kernel_threads=o.kernel_threads,
-                          winograd=resolve_conv(o, self.devices[0].platform) if self.comparator else (0, 0))
+                          winograd=resolve_conv(o, self.devices[0].platform, rows * cols) if self.comparator
+                          else (0, 0))
 
     def kernel_params(self, spec: KernelSpec) -> Dict[str, Any]:
         """The comparator params for a kernel of `spec`: with the Winograd-transformed kernels of
