@@ -1,5 +1,6 @@
 """dns_jax.retrieval: the batched kernel against the official one-pair-at-a-time path, packed vs
 float binary codes, rerank against the official mixing, coarse top-k, bounded memory, bad input."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,12 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import network, reference
 
 from dns_jax import retrieval
 from dns_jax.retrieval import binary, kernels, selector
 from dns_jax.retrieval.fine import FineScorer, ScorerOptions
 from dns_jax.validation import FeatureError
-from helpers import network, reference
 
 # forces tiled CNN, row/column f2f blocks and several canvases on the tiny fixture videos
 TINY = ScorerOptions(max_cols=64, max_rows=32, block_bytes=1 << 14, untiled_rows=8, untiled_cells=64,
@@ -68,6 +69,21 @@ def test_score_equals_official_per_pair_path(cases, name):
         if i == 0:  # q0 against d0, d1, d2: the official fixture numbers themselves
             ref = reference(name)
             np.testing.assert_allclose(got[:3], ref.out["sim_unbatched" if "fg" in name else "sim"][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fg_att_student", "fg_bin_student", "visil_head_sym512"])
+def test_winograd_comparator_equals_the_official_outputs(cases, name):
+    """The Winograd conv2/conv3 (the CPU default on large canvases; these tiny ones would take the
+    direct convolution under 'auto') held against the official per-pair path and the official
+    fixture numbers themselves, not only against our direct convolution."""
+    net, queries, targets, expected = cases[name]
+    for options in (ScorerOptions(conv_algorithm="winograd"), dataclasses.replace(TINY, conv_algorithm="winograd")):
+        sc = FineScorer(net, options=options)
+        assert sc.spec_for(64, 64, (9, 9)).winograd == (2, 4)
+        got = sc.similarities(sc.index(queries), sc.index(targets[:3]))
+        np.testing.assert_allclose(got, expected[:, :3], atol=2e-6, rtol=0)
+        ref = reference(name)
+        np.testing.assert_allclose(got[0], ref.out["sim_unbatched" if "fg" in name else "sim"][0], atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["fg_att_student", "fg_bin_student", "visil_head_sym512"])
