@@ -242,6 +242,10 @@ def test_unknown_cg_init_is_refused_before_any_work(tmp_path):
     rc.coarse.init = "kmeans"
     with pytest.raises(BuildError, match="coarse.init 'kmeans'"):
         _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
+    rc = opts.config()
+    rc.selector.fine_scale = "linear"
+    with pytest.raises(BuildError, match="selector.fine_scale 'linear' in the recipe: expected one of quantiles, spread"):
+        _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
 
 
 def test_interrupted_training_stage_is_not_marked_done(built, tmp_path, monkeypatch):

@@ -403,9 +403,7 @@ def stage_selector(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChan
     # a CG student trained on spread targets: the fine scores are compared on its scale
     fine_pairs, fine_spread, fine_raw = _student_pairs(wd, fine, "fine", spread=bool(coarse_info.get("targets")))
     coarse_pairs, _, coarse_raw = _student_pairs(wd, coarse, "coarse")
-    scale = rc.selector.fine_scale
-    if scale not in FINE_SCALES:
-        raise BuildError(f"selector.fine_scale {scale!r} in the recipe: expected one of {', '.join(FINE_SCALES)}")
+    scale = rc.selector.fine_scale                        # checked before any stage (_check_settings)
     threshold, target = selector_target(read_pairs(fine_pairs), read_pairs(coarse_pairs), rc.selector.threshold,
                                         rc.selector.get("target", "gap"), rc.selector.min_pairs_per_class, log)
     log(f"selector: training ({rc.selector.steps} steps)")
@@ -590,26 +588,34 @@ def stage_to_rebuild(opts: BuildOptions) -> Optional[str]:
     if not recorded:
         return None
     settings = decisive_settings(opts, opts.config())
-    for key in LEGACY_SETTINGS:
-        if key not in recorded:
-            settings.pop(key, None)
+    _keep_as_built(settings, recorded, None)
     changed = wd.changed_settings(settings)
     return _first_stage(changed) if changed else None
+
+
+def _keep_as_built(settings: Dict, recorded: Dict, reset: Optional[str]) -> Dict:
+    """Remove from `settings` the LEGACY_SETTINGS a work directory was recorded without (it keeps
+    what it was built with) unless `reset` rebuilds their stage -> {key: the recipe's value}."""
+    kept = {}
+    for key in LEGACY_SETTINGS:
+        redo = reset is not None and STAGES.index(reset) <= STAGES.index(stage_of_setting(key))
+        if recorded and key not in recorded and not redo:
+            kept[key] = settings.pop(key, None)
+    return kept
 
 
 def _check_settings(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
     """The settings of this run; a changed setting is an error unless a reset covers its stage."""
     whitening_shrink(rc.features.whitening_shrink)     # a bad value stops the build before any work
-    if rc.coarse.init not in coarse_recipe.INITS:
-        raise BuildError(f"coarse.init {rc.coarse.init!r} in the recipe: expected one of {', '.join(coarse_recipe.INITS)}")
+    for key, value, allowed in (("coarse.init", rc.coarse.init, coarse_recipe.INITS),
+                                ("selector.fine_scale", rc.selector.fine_scale, FINE_SCALES)):
+        if value not in allowed:
+            raise BuildError(f"{key} {value!r} in the recipe: expected one of {', '.join(allowed)}")
     settings = decisive_settings(opts, rc)
     reset = opts.reset or ("pca" if opts.retrain else None)
-    recorded = wd.settings()
-    for key, (kept, how) in LEGACY_SETTINGS.items():
-        redo = reset is not None and STAGES.index(reset) <= STAGES.index(stage_of_setting(key))
-        if recorded and key not in recorded and not redo:     # built before the key: it stays as it was built
-            value = settings.pop(key, None)
-            log(f"{wd.root} was built before {key} existed and keeps {kept}; {how} with the recipe's ({value!r})")
+    for key, value in _keep_as_built(settings, wd.settings(), reset).items():
+        kept, how = LEGACY_SETTINGS[key]
+        log(f"{wd.root} was built before {key} existed and keeps {kept}; {how} with the recipe's ({value!r})")
     changed = wd.changed_settings(settings)
     if changed:
         first = _first_stage(changed)
