@@ -128,7 +128,8 @@ class ScorerOptions:
     conv_algorithm: str = "auto"      # comparator conv2/conv3: 'direct' (XLA's convolution), 'winograd'
                                       # (Winograd F(m x m, 3 x 3) with the tiles of winograd_tiles: fewer
                                       # multiply-adds, same results to float32 rounding; 1.5x faster CNN on
-                                      # CPU, docs/scaling.md) or 'auto' (winograd on CPU, direct elsewhere)
+                                      # CPU, docs/scaling.md) or 'auto' (winograd on CPU canvases of at
+                                      # least winograd_min_cells, direct elsewhere)
     winograd_tiles: Tuple[int, int] = (2, 4)   # output tile m of conv2 (ReLU + pool fused) and conv3
     winograd_min_cells: int = 1 << 15  # 'auto': canvases of fewer cells keep the direct convolution
                                       # (their CNN takes milliseconds; Winograd's larger graph takes
