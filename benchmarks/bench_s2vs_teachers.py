@@ -12,7 +12,9 @@ One run:
    `add_videos` (extracted and indexed with the trained networks; nothing is retrained);
 4. every member of a family queries the whole index; prints, per teacher and method (teacher, CG
    student, fine student, DnS at 10/25/50 %), mAP and uAP on the held-out families and mAP on
-   the training ones, ms per query, bytes per video, and the build's time.
+   the training ones, ms per query, bytes per video, and the build's time; with two references that
+   need no training on the same features (mean pooling, and "region max": the best region pair of
+   the time-averaged regions, several vectors per video).
 
     PYTHONPATH=. python benchmarks/bench_s2vs_teachers.py [--out /tmp/bench_s2vs_teachers] [--seed 0]
 """
@@ -129,6 +131,38 @@ def retrain_selector(wd: str, teacher: str, target: str, folders, args, log) -> 
     return out
 
 
+def weight_free_rows(wd: str, ids, queries):
+    """Two descriptors of the build's whitened features that need no training, as references for
+    the CG student (one vector per video): mean pooling (the CG student's starting point) and
+    "region max", each of the 9 regions averaged over time and the best of the 9 x 9 region pairs'
+    cosines (several vectors per video, so no dot product: picture-in-picture and overlaid copies
+    match on the regions they keep)."""
+    import numpy as np
+
+    from dns_jax.datasets.stores import open_features
+
+    store = open_features(features_path(wd))
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    regions = unit(np.stack([np.asarray(store[v], np.float32).mean(0) for v in ids]))   # [N, 9, D]
+    mean = unit(regions.sum(1))                                                          # [N, D]
+    q = [ids.index(v) for v in queries]
+    rows = []
+    for method, vectors, score in (
+            ("mean pooling (no training)", mean, lambda: mean[q] @ mean.T),
+            ("region max (no training)", regions,
+             lambda: np.einsum("qad,nbd->qnab", regions[q], regions).max((2, 3)))):
+        t0 = time.time()
+        sims = score()
+        rows.append({"method": method, "scores": sims, "ms_per_query": 1000 * (time.time() - t0) / len(q),
+                     "bytes_per_video": vectors[0].size * 2})
+    return rows
+
+
+def features_path(wd: str) -> str:
+    from dns_jax.app.workdir import Workdir
+    return Workdir(wd).features
+
+
 def stage_seconds(wd: str):
     from dns_jax.app.workdir import Workdir
     done = Workdir(wd).read_state()["done"]
@@ -168,6 +202,8 @@ def main():
         shared_seconds += times.pop("shared features", 0.0)
         queries = sorted(set(gts["heldout"]) | set(gts["train"]))
         ids, stages = score_stages(wd, queries)
+        if teacher == args.teachers.split(",")[0]:
+            stages = weight_free_rows(wd, ids, queries) + stages
         rows = []
         for st in stages:
             row = {k: v for k, v in st.items() if k != "scores"}
@@ -197,7 +233,8 @@ def main():
     for teacher, r in results.items():
         for row in r["rows"]:
             b = row["bytes_per_video"]
-            print(f"| {teacher} | {row['method']} | {row['heldout']['mAP']:.3f} | {row['heldout']['uAP']:.3f} | "
+            who = "(none)" if row["method"].endswith("(no training)") else teacher
+            print(f"| {who} | {row['method']} | {row['heldout']['mAP']:.3f} | {row['heldout']['uAP']:.3f} | "
                   f"{row['train']['mAP']:.3f} | {row['ms_per_query']:.2f} | {'' if b is None else f'{b:,.0f}'} |")
     print("\n| teacher | build s (training part) | add held-out s | stages s | index MB | models MB |")
     print("|---|---|---|---|---|---|")
