@@ -32,6 +32,8 @@ def get_config(arg=None):
         netvlad=True,
         netvlad_clusters=64,
         netvlad_outdims=1024,
+        region_max=False,               # one vector per region, best region pair (not official; docs/s2vs.md)
+        num_regions=9,
         precision="highest"))
 
     # -- data ------------------------------------------------------------------------------------

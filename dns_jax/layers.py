@@ -27,6 +27,19 @@ def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
     return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
+def block_max_similarity(a: Array, b: Array, blocks: int = 1, precision=None) -> Array:
+    """[A, K * E] x [B, K * E] -> [A, B]: the largest dot product between one of the K blocks of a
+    row of `a` and one of the K blocks of a row of `b` (K = `blocks`; 1: the plain dot product).
+    Memory A x B x K^2: callers chunk large databases (retrieval/coarse.py)."""
+    if blocks == 1:
+        return jnp.matmul(a, b.T, precision=precision)
+    if a.shape[-1] % blocks or b.shape[-1] != a.shape[-1]:
+        raise ValueError(f"vectors of {a.shape[-1]} and {b.shape[-1]} values do not split into {blocks} blocks")
+    e = a.shape[-1] // blocks
+    s = jnp.matmul(a.reshape(-1, e), b.reshape(-1, e).T, precision=precision)     # [A * K, B * K]
+    return s.reshape(a.shape[0], blocks, b.shape[0], blocks).max(axis=(1, 3))
+
+
 def _unit_normal_context_init(key, shape, dtype=jnp.float32):
     """ViSiL's context vector: normal, then scaled to unit L2 norm. Kernel shape (D, 1)."""
     w = jax.random.normal(key, shape, dtype)

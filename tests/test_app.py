@@ -243,6 +243,10 @@ def test_unknown_cg_init_is_refused_before_any_work(tmp_path):
     with pytest.raises(BuildError, match="coarse.init 'kmeans'"):
         _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
     rc = opts.config()
+    rc.coarse.kind = "regions"
+    with pytest.raises(BuildError, match="coarse.kind 'regions' in the recipe: expected one of netvlad, region_max"):
+        _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
+    rc = opts.config()
     rc.selector.fine_scale = "linear"
     with pytest.raises(BuildError, match="selector.fine_scale 'linear' in the recipe: expected one of quantiles, spread"):
         _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
@@ -284,6 +288,7 @@ def test_dns_puts_reranked_fine_scores_on_the_coarse_scale(built):
     spreads the fine scores."""
     from dns_jax.app.coarse_recipe import quantile_scores, spread_scores
     from dns_jax.app.query import Searcher
+    from dns_jax.retrieval import coarse_scores, vector_blocks
     root, info, _, _ = built
     s = Searcher(str(root / "work"))
     assert s.fine_quantiles and s.fine_spread, "the build should record the fine student's mappings"
@@ -293,7 +298,8 @@ def test_dns_puts_reranked_fine_scores_on_the_coarse_scale(built):
     fine = s.dns.scorer.similarities([reps.fine_rep(i) for i in range(len(queries))],
                                      s.index.fine_reps(range(len(ids))))
     np.testing.assert_allclose(s.dns_scores(reps, 1.0), quantile_scores(fine, s.fine_quantiles), atol=1e-5)
-    np.testing.assert_allclose(s.dns_scores(reps, 0.0), reps.coarse @ s.index.coarse.T, atol=1e-5)
+    np.testing.assert_allclose(s.dns_scores(reps, 0.0), coarse_scores(reps.coarse, s.index.coarse, vector_blocks(s.coarse)),
+                               atol=1e-5)
     s.fine_quantiles = None
     np.testing.assert_allclose(s.dns_scores(reps, 1.0), spread_scores(fine, s.fine_spread), atol=1e-5)
 

@@ -8,9 +8,10 @@ Stages (each resumable; a finished stage is recorded in WORK/state.json and skip
 4. teacher   training pairs scored by a teacher that needs no weights (ViSiL_f: frame-level Chamfer
              of region Chamfer similarities, no comparator) or by a given teacher
 5. fine      FG-Att student distilled from the teacher
-6. coarse    CG student distilled from the teacher, with the small-collection recipe of
-             dns_jax.app.coarse_recipe (identity Transformer residuals and a PCA NetVLAD reduction
-             at initialisation, teacher scores spread against the collection's background)
+6. coarse    CG student distilled from the teacher on its scores spread against the collection's
+             background (dns_jax.app.coarse_recipe): by default region vectors (`coarse.kind=
+             'region_max'`: 9 time-averaged region vectors per video, the best region pair as the
+             score), or the official one vector per video ('netvlad', started as mean pooling)
 7. selector  selector trained on where the coarse student disagrees with the fine one (the fine
              scores spread onto the CG scale first when the CG student was trained that way)
 8. index     the DnS index of the collection
@@ -71,6 +72,7 @@ class BuildOptions:
     pca: Optional[str] = None           # official PCA file; None: fitted on the collection
     dims: Optional[int] = None
     whitening_shrink: Optional[str] = None   # 'auto' or a number >= 0 as text (features.whitening_shrink)
+    coarse_kind: Optional[str] = None   # 'region_max' or 'netvlad' (coarse.kind)
     teacher: Optional[str] = None
     fine: Optional[str] = None          # given networks skip their training stage
     coarse: Optional[str] = None
@@ -95,6 +97,7 @@ class BuildOptions:
         """The recipe with this build's options written over it."""
         c = load_config(self.recipe)
         for value, key in ((self.dims, "features.dims"), (self.whitening_shrink, "features.whitening_shrink"),
+                           (self.coarse_kind, "coarse.kind"),
                            (self.teacher, "teacher"), (self.seed, "seed"),
                            (self.batch_size, "batch_size"), (self.fine_steps, "fine.steps"),
                            (self.coarse_steps, "coarse.steps"), (self.selector_steps, "selector.steps")):
@@ -341,16 +344,22 @@ def stage_fine(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges)
 def stage_coarse(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) -> Dict:
     if opts.coarse:
         return {"network": "cg_student", "path": os.path.abspath(opts.coarse), "trained": False}
-    model = dict(default_config("cg_student").model.to_dict(), dims=rc.features.dims, **rc.coarse.model.to_dict())
+    region_max = rc.coarse.get("kind", "netvlad") == "region_max"
+    if region_max:
+        model = coarse_recipe.region_max_config(rc.features.dims)
+    else:
+        model = dict(default_config("cg_student").model.to_dict(), dims=rc.features.dims, **rc.coarse.model.to_dict())
     pairs, init, targets = coarse_recipe.prepare(wd.pairs("teacher"), wd.features, model, wd.path("coarse_init"),
                                                  seed=rc.seed, max_videos=rc.coarse.init_max_videos,
                                                  floor=rc.coarse.spread_floor, init=rc.coarse.init, log=log)
-    log(f"coarse: distilling the CG student ({rc.coarse.steps} steps)")
+    what = "region vectors" if region_max else "one vector per video"
+    log(f"coarse: distilling the CG student ({what}, {rc.coarse.steps} steps)")
     extra = {"pairs": pairs, "init_from": init, "learning_rate": rc.coarse.learning_rate}
-    extra.update({f"model.{k}": v for k, v in rc.coarse.model.items()})
+    extra.update({f"model.{k}": v for k, v in (model.items() if region_max else rc.coarse.model.items())})
     path, how = _train("cg_student", wd, opts, rc, rc.coarse.steps, extra)
     # `targets`: how teacher-scale similarities map to this student's cosines (DnS mixes the two)
-    return {"network": "cg_student", "path": path, "trained": True, "targets": targets, **how}
+    return {"network": "cg_student", "path": path, "trained": True, "targets": targets,
+            "kind": "region_max" if region_max else "netvlad", **how}
 
 
 def _given(kind: str, path: str) -> str:
@@ -401,7 +410,9 @@ def stage_selector(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChan
     coarse = pretrained.load(coarse_info["network"], coarse_info["path"])
     log("selector: scoring the training pairs with both students")
     # a CG student trained on spread targets: the fine scores are compared on its scale
-    fine_pairs, fine_spread, fine_raw = _student_pairs(wd, fine, "fine", spread=bool(coarse_info.get("targets")))
+    # a CG student trained on spread targets: the fine scores are compared on its scale
+    own_scale = bool(coarse_info.get("targets"))
+    fine_pairs, fine_spread, fine_raw = _student_pairs(wd, fine, "fine", spread=own_scale)
     coarse_pairs, _, coarse_raw = _student_pairs(wd, coarse, "coarse")
     scale = rc.selector.fine_scale                        # checked before any stage (_check_settings)
     threshold, target = selector_target(read_pairs(fine_pairs), read_pairs(coarse_pairs), rc.selector.threshold,
@@ -414,7 +425,7 @@ def stage_selector(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChan
     # how DnS puts the fine student's scores on the CG scale: `fine_quantiles` where recorded, else
     # `fine_spread` (None: the official s / 2 + 0.5); app/query.py Searcher.fine_mapping
     scales = {"fine_spread": fine_spread}
-    if scale == "quantiles" and coarse_info.get("targets"):
+    if scale == "quantiles" and own_scale:
         scales["fine_quantiles"] = fit_quantile_map(fine_raw, coarse_raw)
     return {"network": "selector", "path": path, "trained": True, **scales,
             "threshold": threshold, "target": target, **how}
@@ -506,6 +517,7 @@ SPEED_ONLY = ("teacher_job.batch_size", "checkpoint_fraction", "min_checkpoint_e
 # (what it keeps, how to take the recipe's instead)
 LEGACY_SETTINGS = {"features.whitening_shrink": ("its whitening", "--reset pca refits it"),
                    "coarse.init": ("its CG student", "--reset coarse trains it again"),
+                   "coarse.kind": ("its CG student", "--reset coarse builds it again"),
                    "selector.target": ("its selector", "--reset selector trains it again"),
                    "selector.fine_scale": ("how DnS scales its fine scores", "--reset selector fits it again")}
 # how DnS puts re-ranked fine scores on the CG scale (configs/build.py selector.fine_scale)
@@ -604,15 +616,30 @@ def _keep_as_built(settings: Dict, recorded: Dict, reset: Optional[str]) -> Dict
     return kept
 
 
+def _coarse_kind(opts: BuildOptions, rc, wd: Workdir, reset: Optional[str]) -> str:
+    """The kind of CG student the build ends with: 'given' (--coarse), the built one's (work
+    directories from before coarse.kind have 'netvlad') unless a reset rebuilds it, else the recipe's."""
+    if opts.coarse:
+        return "given"
+    if wd.done("coarse") and not (reset is not None and STAGES.index(reset) <= STAGES.index("coarse")):
+        return wd.require("coarse").get("kind", "netvlad")
+    return rc.coarse.get("kind", "netvlad")
+
+
 def _check_settings(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
     """The settings of this run; a changed setting is an error unless a reset covers its stage."""
     whitening_shrink(rc.features.whitening_shrink)     # a bad value stops the build before any work
     for key, value, allowed in (("coarse.init", rc.coarse.init, coarse_recipe.INITS),
+                                ("coarse.kind", rc.coarse.get("kind", "netvlad"), coarse_recipe.KINDS),
                                 ("selector.fine_scale", rc.selector.fine_scale, FINE_SCALES)):
         if value not in allowed:
             raise BuildError(f"{key} {value!r} in the recipe: expected one of {', '.join(allowed)}")
     settings = decisive_settings(opts, rc)
     reset = opts.reset or ("pca" if opts.retrain else None)
+    if opts.coarse_search == compressed.FAISS_IVFPQ and _coarse_kind(opts, rc, wd, reset) == "region_max":
+        raise BuildError("--coarse faiss-ivfpq needs one vector per video; the recipe's CG student is region "
+                         "vectors (coarse.kind 'region_max'): search it exactly, or build with --coarse-kind netvlad "
+                         "(coarse.kind 'netvlad')")
     for key, value in _keep_as_built(settings, wd.settings(), reset).items():
         kept, how = LEGACY_SETTINGS[key]
         log(f"{wd.root} was built before {key} existed and keeps {kept}; {how} with the recipe's ({value!r})")
@@ -723,7 +750,8 @@ def run_build(opts: BuildOptions, stages=STAGES) -> Dict:
 
 _OPTION_PATHS = ("videos", "pca", "fine", "coarse", "selector")
 _RECORDED = ("videos", "backbone", "pca", "dims", "whitening_shrink", "teacher", "fine", "coarse", "selector", "fine_steps",
-             "coarse_steps", "selector_steps", "batch_size", "coarse_model", "seed", "recipe", "coarse_search")
+             "coarse_steps", "selector_steps", "batch_size", "coarse_model", "seed", "recipe", "coarse_search",
+             "coarse_kind")
 
 
 def recorded_options(opts: BuildOptions, wd: Workdir) -> Dict:

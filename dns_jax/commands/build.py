@@ -45,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default) or 'faiss-ivfpq', a faiss IVF-PQ index of the CG vectors (64 bytes per video, "
                         "pip install 'dns-jax[faiss]'; kept by later builds, add and remove); both may be given: "
                         "--coarse cg.pth --coarse faiss-ivfpq")
+    p.add_argument("--coarse-kind", choices=("region_max", "netvlad"),
+                   help="the CG student to distil: 'region_max' (the recipe's: 9 region vectors per video, a pair "
+                        "scored by its best region pair; finds picture-in-picture and overlaid copies; searched "
+                        "exactly) or 'netvlad' (the official one vector per video; needed for --coarse faiss-ivfpq)")
     p.add_argument("--selector", metavar="SPEC", help="use this selector instead of training one")
     p.add_argument("--steps", type=int, help="training steps per network (recipe: 300)")
     p.add_argument("--batch-size", type=int, help="triplets (students) / pairs (selector) per step (recipe: 16)")
@@ -79,5 +83,5 @@ def run(args) -> int:
         fine_steps=args.steps, coarse_steps=args.steps, selector_steps=args.steps,
         batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, recipe=args.recipe,
         reset=args.reset, retrain=args.retrain, ray=args.ray, workers=args.workers, cpus=args.cpus,
-        coarse_search=coarse_search))
+        coarse_search=coarse_search, coarse_kind=args.coarse_kind))
     return 0

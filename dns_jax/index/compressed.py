@@ -207,6 +207,12 @@ def sync(index: Index, log: Callable[[str], None] = print, seed: int = 0) -> Opt
             log("coarse search: exact; the faiss index was removed")
         return None
     require_faiss()
+    config = index.manifest["networks"]["coarse"].get("config") or {}
+    if config.get("region_max"):
+        raise CompressedCoarseError(
+            f"the index at {index.directory!r} has a region_max coarse network (the best of "
+            f"{config.get('num_regions', 9)} region vectors per video), which a faiss index of one vector per "
+            "video cannot search; use --coarse exact")
     n = len(index)
     if n < MIN_VIDEOS:
         if os.path.exists(path):

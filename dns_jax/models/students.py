@@ -18,6 +18,7 @@ from dns_jax.layers import (
     NetVLAD,
     TransformerEncoder,
     VideoComparator,
+    block_max_similarity,
     l2_normalize,
 )
 from dns_jax.losses import similarity_regularization_loss
@@ -174,7 +175,14 @@ class FineGrainedStudent(nn.Module):
 
 class CoarseGrainedStudent(nn.Module):
     """Coarse-grained student: attention -> sum over regions -> L2 -> Transformer -> NetVLAD ->
-    L2, one `[netvlad_outdims]` vector per video; similarity is a dot product."""
+    L2, one `[netvlad_outdims]` vector per video; similarity is a dot product.
+
+    `region_max=True` (not an official option; transformer and NetVLAD off): each region is kept
+    apart, L2-normalised and averaged over the video's frames (weighted by the attention, if any:
+    with a zero context vector every weight is 0.5, a plain mean), so a video is `num_regions` unit
+    vectors `[R * D]` (flattened, region-major) and the similarity of two videos is the best cosine
+    of their R x R region pairs (`block_max_similarity`): a picture-in-picture or overlaid copy
+    matches on the regions it keeps, which a single vector mixes with the rest of the frame."""
 
     dims: int = 512
     attention: bool = True
@@ -185,9 +193,18 @@ class CoarseGrainedStudent(nn.Module):
     netvlad: bool = True
     netvlad_clusters: int = 64
     netvlad_outdims: Optional[int] = 1024
+    region_max: bool = False
+    num_regions: int = 9
     precision: Optional[str] = DEFAULT_PRECISION
 
+    @property
+    def vector_blocks(self) -> int:
+        """Unit vectors per indexed video: `num_regions` with `region_max`, else 1."""
+        return int(self.num_regions) if self.region_max else 1
+
     def setup(self):
+        if self.region_max and (self.transformer or self.netvlad):
+            raise ValueError("region_max takes the region vectors as they are: set transformer=False and netvlad=False")
         if self.attention:
             self.attention_layer = Attention(self.dims, self.precision)
         if self.transformer:
@@ -200,6 +217,9 @@ class CoarseGrainedStudent(nn.Module):
     def index_video(self, x: Array, mask: Optional[Array] = None, train: bool = False) -> Array:
         """[T, R, D] or [N, T, R, D] (+ mask [N, T]) -> L2-normalised [N, out] (N = 1 unbatched)."""
         x, mask = add_batch_axis(x, mask)
+        if self.region_max:
+            weights = self.attention_layer(x)[1] if self.attention else None
+            return self._region_vectors(x, mask, weights)
         if self.attention:
             x, _ = self.attention_layer(x)
             self.sow("intermediates", "attention_out", x)
@@ -216,12 +236,32 @@ class CoarseGrainedStudent(nn.Module):
             x = jnp.mean(x, 1)
         return l2_normalize(x)
 
+    def _region_vectors(self, x: Array, mask: Optional[Array], weights: Optional[Array] = None) -> Array:
+        """[N, T, R, D] -> [N, R * D]: each region L2-normalised, averaged over the (unmasked)
+        frames -- weighted by the attention [N, T, R, 1] when given -- and L2-normalised again."""
+        n, t, r, d = x.shape
+        if r != self.num_regions:
+            raise ValueError(f"region_max expects {self.num_regions} regions per frame, got {r}")
+        w = jnp.ones((n, t, r, 1), x.dtype) if weights is None else weights.astype(x.dtype)
+        if mask is not None:
+            w = w * mask.astype(x.dtype)[..., None, None]
+        x = jnp.sum(l2_normalize(x) * w, 1) / jnp.maximum(jnp.sum(w, 1), 1e-12)
+        return l2_normalize(x).reshape(n, r * d)
+
     def calculate_video_similarity(self, query: Array, target: Array) -> Array:
-        """[A, E] x [B, E] -> [A, B] cosine similarities."""
-        return jnp.matmul(query, target.T, precision=self.precision)
+        """[A, E] x [B, E] -> [A, B] cosine similarities (with `region_max`, the best region pair's)."""
+        return block_max_similarity(query, target, self.vector_blocks, self.precision)
 
     def __call__(self, anchors: Array, positives: Array, negatives: Array, *masks):
         """Official training forward on indexed [n, E] vectors -> (pos [n, 1], neg [n, 1], None)."""
+        if self.region_max:
+            k = self.vector_blocks
+
+            def pair(a, b):     # [n, K * E] x [n, K * E] -> [n, 1], the best of each row pair's K x K
+                s = jnp.einsum("nkd,nld->nkl", a.reshape(a.shape[0], k, -1), b.reshape(b.shape[0], k, -1),
+                               precision=self.precision)
+                return s.max(axis=(1, 2))[:, None]
+            return pair(anchors, positives), pair(anchors, negatives), None
         pos = jnp.sum(anchors * positives, 1, keepdims=True)
         neg = jnp.sum(anchors * negatives, 1, keepdims=True)
         return pos, neg, None

@@ -42,26 +42,33 @@ def _check_vectors(x, name: str, dims: Optional[int] = None) -> np.ndarray:
     return a
 
 
-def _chunk_scores(q, chunk, precision, upcast: bool = False):
+def _chunk_scores(q, chunk, precision, upcast: bool = False, blocks: int = 1):
     """q [Q, E] float32 x chunk [M, E] -> [Q, M] float32. A float16 chunk is either multiplied as
     float16 with float32 accumulation (accelerators: native half-precision products; the queries
     are rounded to float16) or, with `upcast` (CPU, which has no float16 arithmetic and would
-    otherwise convert the whole operand into a float32 temporary), converted to float32 first."""
+    otherwise convert the whole operand into a float32 temporary), converted to float32 first.
+    `blocks` > 1: each vector is that many unit vectors and a pair scores its best block pair
+    (the CG student's `region_max`; layers.block_max_similarity)."""
+    if blocks > 1:
+        nq, m, e = q.shape[0], chunk.shape[0], q.shape[1] // blocks
+        s = _chunk_scores(q.reshape(nq * blocks, e), chunk.reshape(m * blocks, e), precision, upcast)
+        return s.reshape(nq, blocks, m, blocks).max(axis=(1, 3))
     if upcast and chunk.dtype != jnp.float32:
         return jnp.dot(q, chunk.astype(jnp.float32).T, precision=precision)
     return jnp.dot(q.astype(chunk.dtype), chunk.T, preferred_element_type=jnp.float32, precision=precision)
 
 
-def _rows_scores(q, db, rows: int, precision, upcast: bool):
+def _rows_scores(q, db, rows: int, precision, upcast: bool, blocks: int = 1):
     """_chunk_scores over db [M, E] by blocks of `rows` (M a multiple of rows): a float16 database
-    is converted block by block (a bounded temporary) when `upcast`."""
-    if not upcast or db.dtype == jnp.float32 or db.shape[0] <= rows:
-        return _chunk_scores(q, db, precision, upcast)
-    out = jax.lax.map(lambda c: _chunk_scores(q, c, precision, upcast), db.reshape(-1, rows, db.shape[1]))
+    is converted block by block (a bounded temporary) when `upcast`; with several vector blocks
+    the [Q, rows, blocks^2] products stay bounded the same way."""
+    if (blocks == 1 and (not upcast or db.dtype == jnp.float32)) or db.shape[0] <= rows:
+        return _chunk_scores(q, db, precision, upcast, blocks)
+    out = jax.lax.map(lambda c: _chunk_scores(q, c, precision, upcast, blocks), db.reshape(-1, rows, db.shape[1]))
     return jnp.moveaxis(out, 0, 1).reshape(q.shape[0], db.shape[0])
 
 
-def _scan_topk(q, db, n_valid, k: int, chunk: int, offset, precision, upcast: bool = False):
+def _scan_topk(q, db, n_valid, k: int, chunk: int, offset, precision, upcast: bool = False, blocks: int = 1):
     """Running top-k of q [Q, E] against db [M, E] (M a multiple of chunk; rows >= n_valid ignored).
     Returns (scores [Q, k], global indices [Q, k])."""
     nq = q.shape[0]
@@ -70,7 +77,7 @@ def _scan_topk(q, db, n_valid, k: int, chunk: int, offset, precision, upcast: bo
     def step(carry, xs):
         best_s, best_i = carry
         c, start = xs
-        s = _chunk_scores(q, c, precision, upcast)
+        s = _chunk_scores(q, c, precision, upcast, blocks)
         idx = start + jnp.arange(chunk, dtype=jnp.int32)
         s = jnp.where(idx[None, :] < n_valid, s, -jnp.inf)
         kk = min(k, chunk)
@@ -87,13 +94,44 @@ def _scan_topk(q, db, n_valid, k: int, chunk: int, offset, precision, upcast: bo
     return s, jnp.where(i >= 0, i + offset, -1)
 
 
+def vector_blocks(model) -> int:
+    """Unit vectors per indexed video of a coarse network (CG student: 1; with `region_max`, one per
+    region)."""
+    return int(getattr(model.module, "vector_blocks", 1))
+
+
+def coarse_scores(queries, database, blocks: int = 1, rows: int = 4096) -> np.ndarray:
+    """(Q, E) x (N, E) coarse vectors -> (Q, N) float32 on the host: cosines, or with `blocks` > 1
+    the best block pair's (rows of the database at a time, so memory stays Q x rows x blocks^2)."""
+    q = np.asarray(queries, np.float32)
+    db = np.asarray(database, np.float32)
+    if blocks == 1:
+        return (q @ db.T).astype(np.float32)
+    e = q.shape[1] // blocks
+    qb = q.reshape(-1, e)
+    rows = max(1, rows // blocks ** 2)
+    out = np.empty((q.shape[0], db.shape[0]), np.float32)
+    for s in range(0, db.shape[0], rows):
+        part = db[s:s + rows]
+        sims = qb @ part.reshape(-1, e).T
+        out[:, s:s + len(part)] = sims.reshape(q.shape[0], blocks, len(part), blocks).max(axis=(1, 3))
+    return out
+
+
 class CoarseDatabase:
-    """Database of CG vectors [N, E] on the local devices (sharded when there are several)."""
+    """Database of CG vectors [N, E] on the local devices (sharded when there are several).
+    `blocks` > 1: each vector is that many unit vectors (the CG student's `region_max`, E a
+    multiple of blocks) and a pair scores its best block pair; chunks shrink by blocks^2 so the
+    products stay as small as one-vector chunks'."""
 
     def __init__(self, vectors, dtype=jnp.float32, chunk: int = 16384, devices: Optional[Sequence] = None,
-                 precision="highest"):
+                 precision="highest", blocks: int = 1):
         v = _check_vectors(vectors, "coarse database")
         self.n, self.dims = v.shape
+        self.blocks = int(blocks)
+        if self.blocks < 1 or self.dims % self.blocks:
+            raise FeatureError(f"coarse database: {self.dims}-d vectors do not split into {blocks} blocks")
+        chunk = max(8, chunk // self.blocks ** 2 // 8 * 8)
         self.dtype = jnp.dtype(dtype)
         self.precision = precision
         devices = list(devices) if devices is not None else jax.local_devices()
@@ -111,17 +149,18 @@ class CoarseDatabase:
         # (XLA's float16 product converted the whole database into a float32 temporary on every
         # call; docs/retrieval.md has the figures)
         self.upcast = all(d.platform == "cpu" for d in devices)
-        self.sim_rows = 4096 if self.chunk % 4096 == 0 else self.chunk
+        self.sim_rows = max(8, 4096 // self.blocks ** 2)
+        self.sim_rows = self.sim_rows if self.chunk % self.sim_rows == 0 else self.chunk
         self._topk_fns = {}
         self._sim_fn = None
 
     # -- all scores -------------------------------------------------------------------------
     def _similarity_fn(self):
         if self._sim_fn is None:
-            precision, rows, upcast = self.precision, self.sim_rows, self.upcast
+            precision, rows, upcast, blocks = self.precision, self.sim_rows, self.upcast, self.blocks
 
             def local(q, db):
-                return _rows_scores(q, db, rows, precision, upcast)
+                return _rows_scores(q, db, rows, precision, upcast, blocks)
 
             fn = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P("db", None)), out_specs=P(None, "db"))
             self._sim_fn = jax.jit(fn)
@@ -144,12 +183,13 @@ class CoarseDatabase:
     def _topk_fn(self, k: int):
         if k not in self._topk_fns:
             chunk, per_shard, n, precision, upcast = self.chunk, self.per_shard, self.n, self.precision, self.upcast
+            blocks = self.blocks
 
             def local(q, db):
                 shard = jax.lax.axis_index("db")
                 offset = shard * per_shard
                 n_valid = jnp.clip(n - offset, 0, per_shard)
-                s, i = _scan_topk(q, db, n_valid, k, chunk, offset, precision, upcast)
+                s, i = _scan_topk(q, db, n_valid, k, chunk, offset, precision, upcast, blocks)
                 s = jax.lax.all_gather(s, "db", axis=1, tiled=True)
                 i = jax.lax.all_gather(i, "db", axis=1, tiled=True)
                 order = jnp.lexsort((jnp.where(i < 0, jnp.iinfo(jnp.int32).max, i), -s), axis=1)[:, :k]

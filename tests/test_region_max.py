@@ -1,0 +1,162 @@
+"""The CG student's region vectors (`region_max`): each region averaged over the video, a pair
+scored by its best region pair; the coarse search (`CoarseDatabase(blocks=...)`, `coarse_scores`),
+the pair scorer, the build's `coarse.kind` and the faiss stage's refusal."""
+import numpy as np
+import pytest
+
+from dns_jax import checkpoint, pretrained
+from dns_jax.app import coarse_recipe
+from dns_jax.layers import block_max_similarity
+from dns_jax.models.registry import build_module
+from dns_jax.retrieval import CoarseDatabase, coarse_scores, vector_blocks
+from dns_jax.retrieval.dns import coarse_index
+
+D = 16
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _region_max_reference(a, b):
+    """Plain numpy: regions [T, 9, D] -> per-region means of unit vectors -> best of 9 x 9 cosines."""
+    ra, rb = _unit(_unit(a).mean(0)), _unit(_unit(b).mean(0))
+    return float(max(ra[i] @ rb[j] for i in range(9) for j in range(9)))
+
+
+@pytest.fixture(scope="module")
+def region_net(tmp_path_factory):
+    """The build's region-vector CG student as the coarse stage writes it (neutral attention)."""
+    config = coarse_recipe.region_max_config(D)
+    variables = coarse_recipe.initial_variables(config, [], seed=0)
+    path = str(tmp_path_factory.mktemp("rm") / "cg")
+    checkpoint.save_network(path, "cg_student", config, variables)
+    return pretrained.load("cg_student", path)
+
+
+def _videos(n, seed=0, lengths=(3, 5, 7, 4, 6)):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(lengths[i % len(lengths)], 9, D)).astype(np.float32) for i in range(n)]
+
+
+def test_block_max_similarity_by_hand():
+    a = np.array([[1.0, 0.0, 0.0, 1.0]], np.float32)          # blocks (1, 0), (0, 1)
+    b = np.array([[0.6, 0.8, -1.0, 0.0], [0.0, -1.0, -0.6, -0.8]], np.float32)
+    # row 0: best of (1,0).(0.6,0.8)=0.6, (1,0).(-1,0)=-1, (0,1).(0.6,0.8)=0.8, (0,1).(-1,0)=0 -> 0.8
+    # row 1: (1,0).(0,-1)=0, (1,0).(-0.6,-0.8)=-0.6, (0,1).(0,-1)=-1, (0,1).(-0.6,-0.8)=-0.8 -> 0
+    np.testing.assert_allclose(np.asarray(block_max_similarity(a, b, 2)), [[0.8, 0.0]], atol=1e-7)
+    np.testing.assert_allclose(coarse_scores(a, b, 2), [[0.8, 0.0]], atol=1e-7)
+    np.testing.assert_allclose(np.asarray(block_max_similarity(a, b, 1)), a @ b.T, atol=1e-7)
+    with pytest.raises(ValueError, match="do not split into 3 blocks"):
+        block_max_similarity(a, b, 3)
+
+
+def test_region_vectors_and_similarity_equal_plain_numpy(region_net):
+    videos = _videos(5)
+    assert region_net.module.vector_blocks == 9 and vector_blocks(region_net) == 9
+    one = np.concatenate([np.asarray(region_net.index_video(v)) for v in videos])
+    batched = coarse_index(region_net, videos)                 # padded, masked batches
+    np.testing.assert_allclose(batched, one, atol=2e-6)
+    sims = np.asarray(region_net.calculate_video_similarity(one, one))
+    want = np.array([[_region_max_reference(a, b) for b in videos] for a in videos])
+    np.testing.assert_allclose(sims, want, atol=2e-6)
+    np.testing.assert_allclose(coarse_scores(one, one, 9), want, atol=2e-6)
+    # the training forward scores (anchor, positive) and (anchor, negative) rows the same way
+    pos, neg, _ = region_net.module.apply(region_net.variables, one[:2], one[2:4], one[3:5])
+    np.testing.assert_allclose(np.asarray(pos)[:, 0], [want[0, 2], want[1, 3]], atol=2e-6)
+    np.testing.assert_allclose(np.asarray(neg)[:, 0], [want[0, 3], want[1, 4]], atol=2e-6)
+
+
+def test_attention_weights_the_frames(region_net):
+    """A trained context vector weights frames unequally (no longer the plain mean); the build's
+    start (zero context vector) weights them all alike."""
+    v = _videos(1, seed=3, lengths=(6,))[0]
+    params = dict(region_net.variables["params"])
+    att = dict(params["attention_layer"])
+    att["context_vector"] = {"kernel": np.random.default_rng(0).normal(size=(D, 1)).astype(np.float32) * 3}
+    params["attention_layer"] = att
+    weighted = np.asarray(region_net.module.apply({"params": params}, v, method="index_video"))
+    plain = np.asarray(region_net.index_video(v))
+    assert np.abs(weighted - plain).max() > 1e-3
+    np.testing.assert_allclose(plain.reshape(9, D), _unit(_unit(v).mean(0)), atol=2e-6)
+
+
+def test_region_max_takes_no_transformer_or_netvlad():
+    with pytest.raises(ValueError, match="transformer=False and netvlad=False"):
+        build_module("cg_student", dict(dims=D, region_max=True)).init(
+            np.zeros(2, np.uint32), method="init_all")
+
+
+@pytest.mark.parametrize("dtype, atol", [("float32", 2e-6), ("float16", 2e-3)])
+def test_coarse_database_with_blocks_equals_host_scores(dtype, atol):
+    """Chunked (shrunk by blocks^2 to 200 rows here, N not a multiple) similarities and top-k of
+    region vectors equal the host computation."""
+    rng = np.random.default_rng(1)
+    n, q = 450, 3
+    db = _unit(rng.normal(size=(n, 9, D))).reshape(n, 9 * D).astype(np.float32)
+    queries = _unit(rng.normal(size=(q, 9, D))).reshape(q, 9 * D).astype(np.float32)
+    cdb = CoarseDatabase(db, dtype=dtype, blocks=9)
+    assert cdb.chunk == 200
+    want = coarse_scores(queries, db.astype(dtype).astype(np.float32), 9)
+    np.testing.assert_allclose(cdb.similarities(queries), want, atol=atol)
+    scores, idx = cdb.topk(queries, 7)
+    for r in range(q):
+        np.testing.assert_allclose(scores[r], np.sort(want[r])[::-1][:7], atol=atol)
+        np.testing.assert_allclose(want[r, idx[r]], scores[r], atol=atol)
+    with pytest.raises(ValueError, match="do not split into 5 blocks"):
+        CoarseDatabase(db, blocks=5)
+
+
+def test_pair_scorer_scores_region_pairs(region_net, tmp_path):
+    from dns_jax.datasets.stores import open_features
+    from dns_jax.training.scoring import PairScorer
+
+    videos = _videos(4, seed=5)
+    path = str(tmp_path / "f.npz")
+    np.savez(path, **{f"v{i}": v for i, v in enumerate(videos)})
+    scorer = PairScorer("cg_student", region_net.module, region_net.variables, batch_size=4)
+    got = scorer.score(open_features(path), [("v0", "v1"), ("v2", "v3"), ("v1", "v1")])
+    want = [_region_max_reference(videos[0], videos[1]), _region_max_reference(videos[2], videos[3]), 1.0]
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_the_faiss_stage_refuses_region_vectors(tmp_path, region_net):
+    pytest.importorskip("faiss")
+    from dns_jax.index import Index, compressed
+    from tests.helpers import network
+
+    fine, selector = network("fg_bin_student")[1], network("selector")[1]
+    index = Index.create(str(tmp_path / "idx"), fine, region_net, selector, "packed", 64)
+    index.set_coarse_search(compressed.FAISS_IVFPQ)
+    with pytest.raises(compressed.CompressedCoarseError, match="region_max coarse network.*--coarse exact"):
+        compressed.sync(index, log=lambda m: None)
+    index.close()
+
+
+def test_the_build_refuses_faiss_for_region_vectors_before_any_work(tmp_path):
+    from dns_jax.app.build import BuildError, BuildOptions, _check_settings
+    from dns_jax.app.workdir import Workdir
+
+    opts = BuildOptions(videos="v", workdir=str(tmp_path), recipe="build:demo", coarse_search="faiss-ivfpq")
+    rc = opts.config()
+    assert rc.coarse.kind == "region_max"
+    with pytest.raises(BuildError, match="--coarse faiss-ivfpq needs one vector per video.*coarse.kind 'netvlad'"):
+        _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
+    rc.coarse.kind = "netvlad"
+    assert _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)["coarse.kind"] == "netvlad"
+
+
+def test_coarse_kind_flag(tmp_path, capsys):
+    """`dns-jax build --coarse faiss-ivfpq` with the recipe's region vectors is one line naming the
+    way out; `--coarse-kind netvlad` sets coarse.kind (and is recorded for add/remove)."""
+    from dns_jax import cli
+    from dns_jax.app.build import BuildOptions, recorded_options
+    from dns_jax.app.workdir import Workdir
+
+    (tmp_path / "videos").mkdir()
+    args = ["build", "--videos", str(tmp_path / "videos"), "--workdir", str(tmp_path / "w"), "--coarse", "faiss-ivfpq"]
+    assert cli.main(args) == 2
+    assert "--coarse-kind netvlad" in capsys.readouterr().err
+    opts = BuildOptions(videos="v", workdir=str(tmp_path / "w2"), coarse_kind="netvlad")
+    assert opts.config().coarse.kind == "netvlad"
+    assert recorded_options(opts, Workdir(str(tmp_path / "w2")))["coarse_kind"] == "netvlad"
