@@ -55,6 +55,9 @@ def get_config(arg=None):
         # bench_s2vs_teachers.py) the ViSiL_f build's fine student went 0.861 -> 0.898 mAP with 600
         # steps (teacher 0.904), while the CG student lost with more (docs/s2vs.md)
         steps=3 * steps if demo else steps,
+        # 'teacher': an S2VS teacher (the FG-Att student's own network) is the student's starting
+        # point; 'random' (the official start; always with ViSiL_f, which has no weights)
+        init="teacher",
         learning_rate=1e-4))            # the paper's
     c.coarse = ml_collections.ConfigDict(dict(
         network="cg_student",

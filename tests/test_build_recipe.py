@@ -181,6 +181,7 @@ def test_a_work_directory_built_before_the_whitening_shrink_stays_valid(tmp_path
 @pytest.mark.parametrize("key, default, other, said, stage", [
     ("coarse.init", "mean_pooling", "vlad_pca", "keeps its CG student; --reset coarse trains it again", "coarse"),
     ("coarse.kind", "region_max", "netvlad", "keeps its CG student; --reset coarse builds it again", "coarse"),
+    ("fine.init", "teacher", "random", "keeps its fine student; --reset fine trains it again", "fine"),
     ("selector.target", "relevance", "gap", "keeps its selector; --reset selector trains it again", "selector"),
     ("selector.fine_scale", "quantiles", "spread", "--reset selector fits it again", "selector")])
 def test_a_work_directory_built_before_a_setting_existed_keeps_what_it_has(tmp_path, key, default, other, said,

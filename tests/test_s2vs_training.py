@@ -427,3 +427,32 @@ def test_teacher_for_the_build(real_run, tmp_path):
     with pytest.raises(ConfigError, match="does not reproduce the features"):
         train_s2vs_teacher(videos, str(work / "features.hdf5"), str(tmp_path / "t2"), recipe=recipe,
                            pca=str(tmp_path / "other_pca.npz"))
+
+
+def test_the_fine_student_starts_as_its_s2vs_teacher(tmp_path):
+    """`fine.init='teacher'`: an S2VS teacher is the FG-Att student's network, so the build's fine
+    student starts with its weights and scores pairs exactly as the teacher does; ViSiL_f (no
+    weights) and an FG-Bin student keep the random start."""
+    from dns_jax import checkpoint
+    from dns_jax.app.build import BuildOptions, fine_start_from_teacher
+    from dns_jax.app.workdir import Workdir
+    from tests.helpers import random_network
+
+    teacher_dir = str(tmp_path / "teacher")
+    checkpoint.save_network(teacher_dir, "s2vs", *random_network("s2vs", 3, dims=32))
+    opts = BuildOptions(videos="v", workdir=str(tmp_path / "w"), recipe="build:demo", dims=32,
+                        teacher=f"s2vs:{teacher_dir}")
+    rc, wd, said = opts.config(), Workdir(str(tmp_path / "w")), []
+    assert rc.fine.init == "teacher"
+    start = fine_start_from_teacher(wd, rc, "fg_att_student", said.append)
+    assert start and "starts as its s2vs teacher" in said[-1]
+    student, teacher = pretrained.load("fg_att_student", start), pretrained.load("s2vs", teacher_dir)
+    rng = np.random.default_rng(0)
+    q, t = (rng.normal(size=(n, 9, 32)).astype(np.float32) for n in (6, 8))
+    same = [float(np.asarray(net.calculate_video_similarity(net.index_video(q), net.index_video(t))).squeeze())
+            for net in (student, teacher)]
+    np.testing.assert_allclose(same[0], same[1], atol=1e-6)
+    assert jax.tree_util.tree_structure(student.variables) == jax.tree_util.tree_structure(teacher.variables)
+    assert fine_start_from_teacher(wd, rc, "fg_bin_student", said.append) is None
+    rc.teacher = "visil_f"
+    assert fine_start_from_teacher(wd, rc, "fg_att_student", said.append) is None

@@ -30,6 +30,7 @@ import shutil
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+import jax
 import numpy as np
 
 from dns_jax import checkpoint, pretrained
@@ -335,10 +336,37 @@ def stage_fine(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges)
     if opts.fine:
         return {"network": _given("fine", opts.fine), "path": os.path.abspath(opts.fine), "trained": False}
     network = rc.fine.network
+    extra = {"pairs": wd.pairs("teacher"), "learning_rate": rc.fine.learning_rate}
+    start = fine_start_from_teacher(wd, rc, network, log) if rc.fine.get("init", "random") == "teacher" else None
+    if start:
+        extra["init_from"] = start
     log(f"fine: distilling the {registry.get(network).label} student ({rc.fine.steps} steps)")
-    path, how = _train(network, wd, opts, rc, rc.fine.steps,
-                       {"pairs": wd.pairs("teacher"), "learning_rate": rc.fine.learning_rate})
-    return {"network": network, "path": path, "trained": True, **how}
+    path, how = _train(network, wd, opts, rc, rc.fine.steps, extra)
+    return {"network": network, "path": path, "trained": True, "started_as_teacher": bool(start), **how}
+
+
+def fine_start_from_teacher(wd: Workdir, rc, network: str, log) -> Optional[str]:
+    """A checkpoint of the fine student holding the teacher's weights (`fine.init='teacher'`), or
+    None: the S2VS network is the FG-Att student's network, so a student distilled from an S2VS
+    teacher (trained on the collection, or given) can start as that teacher. A teacher of another
+    network or shape (ViSiL_f has no weights) leaves the student's random start."""
+    spec = f"s2vs:{wd.model('s2vs_teacher')}" if rc.teacher == SELF_SUPERVISED_TEACHER else rc.teacher
+    name, teacher = pretrained.load_teacher(spec, dims=rc.features.dims)
+    if name != "s2vs" or network != "fg_att_student":
+        return None
+    config = dict(default_config(network).model.to_dict(), dims=rc.features.dims)
+    variables = dict(teacher.variables)
+    want = registry.abstract_variables(registry.build_module(network, config))
+    shapes = lambda tree: jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)      # noqa: E731
+    if shapes(variables) != shapes(want):
+        log(f"fine: the {name} teacher's weights do not fit the {network} student ({teacher.config}); "
+            "it starts from a random initialisation")
+        return None
+    path = wd.path("fine_init")
+    shutil.rmtree(path, ignore_errors=True)
+    checkpoint.save_network(path, network, config, variables)
+    log(f"fine: the {network} student starts as its {name} teacher (the same network)")
+    return path
 
 
 def stage_coarse(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges) -> Dict:
@@ -518,6 +546,7 @@ SPEED_ONLY = ("teacher_job.batch_size", "checkpoint_fraction", "min_checkpoint_e
 LEGACY_SETTINGS = {"features.whitening_shrink": ("its whitening", "--reset pca refits it"),
                    "coarse.init": ("its CG student", "--reset coarse trains it again"),
                    "coarse.kind": ("its CG student", "--reset coarse builds it again"),
+                   "fine.init": ("its fine student", "--reset fine trains it again"),
                    "selector.target": ("its selector", "--reset selector trains it again"),
                    "selector.fine_scale": ("how DnS scales its fine scores", "--reset selector fits it again")}
 # how DnS puts re-ranked fine scores on the CG scale (configs/build.py selector.fine_scale)
@@ -526,7 +555,7 @@ RETRAIN_GROWTH = 2.0    # a collection grown past this factor of the videos the 
 # what each stage leaves in the work directory (removed when the stage is reset)
 _OUTPUTS = {"features": ("features/raw.hdf5", "features/raw.hdf5.parts"), "pca": ("features/pca.npz",), "whiten": ("features/features.hdf5",),
             "teacher": ("pairs/teacher.json.gz", "models/s2vs_teacher"), "fine": ("models/fg_att_student", "models/fg_bin_student",
-                                                            "models/fg_student", "pairs/fine.json.gz"),
+                                                            "models/fg_student", "pairs/fine.json.gz", "fine_init"),
             "coarse": ("models/cg_student", "coarse_init", "pairs/coarse.json.gz"),
             "selector": ("models/selector",), "index": ("index",)}
 
