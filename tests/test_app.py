@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from service_fixtures import copy_workdir
 
 from dns_jax.app.segments import matching_segments
 
@@ -27,24 +28,16 @@ def test_matching_segments_finds_the_copied_stretch():
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """A small collection of real clips with copies and distractors, built with few training steps."""
-    from dns_jax.app.build import BuildOptions, run_build
-    from dns_jax.datasets.video_collection import make_collection
-
+def built(service_collection, tmp_path_factory):
+    """The session's small built collection of real clips with copies, distractors and an unreadable
+    file (service_fixtures; built once for these and the service tests), on a private copy of its
+    work directory: `root / "collection"` is the shared one, `root / "work"` the copy."""
     root = tmp_path_factory.mktemp("app")
-    info = make_collection(str(root / "collection"), seed=0, num_sources=2, edits=("crop", "hflip"),
-                           extra_edits=0, num_distractors=4, min_seconds=4, max_seconds=5, width=128)
-    videos = root / "collection" / "videos"
-    (videos / "broken.mp4").write_bytes(b"not a video at all")
-    # 64 dims: whitening fitted on ~450 region vectors to 512 dims would make every video
-    # equidistant from every other (rank-deficient PCA), leaving no signal to learn from
-    opts = BuildOptions(videos=str(videos), workdir=str(root / "work"), dims=64, fine_steps=40,
-                        coarse_steps=10, selector_steps=10, batch_size=8, progress=False,
-                        coarse_model={"netvlad_clusters": 8, "netvlad_outdims": 64,
-                                      "transformer_feedforward_dims": 128})
-    state = run_build(opts)
-    return root, info, opts, state
+    (root / "collection").symlink_to(service_collection.root / "collection", target_is_directory=True)
+    copy_workdir(service_collection, root / "work")
+    opts = service_collection.opts
+    opts = opts.__class__(**{**opts.__dict__, "workdir": str(root / "work")})
+    return root, service_collection.info, opts, service_collection.state
 
 
 def test_build_reports_the_unreadable_file_and_indexes_the_rest(built):

@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
     info = make_collection(str(root / "collection"), seed=1, num_sources=2, edits=("crop", "hflip"),
                            extra_edits=0, num_distractors=3, min_seconds=3, max_seconds=4, width=96)
     all_videos = sorted((root / "collection" / "videos").glob("*.mp4"))
-    return root, info, all_videos, save_build_networks(root, DIMS)
+    return root, info, all_videos, save_build_networks(root, DIMS, random=True)
 
 
 def _folder_of(folder, videos):

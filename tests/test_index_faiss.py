@@ -244,7 +244,7 @@ def test_build_command_keeps_the_coarse_search_stage(tmp_path, capsys):
     from dns_jax.datasets.video_collection import make_collection
     make_collection(str(tmp_path / "c"), seed=1, num_sources=1, edits=("crop",), extra_edits=0,
                     num_distractors=2, min_seconds=3, max_seconds=4, width=96)
-    nets = save_build_networks(tmp_path, 32)
+    nets = save_build_networks(tmp_path, 32, random=True)
     work = str(tmp_path / "work")
     argv = ["build", "--videos", str(tmp_path / "c" / "videos"), "--workdir", work, "--dims", "32",
             "--fine", nets["fine"], "--coarse", nets["coarse"], "--coarse", "faiss-ivfpq", "--selector", nets["selector"]]

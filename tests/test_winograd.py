@@ -91,8 +91,11 @@ def _count_convs(sc, spec):
     return text.count("stablehlo.convolution")
 
 
-@pytest.mark.parametrize("name", ["fg_att_student", "fg_bin_student"])
-@pytest.mark.parametrize("tiles", [(2, 4), (4, 2), (2, 2), (4, 4)])
+# each network once, each tile size once in conv2 and once in conv3: the tile of one layer does not
+# depend on the other's or on the network (the CNN sees the same f2f canvas), so (2, 2) and (4, 4)
+# repeated these paths; test_retrieval holds the default (2, 4) on FG-Att, FG-Bin and ViSiL against
+# the official per-pair path
+@pytest.mark.parametrize("name,tiles", [("fg_att_student", (4, 2)), ("fg_bin_student", (2, 4))])
 def test_scorer_winograd_equals_direct(name, tiles):
     """The whole fine scorer on tiny tiled canvases (many tiles with halos, several canvases, odd
     video lengths): Winograd and direct agree to float32 rounding, and the Winograd kernels really
