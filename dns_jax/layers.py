@@ -40,6 +40,14 @@ def block_max_similarity(a: Array, b: Array, blocks: int = 1, precision=None) ->
     return s.reshape(a.shape[0], blocks, b.shape[0], blocks).max(axis=(1, 3))
 
 
+def block_max_pairs(a: Array, b: Array, blocks: int = 1, precision=None) -> Array:
+    """[P, K * E] x [P, K * E] -> [P]: `block_max_similarity` of each row of `a` with the same row of
+    `b` (the pairs of a training batch or of a pair file)."""
+    k = int(blocks)
+    s = jnp.einsum("pkd,pld->pkl", a.reshape(a.shape[0], k, -1), b.reshape(b.shape[0], k, -1), precision=precision)
+    return s.max(axis=(1, 2))
+
+
 def _unit_normal_context_init(key, shape, dtype=jnp.float32):
     """ViSiL's context vector: normal, then scaled to unit L2 norm. Kernel shape (D, 1)."""
     w = jax.random.normal(key, shape, dtype)

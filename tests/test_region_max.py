@@ -118,6 +118,15 @@ def test_pair_scorer_scores_region_pairs(region_net, tmp_path):
     got = scorer.score(open_features(path), [("v0", "v1"), ("v2", "v3"), ("v1", "v1")])
     want = [_region_max_reference(videos[0], videos[1]), _region_max_reference(videos[2], videos[3]), 1.0]
     np.testing.assert_allclose(got, want, atol=2e-6)
+    # the one-vector CG student through the same path: plain cosines of its vectors
+    from tests.helpers import random_network
+    config, variables = random_network("cg_student", 1, dims=D, netvlad_clusters=4, netvlad_outdims=8,
+                                       transformer_feedforward_dims=16, transformer_heads=2)
+    module = build_module("cg_student", config)
+    scorer = PairScorer("cg_student", module, variables, batch_size=4)
+    got = scorer.score(open_features(path), [("v0", "v1"), ("v2", "v3")])
+    vecs = [np.asarray(module.apply(variables, videos[i], method="index_video"))[0] for i in range(4)]
+    np.testing.assert_allclose(got, [vecs[0] @ vecs[1], vecs[2] @ vecs[3]], atol=2e-6)
 
 
 def test_the_faiss_stage_refuses_region_vectors(tmp_path, region_net):

@@ -209,14 +209,26 @@ def test_coarse_topk_chunked():
 _SHARDED = r"""
 import json, sys, numpy as np, jax
 sys.path.insert(0, sys.argv[1])
-from test_retrieval import _coarse_case
+from test_retrieval import _coarse_case, _region_case
 from dns_jax.retrieval import CoarseDatabase
 db, q = _coarse_case()
 cdb = CoarseDatabase(db, chunk=64)
 s, i = cdb.topk(q, 9)
-print(json.dumps({"devices": jax.device_count(), "shards": cdb.n_shards,
-                  "sims": cdb.similarities(q).tolist(), "s": s.tolist(), "i": i.tolist()}))
+rdb, rq = _region_case()
+regions = CoarseDatabase(rdb, dtype="float16", blocks=9)
+rs, ri = regions.topk(rq, 7)
+print(json.dumps({"devices": jax.device_count(), "shards": cdb.n_shards, "region_shards": regions.n_shards,
+                  "sims": cdb.similarities(q).tolist(), "s": s.tolist(), "i": i.tolist(),
+                  "region_sims": regions.similarities(rq).tolist(), "rs": rs.tolist(), "ri": ri.tolist()}))
 """
+
+
+def _region_case():
+    """450 videos of 9 unit region vectors (16-d, flattened) and 3 queries."""
+    rng = np.random.default_rng(7)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)      # noqa: E731
+    return (unit(rng.normal(size=(450, 9, 16))).reshape(450, 144).astype(np.float32),
+            unit(rng.normal(size=(3, 9, 16))).reshape(3, 144).astype(np.float32))
 
 
 def test_sharded_equals_single_device():
@@ -232,6 +244,13 @@ def test_sharded_equals_single_device():
     np.testing.assert_array_equal(np.array(res["i"]), i)
     np.testing.assert_allclose(np.array(res["s"]), s, atol=1e-6)
     np.testing.assert_allclose(np.array(res["sims"]), single.similarities(q), atol=1e-6)
+    # region vectors (the build's CG student): 8 shards of float16 chunks against the host's best region pairs
+    rdb, rq = _region_case()
+    want = retrieval.coarse_scores(rq, rdb.astype(np.float16).astype(np.float32), 9)
+    assert res["region_shards"] == 8
+    np.testing.assert_allclose(np.array(res["region_sims"]), want, atol=2e-3)
+    np.testing.assert_allclose(np.array(res["rs"]), -np.sort(-want, axis=1)[:, :7], atol=2e-3)
+    np.testing.assert_allclose(np.take_along_axis(want, np.array(res["ri"]), 1), np.array(res["rs"]), atol=2e-3)
 
 
 def test_faiss_topk_if_installed():

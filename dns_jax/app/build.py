@@ -438,7 +438,6 @@ def stage_selector(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChan
     coarse = pretrained.load(coarse_info["network"], coarse_info["path"])
     log("selector: scoring the training pairs with both students")
     # a CG student trained on spread targets: the fine scores are compared on its scale
-    # a CG student trained on spread targets: the fine scores are compared on its scale
     own_scale = bool(coarse_info.get("targets"))
     fine_pairs, fine_spread, fine_raw = _student_pairs(wd, fine, "fine", spread=own_scale)
     coarse_pairs, _, coarse_raw = _student_pairs(wd, coarse, "coarse")

@@ -18,6 +18,7 @@ from dns_jax.layers import (
     NetVLAD,
     TransformerEncoder,
     VideoComparator,
+    block_max_pairs,
     block_max_similarity,
     l2_normalize,
 )
@@ -255,13 +256,9 @@ class CoarseGrainedStudent(nn.Module):
     def __call__(self, anchors: Array, positives: Array, negatives: Array, *masks):
         """Official training forward on indexed [n, E] vectors -> (pos [n, 1], neg [n, 1], None)."""
         if self.region_max:
-            k = self.vector_blocks
-
-            def pair(a, b):     # [n, K * E] x [n, K * E] -> [n, 1], the best of each row pair's K x K
-                s = jnp.einsum("nkd,nld->nkl", a.reshape(a.shape[0], k, -1), b.reshape(b.shape[0], k, -1),
-                               precision=self.precision)
-                return s.max(axis=(1, 2))[:, None]
-            return pair(anchors, positives), pair(anchors, negatives), None
+            k, p = self.vector_blocks, self.precision
+            return (block_max_pairs(anchors, positives, k, p)[:, None],
+                    block_max_pairs(anchors, negatives, k, p)[:, None], None)
         pos = jnp.sum(anchors * positives, 1, keepdims=True)
         neg = jnp.sum(anchors * negatives, 1, keepdims=True)
         return pos, neg, None

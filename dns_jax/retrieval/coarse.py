@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dns_jax.layers import block_max_similarity
 from dns_jax.validation import FeatureError
 
 
@@ -102,20 +103,15 @@ def vector_blocks(model) -> int:
 
 def coarse_scores(queries, database, blocks: int = 1, rows: int = 4096) -> np.ndarray:
     """(Q, E) x (N, E) coarse vectors -> (Q, N) float32 on the host: cosines, or with `blocks` > 1
-    the best block pair's (rows of the database at a time, so memory stays Q x rows x blocks^2)."""
+    the best block pair's (`layers.block_max_similarity` on `rows` / blocks^2 database rows at a
+    time, so memory stays that of one-vector rows)."""
     q = np.asarray(queries, np.float32)
     db = np.asarray(database, np.float32)
     if blocks == 1:
         return (q @ db.T).astype(np.float32)
-    e = q.shape[1] // blocks
-    qb = q.reshape(-1, e)
     rows = max(1, rows // blocks ** 2)
-    out = np.empty((q.shape[0], db.shape[0]), np.float32)
-    for s in range(0, db.shape[0], rows):
-        part = db[s:s + rows]
-        sims = qb @ part.reshape(-1, e).T
-        out[:, s:s + len(part)] = sims.reshape(q.shape[0], blocks, len(part), blocks).max(axis=(1, 3))
-    return out
+    return np.concatenate([np.asarray(block_max_similarity(q, db[s:s + rows], blocks, precision="highest"))
+                           for s in range(0, db.shape[0], rows)], axis=1)
 
 
 class CoarseDatabase:

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from dns_jax.datasets.stores import FeatureStore
+from dns_jax.layers import block_max_pairs
 from dns_jax.models import registry
 from dns_jax.pretrained import MIN_FRAMES, TARGET_CHUNK
-from dns_jax.retrieval.coarse import coarse_scores
 from dns_jax.training.pipeline import bucket_length
 from dns_jax.validation import repeat_to_min_frames
 
@@ -149,6 +149,7 @@ class PairScorer:
         if not self.coarse:
             return self._fine(store, pairs)
         vecs = self.index(store, [v for p in pairs for v in p])
-        blocks = int(getattr(self.module, "vector_blocks", 1))
-        return np.asarray([float(coarse_scores(vecs[q][None], vecs[t][None], blocks)[0, 0]) for q, t in pairs],
-                          np.float32)
+        a = np.stack([vecs[q] for q, _ in pairs])
+        b = np.stack([vecs[t] for _, t in pairs])
+        blocks = getattr(self.module, "vector_blocks", 1)
+        return np.asarray(block_max_pairs(a, b, blocks, precision="highest"), np.float32)
