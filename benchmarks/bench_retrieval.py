@@ -387,6 +387,37 @@ def cg_rows(rng, sizes, official):
     return summary
 
 
+def region_rows(rng, sizes):
+    """The build's CG student as region vectors (9 x 512-d per video, the best region pair, float16)
+    against the one-vector student (1024-d), same database sizes, interleaved rounds."""
+    print("\n## Coarse stage with region vectors (9 x 512-d, best region pair) against one 1024-d vector, float16")
+    print(f"{'videos':>9s} {'vectors':>12s} {'queries/batch':>13s} {'sims ms/query':>13s} {'top-100 ms/query':>16s} "
+          f"{'GB':>6s}")
+    for n in sizes:
+        dbs = {}
+        for name, blocks, dims in (("1 x 1024", 1, 1024), ("9 x 512", 9, 512)):
+            v = rng.standard_normal((n, blocks, dims), dtype=np.float32)
+            v /= np.linalg.norm(v, axis=-1, keepdims=True)
+            dbs[name] = retrieval.CoarseDatabase(v.reshape(n, blocks * dims), dtype="float16", blocks=blocks)
+            del v
+            gc.collect()
+        for nq in (1, 64):
+            qs = {name: np.asarray(db.vectors[:nq], np.float32) for name, db in dbs.items()}
+            fns = {}
+            for name, db in dbs.items():
+                q = qs[name]
+                db.similarities(q, batch=nq)
+                db.topk(q, 100, batch=nq)
+                fns[name + " sims"] = functools.partial(db.similarities, q, batch=nq)
+                fns[name + " topk"] = functools.partial(db.topk, q, 100, batch=nq)
+            best = interleaved_min(fns, 3)
+            for name, db in dbs.items():
+                print(f"{n:9d} {name:>12s} {nq:13d} {best[name + ' sims'] / nq * 1e3:13.2f} "
+                      f"{best[name + ' topk'] / nq * 1e3:16.2f} {n * db.dims * 2 / 1e9:6.2f}")
+        dbs = None
+        gc.collect()
+
+
 def rerank_rows(rng, models, quick):
     """The re-ranking call of DnS: a 60-frame query against 200 targets of 30-120 frames (the
     issue's setting), per call: a prepared database (laid out once, the floor); the targets given
@@ -565,8 +596,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller databases (a smoke run)")
     p.add_argument("--cg-sizes", default="100000,1000000", help="database sizes of the coarse stage")
+    p.add_argument("--region-sizes", default="10000,100000",
+                   help="database sizes of the coarse stage with region vectors (the build's CG student)")
     p.add_argument("--dns-db", type=int, default=1000, help="videos in the DnS database")
-    p.add_argument("--skip", default="", help="comma list of sections to skip: fine,cg,rerank,dns,storage,memory")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: fine,cg,regions,rerank,dns,storage,memory")
     p.add_argument("--torch-python", default=os.environ.get("DNS_JAX_TORCH_PYTHON", ""),
                    help="a Python interpreter with PyTorch (and einops) to run the official code side by side "
                         "(default: $DNS_JAX_TORCH_PYTHON; without one the official columns are skipped)")
@@ -594,6 +627,8 @@ def main():
             fine = fine_rows(rng, models, args.quick, official)
         if "cg" not in skip:
             cg = cg_rows(rng, [int(s) for s in args.cg_sizes.split(",") if s], official)
+        if "regions" not in skip:
+            region_rows(rng, [int(s) for s in args.region_sizes.split(",") if s])
     finally:
         official.close()
     if "rerank" not in skip:
