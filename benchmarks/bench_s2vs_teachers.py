@@ -139,9 +139,10 @@ def weight_free_rows(wd: str, ids, queries):
     match on the regions they keep)."""
     import numpy as np
 
+    from dns_jax.app.workdir import Workdir
     from dns_jax.datasets.stores import open_features
 
-    store = open_features(features_path(wd))
+    store = open_features(Workdir(wd).features)
     unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
     regions = unit(np.stack([np.asarray(store[v], np.float32).mean(0) for v in ids]))   # [N, 9, D]
     mean = unit(regions.sum(1))                                                          # [N, D]
@@ -154,13 +155,8 @@ def weight_free_rows(wd: str, ids, queries):
         t0 = time.time()
         sims = score()
         rows.append({"method": method, "scores": sims, "ms_per_query": 1000 * (time.time() - t0) / len(q),
-                     "bytes_per_video": vectors[0].size * 2})
+                     "bytes_per_video": vectors[0].size * 4})       # float32, as an index stores coarse vectors
     return rows
-
-
-def features_path(wd: str) -> str:
-    from dns_jax.app.workdir import Workdir
-    return Workdir(wd).features
 
 
 def stage_seconds(wd: str):
