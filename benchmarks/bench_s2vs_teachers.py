@@ -16,7 +16,12 @@ One run:
    need no training on the same features (mean pooling, and "region max": the best region pair of
    the time-averaged regions, several vectors per video).
 
+With `--protocol whole` nothing is held out: each teacher's build is trained on the whole collection
+(as `dns-jax build` is used on a user's own videos: the S2VS teacher learns, without labels, from
+every video it then indexes) and every member of the four families queries it.
+
     PYTHONPATH=. python benchmarks/bench_s2vs_teachers.py [--out /tmp/bench_s2vs_teachers] [--seed 0]
+        [--protocol heldout|whole]
 """
 from __future__ import annotations
 
@@ -41,28 +46,35 @@ def _size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def split_collection(info, out: str, train_pool: int = 44):
-    """Folders of links `train_videos/`, `heldout_videos/` and their family ground truths."""
+def split_collection(info, out: str, train_pool: int = 44, protocol: str = "heldout"):
+    """Folders of links `train_videos/`, `heldout_videos/` and their family ground truths; with
+    protocol 'whole', one part `all` (every video) and the ground truth of every family."""
     from dns_jax.training.s2vs.evaluate import family_ground_truth
 
     queries = sorted(info.ground_truth)
+    if protocol == "whole":
+        folder = _link_folder(info, os.path.join(out, "all_videos"), info.ids)
+        gts = {"all": family_ground_truth(info.ground_truth)}
+        return {"train": folder}, {"train": set(info.ids), "heldout": set()}, gts
     train_q = [q for i, q in enumerate(queries) if i in TRAIN_FAMILIES]
     # the even-numbered of the first `train_pool` distractors: more distractors only grow the held-out part
     train_d = {d for d in info.distractors if int(d[1:].split("_")[0]) < train_pool and int(d[1:].split("_")[0]) % 2 == 0}
     parts = {"train": set(train_q) | {v for q in train_q for v in info.ground_truth[q]} | train_d}
     parts["heldout"] = set(info.ids) - parts["train"]
-    folders = {}
-    for part, ids in parts.items():
-        folder = os.path.join(out, f"{part}_videos")
-        os.makedirs(folder, exist_ok=True)
-        for v in sorted(ids):
-            link = os.path.join(folder, f"{v}.mp4")
-            if not os.path.lexists(link):
-                os.symlink(os.path.abspath(info.path(v)), link)
-        folders[part] = folder
+    folders = {part: _link_folder(info, os.path.join(out, f"{part}_videos"), ids) for part, ids in parts.items()}
     gts = {"heldout": family_ground_truth({q: c for q, c in info.ground_truth.items() if q not in train_q}),
            "train": family_ground_truth({q: c for q, c in info.ground_truth.items() if q in train_q})}
     return folders, parts, gts
+
+
+def _link_folder(info, folder: str, ids) -> str:
+    """A folder of links to the collection's videos `ids` (named by id)."""
+    os.makedirs(folder, exist_ok=True)
+    for v in sorted(ids):
+        link = os.path.join(folder, f"{v}.mp4")
+        if not os.path.lexists(link):
+            os.symlink(os.path.abspath(info.path(v)), link)
+    return folder
 
 
 def build(teacher: str, out: str, folders, parts, args, log):
@@ -178,6 +190,9 @@ def main():
     p.add_argument("--teachers", default=",".join(TEACHERS))
     p.add_argument("--selector-targets", default="",
                    help="comma-separated selector labels (gap, inversion) to train again on each build and compare")
+    p.add_argument("--protocol", choices=("heldout", "whole"), default="heldout",
+                   help="heldout: train on two families and half the first distractors, add the rest untrained "
+                        "and query the added families; whole: train on every video and query every family")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args()
     log = print
@@ -187,16 +202,17 @@ def main():
     info = make_collection(os.path.join(args.out, "collection"), seed=args.seed, num_sources=4, edits=HARD_EDITS,
                            extra_edits=0, num_distractors=args.distractors)
     t_collection = time.time() - t0
-    folders, parts, gts = split_collection(info, args.out)
+    folders, parts, gts = split_collection(info, args.out, protocol=args.protocol)
     log(f"[bench] collection: {len(info.ids)} videos ({t_collection:.0f} s); training part {len(parts['train'])}, "
         f"held-out part {len(parts['heldout'])}")
+    columns = {"heldout": "held-out", "train": "training families", "all": "all families"}
 
     results = {}
     shared_seconds = 0.0
     for teacher in args.teachers.split(","):
         wd, times = build(teacher, args.out, folders, parts, args, log)
         shared_seconds += times.pop("shared features", 0.0)
-        queries = sorted(set(gts["heldout"]) | set(gts["train"]))
+        queries = sorted(set().union(*gts.values()))
         ids, stages = score_stages(wd, queries)
         if teacher == args.teachers.split(",")[0]:
             stages = weight_free_rows(wd, ids, queries) + stages
@@ -220,18 +236,23 @@ def main():
         storage = {"index": _size(os.path.join(wd, "index")), "models": _size(os.path.join(wd, "models"))}
         results[teacher] = {"rows": rows, "times": times, "stages": stage_seconds(wd), "storage": storage}
 
-    print(f"\nDnS from each teacher: {len(info.ids)} videos ({len(gts['heldout'])} held-out and {len(gts['train'])} "
-          f"training family members as queries); edits {', '.join(HARD_EDITS)}; recipe {args.recipe}, seed "
-          f"{args.seed}; jax {jax.__version__} on {jax.devices()[0].platform}, load {os.getloadavg()[0]:.1f}")
+    print(f"\nDnS from each teacher ({args.protocol}): {len(info.ids)} videos ("
+          + " and ".join(f"{len(gt)} {columns[k]} members" for k, gt in gts.items()) + " as queries); edits "
+          f"{', '.join(HARD_EDITS)}; recipe {args.recipe}, seed {args.seed}; jax {jax.__version__} on "
+          f"{jax.devices()[0].platform}, load {os.getloadavg()[0]:.1f}")
     print(f"shared features, PCA, whitening of the training part: {shared_seconds:.0f} s")
-    print("\n| teacher | method | mAP held-out | uAP held-out | mAP training families | ms / query | bytes / video |")
-    print("|---|---|---|---|---|---|---|")
+    first = next(iter(gts))
+    head = [f"mAP {columns[first]}", f"uAP {columns[first]}"] + [f"mAP {columns[k]}" for k in list(gts)[1:]]
+    print("\n| teacher | method | " + " | ".join(head) + " | ms / query | bytes / video |")
+    print("|---|---|" + "---|" * len(head) + "---|---|")
     for teacher, r in results.items():
         for row in r["rows"]:
             b = row["bytes_per_video"]
             who = "(none)" if row["method"].endswith("(no training)") else teacher
-            print(f"| {who} | {row['method']} | {row['heldout']['mAP']:.3f} | {row['heldout']['uAP']:.3f} | "
-                  f"{row['train']['mAP']:.3f} | {row['ms_per_query']:.2f} | {'' if b is None else f'{b:,.0f}'} |")
+            cells = ([f"{row[first]['mAP']:.3f}", f"{row[first]['uAP']:.3f}"]
+                     + [f"{row[k]['mAP']:.3f}" for k in list(gts)[1:]])
+            print(f"| {who} | {row['method']} | " + " | ".join(cells) +
+                  f" | {row['ms_per_query']:.2f} | {'' if b is None else f'{b:,.0f}'} |")
     print("\n| teacher | build s (training part) | add held-out s | stages s | index MB | models MB |")
     print("|---|---|---|---|---|---|")
     for teacher, r in results.items():
@@ -239,8 +260,8 @@ def main():
         print(f"| {teacher} | {r['times']['train']:.0f} | {r['times']['add held-out']:.0f} | {st} | "
               f"{r['storage']['index'] / 1e6:.2f} | {r['storage']['models'] / 1e6:.2f} |")
     with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump({"results": results, "edits": HARD_EDITS, "seed": args.seed, "recipe": args.recipe,
-                   "shared_seconds": shared_seconds, "videos": len(info.ids)}, fh, indent=1, default=str)
+        json.dump({"results": results, "protocol": args.protocol, "edits": HARD_EDITS, "seed": args.seed,
+                   "recipe": args.recipe, "shared_seconds": shared_seconds, "videos": len(info.ids)}, fh, indent=1, default=str)
 
 
 if __name__ == "__main__":
