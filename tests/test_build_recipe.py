@@ -182,6 +182,7 @@ def test_a_work_directory_built_before_the_whitening_shrink_stays_valid(tmp_path
     ("coarse.init", "mean_pooling", "vlad_pca", "keeps its CG student; --reset coarse trains it again", "coarse"),
     ("coarse.kind", "region_max", "netvlad", "keeps its CG student; --reset coarse builds it again", "coarse"),
     ("fine.init", "teacher", "random", "keeps its fine student; --reset fine trains it again", "fine"),
+    ("fine.init_noise", 0.1, 0.0, "keeps its fine student; --reset fine trains it again", "fine"),
     ("selector.target", "relevance", "gap", "keeps its selector; --reset selector trains it again", "selector"),
     ("selector.fine_scale", "quantiles", "spread", "--reset selector fits it again", "selector")])
 def test_a_work_directory_built_before_a_setting_existed_keeps_what_it_has(tmp_path, key, default, other, said,
@@ -202,7 +203,7 @@ def test_a_work_directory_built_before_a_setting_existed_keeps_what_it_has(tmp_p
     reset = BuildOptions(videos="v", workdir=str(tmp_path), recipe="build:demo", reset=stage)
     assert _check_settings(reset, rc, wd, lines.append)[key] == default
     wd.record_settings(dict(old, **{key: other}))
-    with pytest.raises(WorkdirError, match=f"{key}: '{other}' -> '{default}'.*--reset {stage}"):
+    with pytest.raises(WorkdirError, match=f"{key}: {other!r} -> {default!r}.*--reset {stage}"):
         _check_settings(opts, rc, wd, lines.append)
 
 

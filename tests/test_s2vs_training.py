@@ -132,6 +132,7 @@ def test_recipes_validate_and_write_out_the_library_augmentations():
             published.augmentation.window_size, published.data.fps) == (64, 30000, 5e-5, 0.01, 1000, 0.03, 3.0,
                                                                        1.0, 32, 1.0)
     assert published.augmentation.to_dict() == augmentation.default_augmentation_config().to_dict()
+    assert (published.init, load_config(RECIPE, "teacher").init) == ("random", "visil_f")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -144,6 +145,9 @@ def test_recipes_validate_and_write_out_the_library_augmentations():
     ({"batch_size": 1}, "batch_size must be an integer >= 2"),
     ({"warmup_steps": 30000}, "warmup_steps must be in"),
     ({"data": {"short_videos": "skip"}}, "data.short_videos must be one of error, loop"),
+    ({"init": "identity"}, "init must be one of random, visil_f"),
+    ({"init": "visil_f", "model": {"attention_norm": True}}, "init='visil_f' needs model.indexing='att' without"),
+    ({"init_noise": -0.5}, "init_noise must be >= 0"),
 ])
 def test_config_errors_name_the_problem(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -417,7 +421,10 @@ def test_teacher_for_the_build(real_run, tmp_path):
                               progress=False, log=messages.append, pca=str(work / "pca.npz"))
     name, teacher = pretrained.load_teacher("s2vs:" + path)
     assert name == "s2vs" and teacher.dims == 32
-    assert len(pretrained.load("s2vs", path).variables["params"]) > 0
+    params = pretrained.load("s2vs", path).variables["params"]
+    # the teacher recipe starts as ViSiL_f on frame blocks (init='visil_f'); 5 steps at 5e-5 barely move it
+    np.testing.assert_allclose(params["visil_head"]["conv1"]["kernel"][1, 1, 0, :2], [4.0, -4.0], atol=1e-2)
+    assert np.abs(params["attention"]["context_vector"]["kernel"]).max() < 1e-2
     assert any("final loss" in m for m in messages)
     with pytest.raises(ConfigError, match="unknown config key"):
         train_s2vs_teacher(videos, None, str(out), recipe={"num_steps": 5})
@@ -429,10 +436,11 @@ def test_teacher_for_the_build(real_run, tmp_path):
                            pca=str(tmp_path / "other_pca.npz"))
 
 
-def test_the_fine_student_starts_as_its_s2vs_teacher(tmp_path):
+def test_the_fine_student_starts_as_its_teacher(tmp_path):
     """`fine.init='teacher'`: an S2VS teacher is the FG-Att student's network, so the build's fine
-    student starts with its weights and scores pairs exactly as the teacher does; ViSiL_f (no
-    weights) and an FG-Bin student keep the random start."""
+    student starts with its weights and scores pairs exactly as the teacher does; a student of
+    ViSiL_f (no weights) starts as the network computing ViSiL_f on 4x4 frame blocks; an FG-Bin
+    student keeps the random start."""
     from dns_jax import checkpoint
     from dns_jax.app.build import BuildOptions, fine_start_from_teacher
     from dns_jax.app.workdir import Workdir
@@ -454,5 +462,16 @@ def test_the_fine_student_starts_as_its_s2vs_teacher(tmp_path):
     np.testing.assert_allclose(same[0], same[1], atol=1e-6)
     assert jax.tree_util.tree_structure(student.variables) == jax.tree_util.tree_structure(teacher.variables)
     assert fine_start_from_teacher(wd, rc, "fg_bin_student", said.append) is None
-    rc.teacher = "visil_f"
-    assert fine_start_from_teacher(wd, rc, "fg_att_student", said.append) is None
+    rc.teacher, rc.fine.init_noise = "visil_f", 0.0
+    start = fine_start_from_teacher(wd, rc, "fg_att_student", said.append)
+    assert start and "computing ViSiL_f" in said[-1]
+    student = pretrained.load("fg_att_student", start)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)         # noqa: E731
+    q, t = unit(q), unit(t)
+    got = student.calculate_video_similarity(student.index_video(q), student.index_video(t))
+    got = float(np.asarray(got).squeeze())
+    sim = np.einsum("ard,bsd->abrs", q, t).max(3).mean(2)                   # ViSiL_f's frame-to-frame matrix
+    blocks = lambda x: x[:4, :8].reshape(1, 4, 2, 4).max((1, 3))            # noqa: E731  (6 -> 1, 8 -> 2 rows)
+    want = np.clip(blocks(np.maximum(sim, 0)) - blocks(np.maximum(-sim, 0)), -1, 1).max(1).mean()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert fine_start_from_teacher(wd, rc, "fg_bin_student", said.append) is None

@@ -52,6 +52,7 @@ from dns_jax.fileio import JobInterrupted, atomic_savez
 from dns_jax.index import Index, build_index, compressed, staged_parts
 from dns_jax.index.build import update_coarse_search
 from dns_jax.models import registry
+from dns_jax.models.chamfer_start import chamfer_start
 from dns_jax.training import default_config, train_and_evaluate
 from dns_jax.training.metric_writers import read_jsonl
 from dns_jax.training.pairs import PairSet, read_pairs, selector_labels, write_pairs
@@ -346,26 +347,35 @@ def stage_fine(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChanges)
 
 
 def fine_start_from_teacher(wd: Workdir, rc, network: str, log) -> Optional[str]:
-    """A checkpoint of the fine student holding the teacher's weights (`fine.init='teacher'`), or
-    None: the S2VS network is the FG-Att student's network, so a student distilled from an S2VS
-    teacher (trained on the collection, or given) can start as that teacher. A teacher of another
-    network or shape (ViSiL_f has no weights) leaves the student's random start."""
+    """A checkpoint of the fine student that starts as its teacher (`fine.init='teacher'`), or None
+    (the random start). The S2VS network is the FG-Att student's network, so a student distilled from
+    an S2VS teacher (trained on the collection, or given) starts with that teacher's weights; a
+    student of the weightless ViSiL_f starts as the FG-Att network that computes ViSiL_f (on 4x4
+    frame blocks, `models.chamfer_start`). Another teacher network, or weights of another shape,
+    leave the random start."""
     spec = f"s2vs:{wd.model('s2vs_teacher')}" if rc.teacher == SELF_SUPERVISED_TEACHER else rc.teacher
     name, teacher = pretrained.load_teacher(spec, dims=rc.features.dims)
-    if name != "s2vs" or network != "fg_att_student":
+    if name not in ("s2vs", "visil_f") or network != "fg_att_student":
         return None
     config = dict(default_config(network).model.to_dict(), dims=rc.features.dims)
-    variables = dict(teacher.variables)
-    want = registry.abstract_variables(registry.build_module(network, config))
-    shapes = lambda tree: jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)      # noqa: E731
-    if shapes(variables) != shapes(want):
-        log(f"fine: the {name} teacher's weights do not fit the {network} student ({teacher.config}); "
-            "it starts from a random initialisation")
-        return None
+    module = registry.build_module(network, config)
+    if name == "visil_f":
+        random_start = module.init(jax.random.PRNGKey(rc.seed), method="init_all")
+        variables = chamfer_start(random_start, rc.fine.get("init_noise", 0.1))
+        how = "the FG-Att network computing ViSiL_f on 4x4 frame blocks"
+    else:
+        variables = dict(teacher.variables)
+        want = registry.abstract_variables(module)
+        shapes = lambda tree: jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)      # noqa: E731
+        if shapes(variables) != shapes(want):
+            log(f"fine: the {name} teacher's weights do not fit the {network} student ({teacher.config}); "
+                "it starts from a random initialisation")
+            return None
+        how = f"its {name} teacher (the same network)"
     path = wd.path("fine_init")
     shutil.rmtree(path, ignore_errors=True)
     checkpoint.save_network(path, network, config, variables)
-    log(f"fine: the {network} student starts as its {name} teacher (the same network)")
+    log(f"fine: the {network} student starts as {how}")
     return path
 
 
@@ -546,6 +556,7 @@ LEGACY_SETTINGS = {"features.whitening_shrink": ("its whitening", "--reset pca r
                    "coarse.init": ("its CG student", "--reset coarse trains it again"),
                    "coarse.kind": ("its CG student", "--reset coarse builds it again"),
                    "fine.init": ("its fine student", "--reset fine trains it again"),
+                   "fine.init_noise": ("its fine student", "--reset fine trains it again"),
                    "selector.target": ("its selector", "--reset selector trains it again"),
                    "selector.fine_scale": ("how DnS scales its fine scores", "--reset selector fits it again")}
 # how DnS puts re-ranked fine scores on the CG scale (configs/build.py selector.fine_scale)

@@ -21,6 +21,7 @@ MODES = ("pixels", "feature_bank")
 SHORT_VIDEOS = ("error", "loop")
 INDEXING = ("att", "bin", "none")
 PRECISIONS = ("default", "high", "highest")
+INITS = ("random", "visil_f")
 
 
 def default_s2vs_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -128,6 +129,12 @@ def _check_values(c) -> None:
     need(c.lambda_parameter >= 0, f"lambda_parameter must be >= 0, got {c.lambda_parameter}")
     need(c.r_parameter >= 0, f"r_parameter must be >= 0, got {c.r_parameter}")
     need(0 < c.sshn_eps < 1, f"sshn_eps must be in (0, 1), got {c.sshn_eps}")
+    need(c.init in INITS, f"init must be one of {', '.join(INITS)}, got {c.init!r}")
+    need(c.init != "visil_f" or (c.model.indexing == "att" and not c.model.attention_norm and not c.model.batch_norm),
+         "init='visil_f' needs model.indexing='att' without attention_norm and batch_norm (the network it "
+         f"sets up), got indexing={c.model.indexing!r}, attention_norm={c.model.attention_norm}, "
+         f"batch_norm={c.model.batch_norm}")
+    need(c.init_noise >= 0, f"init_noise must be >= 0, got {c.init_noise}")
     positive_int("checkpoint_every_steps")
     positive_int("keep_checkpoints")
     positive_int("log_every_steps")

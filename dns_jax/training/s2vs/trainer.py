@@ -23,6 +23,7 @@ import jax
 from dns_jax import pretrained
 from dns_jax.augmentation import build_overlay_bank
 from dns_jax.features.extract_folder import list_videos
+from dns_jax.models.chamfer_start import chamfer_start
 from dns_jax.training import resume
 from dns_jax.training.config import ConfigError
 from dns_jax.training.metric_writers import create_writer, mean_scalars, publish_scalars
@@ -210,6 +211,9 @@ def train_s2vs(config, workdir: str, videos: Optional[Sequence] = None,
         base = jax.random.PRNGKey(cfg.seed)
         state = (state_from_variables(initial, tx) if initial is not None
                  else init_state(module, tx, jax.random.fold_in(base, 0)))
+        if initial is None and cfg.init == "visil_f":       # the network starts computing ViSiL_f
+            state = state_from_variables(chamfer_start({"params": state.params, **state.model_state},
+                                                       cfg.init_noise), tx)
         state = jax.device_put(state, replicated)
         if ckpt.latest_step() is not None:
             state, data_state = ckpt.restore(state, replicated)
