@@ -11,9 +11,11 @@ here) and the held-out family members as queries, prints per coarse stage:
   picks the coarse stage's top and the fine scores map perfectly onto the coarse scale (the real
   DnS of the build is printed next to it: its selector and quantile mapping lose a little more).
 
-Coarse stages: the build's CG student (one 1,024-byte vector per video), mean pooling of the
-whitened features (the CG student's starting point) and "region max" (each of the 9 regions
-averaged over time, the best of the 9 x 9 region pairs' cosines: 9 vectors per video).
+Coarse stages: the build's CG student, mean pooling of the whitened features, "region max" (each
+of the 9 regions averaged over time, the best of the 9 x 9 region pairs' cosines: 9 vectors per
+video, where the build's region-vector CG student starts) and "region max, S segments" (the same
+for each of S equal stretches of the video, frame t of T in stretch floor(t S / T): 9 S vectors per
+video, the best of (9 S)^2 pairs).
 
     PYTHONPATH=. python benchmarks/bench_coarse_references.py --out /tmp/bench_s2vs_teachers
 """
@@ -30,6 +32,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_s2vs_teachers import HARD_EDITS, TEACHERS, split_collection, weight_free_rows  # noqa: E402
 
 BUDGETS = (0.05, 0.1)
+SEGMENTS = (2, 3)
+
+
+def segment_rows(wd: str, ids, queries, segments=SEGMENTS):
+    """"region max, S segments" of the build's whitened features: {method, scores, bytes_per_video}."""
+    from dns_jax.app.workdir import Workdir
+    from dns_jax.datasets.stores import open_features
+
+    store = open_features(Workdir(wd).features)
+    feats = [np.asarray(store[v], np.float32) for v in ids]
+    q = [ids.index(v) for v in queries]
+    rows = []
+    for k in segments:
+        vectors = []
+        for x in feats:                                             # [T, 9, D] unit regions
+            part = np.minimum(np.arange(len(x)) * k // len(x), k - 1)
+            vectors.append(np.concatenate([x[part == i].mean(0) if np.any(part == i) else x.mean(0)
+                                           for i in range(k)]))
+        vectors = np.stack(vectors)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)   # [N, 9k, D]
+        scores = np.einsum("qad,nbd->qnab", vectors[q], vectors).max((2, 3))
+        rows.append({"method": f"region max, {k} segments", "scores": scores, "bytes_per_video": vectors[0].size * 4})
+    return rows
 
 
 def recall_at(scores: np.ndarray, ids, queries, gt, k: int) -> float:
@@ -79,7 +104,8 @@ def main():
         fine = next(st["scores"] for m, st in by.items() if m.startswith("fine student"))
         refs = {r["method"]: r for r in weight_free_rows(wd, ids, queries)}
         coarse_stages = {"CG student": by["coarse student (CG)"], "mean pooling": refs["mean pooling (no training)"],
-                         "region max": refs["region max (no training)"]}
+                         "region max": refs["region max (no training)"],
+                         **{r["method"]: r for r in segment_rows(wd, ids, queries)}}
         rows = []
         for name, st in coarse_stages.items():
             row = {"coarse": name, "bytes": st["bytes_per_video"], **ranking_metrics(st["scores"], ids, queries, gt)}
