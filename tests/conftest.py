@@ -1,12 +1,24 @@
+import atexit
 import os
+import shutil
 import signal
+import tempfile
 
 import pytest
 
 # Tests run on CPU with float32 defaults unless a test enables x64 locally.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# CLI mains called in-process must not write compiled kernels under ~/.cache
-os.environ.setdefault("DNS_JAX_COMPILATION_CACHE", "off")
+# One persistent compilation cache for the session, in a temporary directory removed at exit (never
+# under ~/.cache): the same kernels compiled again by every build, Searcher and CLI main run
+# in-process (new jitted closures each time) and by the CLI subprocesses are loaded from it instead.
+# DNS_JAX_COMPILATION_CACHE=off (or a directory) set outside the tests is kept.
+if "DNS_JAX_COMPILATION_CACHE" not in os.environ:
+    _xla_cache = tempfile.mkdtemp(prefix="dns_jax_test_xla_")
+    atexit.register(shutil.rmtree, _xla_cache, True)
+    os.environ["DNS_JAX_COMPILATION_CACHE"] = _xla_cache
+from dns_jax.compile_cache import enable_compilation_cache  # noqa: E402
+
+enable_compilation_cache(min_compile_secs=0.2)
 
 # the built collection the service tests share (one build per session)
 from service_fixtures import service_collection  # noqa: E402,F401

@@ -106,8 +106,8 @@ def test_updates_give_what_a_fresh_build_of_the_final_folder_gives(setup, tmp_pa
     shutil.move(str(work), moved / "work")
     shutil.move(str(folder), moved / "videos")
     shutil.move(str(later), moved / "later")
-    np.testing.assert_allclose([_scores(moved / "work", query)[v] for v in final_ids],
-                               [got[v] for v in final_ids], rtol=1e-6)
+    moved_scores = _scores(moved / "work", query)           # one search, not one per video
+    np.testing.assert_allclose([moved_scores[v] for v in final_ids], [got[v] for v in final_ids], rtol=1e-6)
     assert cli.main(["build", "--videos", str(moved / "videos"), "--workdir", str(moved / "work"), "--dims",
                      str(DIMS), "--fine", nets["fine"], "--coarse", nets["coarse"], "--selector", nets["selector"],
                      "--quiet"]) == 0
