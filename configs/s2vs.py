@@ -120,7 +120,7 @@ def get_config(arg=None):
     # without init_from: 'random' (the official start) or 'visil_f' (the network starts computing
     # ViSiL_f on 4x4 frame blocks, dns_jax/models/chamfer_start.py, its other weights x init_noise;
     # the teacher recipe's: on the held-out hard edits of bench_s2vs_teachers.py the teacher went
-    # 0.928 -> 0.956 mAP, where a random start gave anything from chance to 0.87 before training)
+    # 0.928 -> 0.954 mAP, where a random start gave anything from chance to 0.87 before training)
     c.init = "visil_f" if arg == "teacher" else "random"
     c.init_noise = 0.1
 

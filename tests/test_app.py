@@ -243,6 +243,14 @@ def test_unknown_cg_init_is_refused_before_any_work(tmp_path):
     rc.selector.fine_scale = "linear"
     with pytest.raises(BuildError, match="selector.fine_scale 'linear' in the recipe: expected one of quantiles, spread"):
         _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
+    rc = opts.config()
+    rc.fine.init = "visil"
+    with pytest.raises(BuildError, match="fine.init 'visil' in the recipe: expected one of teacher, random"):
+        _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
+    rc = opts.config()
+    rc.fine.init_noise = -0.1
+    with pytest.raises(BuildError, match="fine.init_noise -0.1 in the recipe: expected a number >= 0"):
+        _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
 
 
 def test_interrupted_training_stage_is_not_marked_done(built, tmp_path, monkeypatch):

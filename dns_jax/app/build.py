@@ -561,6 +561,8 @@ LEGACY_SETTINGS = {"features.whitening_shrink": ("its whitening", "--reset pca r
                    "selector.fine_scale": ("how DnS scales its fine scores", "--reset selector fits it again")}
 # how DnS puts re-ranked fine scores on the CG scale (configs/build.py selector.fine_scale)
 FINE_SCALES = ("quantiles", "spread")
+# where the fine student starts (configs/build.py fine.init)
+FINE_INITS = ("teacher", "random")
 RETRAIN_GROWTH = 2.0    # a collection grown past this factor of the videos the networks saw is retrained
 # what each stage leaves in the work directory (removed when the stage is reset)
 _OUTPUTS = {"features": ("features/raw.hdf5", "features/raw.hdf5.parts"), "pca": ("features/pca.npz",), "whiten": ("features/features.hdf5",),
@@ -670,9 +672,13 @@ def _check_settings(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
     whitening_shrink(rc.features.whitening_shrink)     # a bad value stops the build before any work
     for key, value, allowed in (("coarse.init", rc.coarse.init, coarse_recipe.INITS),
                                 ("coarse.kind", rc.coarse.get("kind", "netvlad"), coarse_recipe.KINDS),
-                                ("selector.fine_scale", rc.selector.fine_scale, FINE_SCALES)):
+                                ("selector.fine_scale", rc.selector.fine_scale, FINE_SCALES),
+                                ("fine.init", rc.fine.get("init", "random"), FINE_INITS)):
         if value not in allowed:
             raise BuildError(f"{key} {value!r} in the recipe: expected one of {', '.join(allowed)}")
+    noise = rc.fine.get("init_noise", 0.1)
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not np.isfinite(noise) or noise < 0:
+        raise BuildError(f"fine.init_noise {noise!r} in the recipe: expected a number >= 0")
     settings = decisive_settings(opts, rc)
     reset = opts.reset or ("pca" if opts.retrain else None)
     if opts.coarse_search == compressed.FAISS_IVFPQ and _coarse_kind(opts, rc, wd, reset) == "region_max":
