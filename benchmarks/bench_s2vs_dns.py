@@ -5,8 +5,9 @@ Generates the demo collection of real clips (dns_jax.datasets.video_collection d
 5 near-duplicate copies with hard edits -- picture-in-picture, speed changes, borders, crops, flips,
 each combined with one of colour, low bitrate, trim, ... -- and 10 distractors, 34 videos of 4-8 s),
 trains the S2VS teacher on it with configs/s2vs.py:teacher (offline backbone, PCA fitted on the
-collection), and scores every query against every video with ViSiL_f, the S2VS network at its
-initialisation and after training. Prints time, storage and retrieval quality:
+collection), and scores every query against every video with ViSiL_f, the S2VS network at a random
+initialisation, at the recipe's start (`init='visil_f'`: ViSiL_f on 4x4 frame blocks) and after
+training. Prints time, storage and retrieval quality:
 
   mAP      per-query average precision of the copies (the demo's queries), and over families
            (every member of a family as a query)
@@ -35,6 +36,7 @@ def main():
     from dns_jax import pretrained
     from dns_jax.app.s2vs_teacher import teacher_config, train_s2vs_teacher
     from dns_jax.datasets.video_collection import make_collection
+    from dns_jax.models.chamfer_start import chamfer_start
     from dns_jax.training.s2vs.evaluate import (
         collection_map,
         family_ground_truth,
@@ -75,8 +77,10 @@ def main():
     trained = pretrained.load("s2vs", workdir)
     visil_f = teacher_scorer("visil_f", dims=args.dims)
     nets = {"ViSiL_f": (visil_f.name, visil_f.module, visil_f.variables),
-            "S2VS init": ("s2vs", init.module, init.variables),
-            "S2VS teacher": ("s2vs", trained.module, trained.variables)}
+            "S2VS random init": ("s2vs", init.module, init.variables)}
+    if cfg.init == "visil_f":               # the recipe's start: ViSiL_f on 4x4 frame blocks
+        nets["S2VS chamfer start"] = ("s2vs", init.module, chamfer_start(init.variables, cfg.init_noise))
+    nets["S2VS teacher"] = ("s2vs", trained.module, trained.variables)
     rows = {}
     for label, (name, module, variables) in nets.items():
         t = time.time()
