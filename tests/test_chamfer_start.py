@@ -46,6 +46,15 @@ def test_it_computes_visil_f_on_frame_blocks(name):
     # a random start is not this similarity, and a little noise keeps it close
     assert abs(_similarity(module, variables, q, t) - want) > 0.05
     assert abs(_similarity(module, chamfer_start(variables, 0.1), q, t) - want) < 0.02
+    # negative frame similarities go through the second carrying channel: the first 4 query frames
+    # face a 5-frame target (one block column) that shows them their opposite
+    e = _unit(rng.normal(size=(16,)))
+    q2 = _unit(rng.normal(size=(8, 4, 16)))
+    q2[:4] = e
+    t2 = _unit(-e + 0.05 * rng.normal(size=(5, 4, 16)))
+    want = _pooled_visil_f(q2, t2)
+    assert want < -0.3                                               # the negative block counts
+    np.testing.assert_allclose(_similarity(module, start, q2, t2), want, rtol=1e-5, atol=1e-6)
 
 
 def test_the_other_weights_are_the_random_ones_scaled():
