@@ -45,7 +45,8 @@ from dns_jax.retrieval.selector import selector_scores, self_similarities
 __all__ = [
     "score", "rerank", "selection", "budget_count", "check_budget", "DnS", "Representations", "SearchResults",
     "FineScorer", "PreparedDatabase", "ResidentDatabase", "ScorerOptions", "scorer_for", "CoarseDatabase",
-    "FaissCoarseIndex", "faiss_available", "coarse_scores", "vector_blocks", "coarse_index", "self_similarities", "selector_scores",
+    "FaissCoarseIndex", "faiss_available", "coarse_scores", "vector_blocks", "coarse_index", "self_similarities",
+    "selector_scores",
     "pack_codes", "unpack_codes", "count_zero_codes", "FrameMatrices", "localize_results", "stored_frames",
     "SEGMENT_OPTIONS",
 ]
