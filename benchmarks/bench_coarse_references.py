@@ -29,7 +29,13 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_s2vs_teachers import HARD_EDITS, TEACHERS, split_collection, weight_free_rows  # noqa: E402
+from bench_s2vs_teachers import (  # noqa: E402
+    HARD_EDITS,
+    TEACHERS,
+    segment_regions,
+    split_collection,
+    weight_free_rows,
+)
 
 BUDGETS = (0.05, 0.1)
 SEGMENTS = (2, 3)
@@ -41,16 +47,10 @@ def segment_rows(wd: str, ids, queries, segments=SEGMENTS):
     from dns_jax.datasets.stores import open_features
 
     store = open_features(Workdir(wd).features)
-    feats = [np.asarray(store[v], np.float32) for v in ids]
     q = [ids.index(v) for v in queries]
     rows = []
     for k in segments:
-        vectors = []
-        for x in feats:                                             # [T, 9, D] unit regions
-            part = np.minimum(np.arange(len(x)) * k // len(x), k - 1)
-            vectors.append(np.concatenate([x[part == i].mean(0) if np.any(part == i) else x.mean(0)
-                                           for i in range(k)]))
-        vectors = np.stack(vectors)
+        vectors = np.stack([segment_regions(store[v], k) for v in ids])
         vectors /= np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)   # [N, 9k, D]
         scores = np.einsum("qad,nbd->qnab", vectors[q], vectors).max((2, 3))
         rows.append({"method": f"region max, {k} segments", "scores": scores, "bytes_per_video": vectors[0].size * 4})

@@ -143,6 +143,17 @@ def retrain_selector(wd: str, teacher: str, target: str, folders, args, log) -> 
     return out
 
 
+def segment_regions(x, segments: int = 1):
+    """[T, R, D] region features -> [segments * R, D]: each region's mean over each of `segments`
+    equal stretches of the video (frame t of T in stretch floor(t * segments / T); a stretch with no
+    frame, in a video shorter than `segments`, takes the whole video's mean)."""
+    import numpy as np
+
+    x = np.asarray(x, np.float32)
+    part = np.minimum(np.arange(len(x)) * segments // len(x), segments - 1)
+    return np.concatenate([x[part == i].mean(0) if np.any(part == i) else x.mean(0) for i in range(segments)])
+
+
 def weight_free_rows(wd: str, ids, queries):
     """Two descriptors of the build's whitened features that need no training, as references for
     the CG student (one vector per video): mean pooling (the CG student's starting point) and
@@ -156,7 +167,7 @@ def weight_free_rows(wd: str, ids, queries):
 
     store = open_features(Workdir(wd).features)
     unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-    regions = unit(np.stack([np.asarray(store[v], np.float32).mean(0) for v in ids]))   # [N, 9, D]
+    regions = unit(np.stack([segment_regions(store[v]) for v in ids]))                  # [N, 9, D]
     mean = unit(regions.sum(1))                                                          # [N, D]
     q = [ids.index(v) for v in queries]
     rows = []
