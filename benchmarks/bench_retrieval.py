@@ -388,14 +388,16 @@ def cg_rows(rng, sizes, official):
 
 
 def region_rows(rng, sizes):
-    """The build's CG student as region vectors (9 x 512-d per video, the best region pair, float16)
-    against the one-vector student (1024-d), same database sizes, interleaved rounds."""
-    print("\n## Coarse stage with region vectors (9 x 512-d, best region pair) against one 1024-d vector, float16")
+    """The build's CG student as region vectors (9 x 512-d per video, the best region pair; 27 x
+    512-d over 3 temporal segments, configs/build.py coarse.segments; float16) against the
+    one-vector student (1024-d), same database sizes, interleaved rounds."""
+    print("\n## Coarse stage with region vectors (9 or 3 x 9 x 512-d, best vector pair) against one 1024-d vector, "
+          "float16")
     print(f"{'videos':>9s} {'vectors':>12s} {'queries/batch':>13s} {'sims ms/query':>13s} {'top-100 ms/query':>16s} "
           f"{'GB':>6s}")
     for n in sizes:
         dbs = {}
-        for name, blocks, dims in (("1 x 1024", 1, 1024), ("9 x 512", 9, 512)):
+        for name, blocks, dims in (("1 x 1024", 1, 1024), ("9 x 512", 9, 512), ("27 x 512", 27, 512)):
             v = rng.standard_normal((n, blocks, dims), dtype=np.float32)
             v /= np.linalg.norm(v, axis=-1, keepdims=True)
             dbs[name] = retrieval.CoarseDatabase(v.reshape(n, blocks * dims), dtype="float16", blocks=blocks)

@@ -34,6 +34,7 @@ def get_config(arg=None):
         netvlad_outdims=1024,
         region_max=False,               # one vector per region, best region pair (not official; docs/s2vs.md)
         num_regions=9,
+        num_segments=1,                 # with region_max: region vectors of this many stretches of the video
         precision="highest"))
 
     # -- data ------------------------------------------------------------------------------------

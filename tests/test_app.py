@@ -251,6 +251,11 @@ def test_unknown_cg_init_is_refused_before_any_work(tmp_path):
     rc.fine.init_noise = -0.1
     with pytest.raises(BuildError, match="fine.init_noise -0.1 in the recipe: expected a number >= 0"):
         _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
+    for bad in (0, -2):          # the recipe's ConfigDict itself refuses values that are not int
+        rc = opts.config()
+        rc.coarse.segments = bad
+        with pytest.raises(BuildError, match=f"coarse.segments {bad!r}: expected a whole number >= 1"):
+            _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
 
 
 def test_interrupted_training_stage_is_not_marked_done(built, tmp_path, monkeypatch):

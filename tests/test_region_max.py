@@ -1,6 +1,7 @@
 """The CG student's region vectors (`region_max`): each region averaged over the video, a pair
-scored by its best region pair; the coarse search (`CoarseDatabase(blocks=...)`, `coarse_scores`),
-the pair scorer, the build's `coarse.kind` and the faiss stage's refusal."""
+scored by its best region pair, and over temporal segments (`num_segments`); the coarse search
+(`CoarseDatabase(blocks=...)`, `coarse_scores`), the pair scorer, the build's `coarse.kind` and
+`coarse.segments`, and the faiss stage's refusal."""
 import numpy as np
 import pytest
 
@@ -39,6 +40,28 @@ def _videos(n, seed=0, lengths=(3, 5, 7, 4, 6)):
     return [rng.normal(size=(lengths[i % len(lengths)], 9, D)).astype(np.float32) for i in range(n)]
 
 
+def _segment_reference(x, segments, min_frames=4):
+    """Plain numpy: [T, 9, D] -> [segments, 9, D] unit vectors, frame t of T in segment
+    floor(t * segments / T), an empty segment (T < segments) the whole video's. Videos under
+    `min_frames` are first doubled until they have that many, as every indexing path does."""
+    while len(x) < min_frames:
+        x = np.concatenate([x, x])
+    u = _unit(x)
+    part = np.arange(len(x)) * segments // len(x)
+    return np.stack([_unit(u[part == s].mean(0) if np.any(part == s) else u.mean(0)) for s in range(segments)])
+
+
+@pytest.fixture(scope="module")
+def segment_net(tmp_path_factory):
+    """The build's CG student over 3 temporal segments (coarse.segments=3), as the coarse stage
+    writes it."""
+    config = coarse_recipe.region_max_config(D, segments=3)
+    variables = coarse_recipe.initial_variables(config, [], seed=0)
+    path = str(tmp_path_factory.mktemp("rm3") / "cg")
+    checkpoint.save_network(path, "cg_student", config, variables)
+    return pretrained.load("cg_student", path)
+
+
 def test_block_max_similarity_by_hand():
     a = np.array([[1.0, 0.0, 0.0, 1.0]], np.float32)          # blocks (1, 0), (0, 1)
     b = np.array([[0.6, 0.8, -1.0, 0.0], [0.0, -1.0, -0.6, -0.8]], np.float32)
@@ -65,6 +88,57 @@ def test_region_vectors_and_similarity_equal_plain_numpy(region_net):
     pos, neg, _ = region_net.module.apply(region_net.variables, one[:2], one[2:4], one[3:5])
     np.testing.assert_allclose(np.asarray(pos)[:, 0], [want[0, 2], want[1, 3]], atol=2e-6)
     np.testing.assert_allclose(np.asarray(neg)[:, 0], [want[0, 3], want[1, 4]], atol=2e-6)
+
+
+def test_segmented_region_vectors_equal_plain_numpy(segment_net):
+    """3 segments: 27 unit vectors per video, each region's mean over its stretch of the video; one
+    by one, in padded masked batches, through the coarse search and the training forward alike."""
+    videos = _videos(6, seed=2, lengths=(1, 2, 3, 5, 7, 8))
+    # the module alone, unrepeated and masked: a 2-frame video leaves its last stretch empty
+    short = videos[1]
+    padded, mask = np.zeros((2, 4, 9, D), np.float32), np.array([[1, 1, 0, 0], [1, 1, 1, 1]], np.float32)
+    padded[0, :2], padded[1] = short, videos[3][:4]
+    got = np.asarray(segment_net.module.apply(segment_net.variables, padded, mask, method="index_video"))
+    np.testing.assert_allclose(got[0].reshape(3, 9, D), _segment_reference(short, 3, min_frames=1), atol=2e-6)
+    np.testing.assert_allclose(got[1].reshape(3, 9, D), _segment_reference(videos[3][:4], 3), atol=2e-6)
+    assert segment_net.module.vector_blocks == 27 and vector_blocks(segment_net) == 27
+    one = np.concatenate([np.asarray(segment_net.index_video(v)) for v in videos])
+    refs = [_segment_reference(v, 3) for v in videos]
+    np.testing.assert_allclose(one.reshape(6, 3, 9, D), np.stack(refs), atol=2e-6)
+    np.testing.assert_allclose(coarse_index(segment_net, videos), one, atol=2e-6)
+    want = np.array([[float((a.reshape(27, D) @ b.reshape(27, D).T).max()) for b in refs] for a in refs])
+    np.testing.assert_allclose(np.asarray(segment_net.calculate_video_similarity(one, one)), want, atol=2e-6)
+    np.testing.assert_allclose(coarse_scores(one, one, 27), want, atol=2e-6)
+    cdb = CoarseDatabase(one, blocks=27)
+    np.testing.assert_allclose(cdb.similarities(one), want, atol=2e-6)
+    pos, neg, _ = segment_net.module.apply(segment_net.variables, one[:2], one[2:4], one[3:5])
+    np.testing.assert_allclose(np.asarray(pos)[:, 0], [want[0, 2], want[1, 3]], atol=2e-6)
+    np.testing.assert_allclose(np.asarray(neg)[:, 0], [want[0, 3], want[1, 4]], atol=2e-6)
+
+
+def test_a_copied_stretch_matches_its_segment(segment_net, region_net):
+    """A video of three 2-frame scenes and a copy of its middle scene: the segmented vectors meet
+    it exactly (cosine 1), one average over the source video does not."""
+    rng = np.random.default_rng(4)
+    scenes = [np.repeat(rng.normal(size=(1, 9, D)).astype(np.float32), 2, axis=0) for _ in range(3)]
+    source, copy = np.concatenate(scenes), scenes[1]
+    seg = np.asarray(segment_net.calculate_video_similarity(segment_net.index_video(copy),
+                                                            segment_net.index_video(source)))[0, 0]
+    whole = np.asarray(region_net.calculate_video_similarity(region_net.index_video(copy),
+                                                             region_net.index_video(source)))[0, 0]
+    assert seg == pytest.approx(1.0, abs=1e-5)
+    assert whole < 0.9
+
+
+def test_segments_need_region_max_and_a_positive_count():
+    with pytest.raises(ValueError, match="num_segments 3: a positive count, above 1 only with region_max"):
+        build_module("cg_student", dict(dims=D, num_segments=3)).init(np.zeros(2, np.uint32), method="init_all")
+    with pytest.raises(ValueError, match="num_segments 0"):
+        build_module("cg_student", dict(coarse_recipe.region_max_config(D), num_segments=0)).init(
+            np.zeros(2, np.uint32), method="init_all")
+    for bad in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match="coarse.segments .*: expected a whole number >= 1"):
+            coarse_recipe.region_max_config(D, bad)
 
 
 def test_attention_weights_the_frames(region_net):
@@ -169,3 +243,22 @@ def test_coarse_kind_flag(tmp_path, capsys):
     opts = BuildOptions(videos="v", workdir=str(tmp_path / "w2"), coarse_kind="netvlad")
     assert opts.config().coarse.kind == "netvlad"
     assert recorded_options(opts, Workdir(str(tmp_path / "w2")))["coarse_kind"] == "netvlad"
+
+
+def test_coarse_segments_flag(tmp_path, capsys):
+    """`--coarse-segments S` sets coarse.segments (recorded for add/remove); the recipe's is 3; a
+    count below 1 is one line from argparse."""
+    from dns_jax import cli
+    from dns_jax.app.build import BuildOptions, recorded_options
+    from dns_jax.app.workdir import Workdir
+
+    assert BuildOptions(videos="v", workdir=str(tmp_path / "w")).config().coarse.segments == 3
+    opts = BuildOptions(videos="v", workdir=str(tmp_path / "w"), coarse_segments=1)
+    assert opts.config().coarse.segments == 1
+    assert recorded_options(opts, Workdir(str(tmp_path / "w")))["coarse_segments"] == 1
+    (tmp_path / "videos").mkdir()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["build", "--videos", str(tmp_path / "videos"), "--workdir", str(tmp_path / "w"),
+                  "--coarse-segments", "0"])
+    assert e.value.code == 2
+    assert "--coarse-segments: expected a whole number >= 1, got '0'" in capsys.readouterr().err

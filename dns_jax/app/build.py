@@ -10,8 +10,9 @@ Stages (each resumable; a finished stage is recorded in WORK/state.json and skip
 5. fine      FG-Att student distilled from the teacher
 6. coarse    CG student distilled from the teacher on its scores spread against the collection's
              background (dns_jax.app.coarse_recipe): by default region vectors (`coarse.kind=
-             'region_max'`: 9 time-averaged region vectors per video, the best region pair as the
-             score), or the official one vector per video ('netvlad', started as mean pooling)
+             'region_max'`: the 9 regions averaged over each of `coarse.segments` (3) stretches of
+             the video, the best vector pair as the score), or the official one vector per video
+             ('netvlad', started as mean pooling)
 7. selector  selector trained on where the coarse student disagrees with the fine one (the fine
              scores spread onto the CG scale first when the CG student was trained that way)
 8. index     the DnS index of the collection
@@ -75,6 +76,7 @@ class BuildOptions:
     dims: Optional[int] = None
     whitening_shrink: Optional[str] = None   # 'auto' or a number >= 0 as text (features.whitening_shrink)
     coarse_kind: Optional[str] = None   # 'region_max' or 'netvlad' (coarse.kind)
+    coarse_segments: Optional[int] = None   # region_max: stretches of the video (coarse.segments)
     teacher: Optional[str] = None
     fine: Optional[str] = None          # given networks skip their training stage
     coarse: Optional[str] = None
@@ -99,7 +101,7 @@ class BuildOptions:
         """The recipe with this build's options written over it."""
         c = load_config(self.recipe)
         for value, key in ((self.dims, "features.dims"), (self.whitening_shrink, "features.whitening_shrink"),
-                           (self.coarse_kind, "coarse.kind"),
+                           (self.coarse_kind, "coarse.kind"), (self.coarse_segments, "coarse.segments"),
                            (self.teacher, "teacher"), (self.seed, "seed"),
                            (self.batch_size, "batch_size"), (self.fine_steps, "fine.steps"),
                            (self.coarse_steps, "coarse.steps"), (self.selector_steps, "selector.steps")):
@@ -384,13 +386,15 @@ def stage_coarse(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChange
         return {"network": "cg_student", "path": os.path.abspath(opts.coarse), "trained": False}
     region_max = rc.coarse.get("kind", "netvlad") == "region_max"
     if region_max:
-        model = coarse_recipe.region_max_config(rc.features.dims)
+        model = coarse_recipe.region_max_config(rc.features.dims, rc.coarse.get("segments", 1))
     else:
         model = dict(default_config("cg_student").model.to_dict(), dims=rc.features.dims, **rc.coarse.model.to_dict())
     pairs, init, targets = coarse_recipe.prepare(wd.pairs("teacher"), wd.features, model, wd.path("coarse_init"),
                                                  seed=rc.seed, max_videos=rc.coarse.init_max_videos,
                                                  floor=rc.coarse.spread_floor, init=rc.coarse.init, log=log)
-    what = "region vectors" if region_max else "one vector per video"
+    segments = model.get("num_segments", 1) if region_max else 1
+    what = ("region vectors" + (f" of {segments} stretches of each video" if segments > 1 else "")
+            if region_max else "one vector per video")
     log(f"coarse: distilling the CG student ({what}, {rc.coarse.steps} steps)")
     extra = {"pairs": pairs, "init_from": init, "learning_rate": rc.coarse.learning_rate}
     extra.update({f"model.{k}": v for k, v in (model.items() if region_max else rc.coarse.model.items())})
@@ -555,6 +559,7 @@ SPEED_ONLY = ("teacher_job.batch_size", "checkpoint_fraction", "min_checkpoint_e
 LEGACY_SETTINGS = {"features.whitening_shrink": ("its whitening", "--reset pca refits it"),
                    "coarse.init": ("its CG student", "--reset coarse trains it again"),
                    "coarse.kind": ("its CG student", "--reset coarse builds it again"),
+                   "coarse.segments": ("its CG student", "--reset coarse builds it again"),
                    "fine.init": ("its fine student", "--reset fine trains it again"),
                    "fine.init_noise": ("its fine student", "--reset fine trains it again"),
                    "selector.target": ("its selector", "--reset selector trains it again"),
@@ -676,6 +681,10 @@ def _check_settings(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
                                 ("fine.init", rc.fine.get("init", "random"), FINE_INITS)):
         if value not in allowed:
             raise BuildError(f"{key} {value!r} in the recipe: expected one of {', '.join(allowed)}")
+    try:
+        coarse_recipe.region_max_config(rc.features.dims, rc.coarse.get("segments", 1))
+    except ValueError as e:
+        raise BuildError(f"{e} (in the recipe)") from None
     noise = rc.fine.get("init_noise", 0.1)
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not np.isfinite(noise) or noise < 0:
         raise BuildError(f"fine.init_noise {noise!r} in the recipe: expected a number >= 0")
@@ -796,7 +805,7 @@ def run_build(opts: BuildOptions, stages=STAGES) -> Dict:
 _OPTION_PATHS = ("videos", "pca", "fine", "coarse", "selector")
 _RECORDED = ("videos", "backbone", "pca", "dims", "whitening_shrink", "teacher", "fine", "coarse", "selector", "fine_steps",
              "coarse_steps", "selector_steps", "batch_size", "coarse_model", "seed", "recipe", "coarse_search",
-             "coarse_kind")
+             "coarse_kind", "coarse_segments")
 
 
 def recorded_options(opts: BuildOptions, wd: Workdir) -> Dict:

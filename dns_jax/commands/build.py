@@ -49,6 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the CG student to distil: 'region_max' (the recipe's: 9 region vectors per video, a pair "
                         "scored by its best region pair; finds picture-in-picture and overlaid copies; searched "
                         "exactly) or 'netvlad' (the official one vector per video; needed for --coarse faiss-ivfpq)")
+    p.add_argument("--coarse-segments", type=_positive, metavar="S",
+                   help="region_max only: index the region vectors of S equal stretches of each video (9 x S "
+                        "vectors, the best of (9 x S)^2 pairs), so a copy of part of a video matches the stretch "
+                        "it copies (recipe: coarse.segments; 1 = one average over the video)")
     p.add_argument("--selector", metavar="SPEC", help="use this selector instead of training one")
     p.add_argument("--steps", type=int, help="training steps per network (recipe: 300)")
     p.add_argument("--batch-size", type=int, help="triplets (students) / pairs (selector) per step (recipe: 16)")
@@ -61,6 +65,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"selector, index); done automatically once it has grown past {RETRAIN_GROWTH:g}x")
     add_ray_arguments(p, "extract the features and index")
     add_quiet(p)
+
+
+def _positive(text: str) -> int:
+    """--coarse-segments: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def _shrink(text: str):
@@ -83,5 +98,5 @@ def run(args) -> int:
         fine_steps=args.steps, coarse_steps=args.steps, selector_steps=args.steps,
         batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, recipe=args.recipe,
         reset=args.reset, retrain=args.retrain, ray=args.ray, workers=args.workers, cpus=args.cpus,
-        coarse_search=coarse_search, coarse_kind=args.coarse_kind))
+        coarse_search=coarse_search, coarse_kind=args.coarse_kind, coarse_segments=args.coarse_segments))
     return 0

@@ -183,7 +183,13 @@ class CoarseGrainedStudent(nn.Module):
     with a zero context vector every weight is 0.5, a plain mean), so a video is `num_regions` unit
     vectors `[R * D]` (flattened, region-major) and the similarity of two videos is the best cosine
     of their R x R region pairs (`block_max_similarity`): a picture-in-picture or overlaid copy
-    matches on the regions it keeps, which a single vector mixes with the rest of the frame."""
+    matches on the regions it keeps, which a single vector mixes with the rest of the frame.
+
+    `num_segments` S > 1 (with `region_max`): the same for each of S equal stretches of the video
+    (its i-th unmasked frame of L in stretch floor(i S / L); a stretch with no frame, in a video
+    shorter than S, takes the whole video's vectors), `[S * R * D]` per video (segment-major) and
+    the best of (S R)^2 pairs: a copy of part of a video matches the stretch it copies instead of
+    an average diluted by the rest."""
 
     dims: int = 512
     attention: bool = True
@@ -196,16 +202,19 @@ class CoarseGrainedStudent(nn.Module):
     netvlad_outdims: Optional[int] = 1024
     region_max: bool = False
     num_regions: int = 9
+    num_segments: int = 1
     precision: Optional[str] = DEFAULT_PRECISION
 
     @property
     def vector_blocks(self) -> int:
-        """Unit vectors per indexed video: `num_regions` with `region_max`, else 1."""
-        return int(self.num_regions) if self.region_max else 1
+        """Unit vectors per indexed video: `num_segments * num_regions` with `region_max`, else 1."""
+        return int(self.num_segments) * int(self.num_regions) if self.region_max else 1
 
     def setup(self):
         if self.region_max and (self.transformer or self.netvlad):
             raise ValueError("region_max takes the region vectors as they are: set transformer=False and netvlad=False")
+        if int(self.num_segments) < 1 or (int(self.num_segments) > 1 and not self.region_max):
+            raise ValueError(f"num_segments {self.num_segments!r}: a positive count, above 1 only with region_max")
         if self.attention:
             self.attention_layer = Attention(self.dims, self.precision)
         if self.transformer:
@@ -238,16 +247,30 @@ class CoarseGrainedStudent(nn.Module):
         return l2_normalize(x)
 
     def _region_vectors(self, x: Array, mask: Optional[Array], weights: Optional[Array] = None) -> Array:
-        """[N, T, R, D] -> [N, R * D]: each region L2-normalised, averaged over the (unmasked)
-        frames -- weighted by the attention [N, T, R, 1] when given -- and L2-normalised again."""
+        """[N, T, R, D] -> [N, S * R * D]: each region L2-normalised, averaged over the (unmasked)
+        frames of each segment -- weighted by the attention [N, T, R, 1] when given -- and
+        L2-normalised again (S = `num_segments`; a segment with no frame takes the whole video's)."""
         n, t, r, d = x.shape
         if r != self.num_regions:
             raise ValueError(f"region_max expects {self.num_regions} regions per frame, got {r}")
         w = jnp.ones((n, t, r, 1), x.dtype) if weights is None else weights.astype(x.dtype)
-        if mask is not None:
-            w = w * mask.astype(x.dtype)[..., None, None]
-        x = jnp.sum(l2_normalize(x) * w, 1) / jnp.maximum(jnp.sum(w, 1), 1e-12)
-        return l2_normalize(x).reshape(n, r * d)
+        valid = jnp.ones((n, t), x.dtype) if mask is None else (mask > 0).astype(x.dtype)
+        w = w * valid[..., None, None]
+        x = l2_normalize(x) * w                                                          # [N, T, R, D]
+        whole = jnp.sum(x, 1) / jnp.maximum(jnp.sum(w, 1), 1e-12)                        # [N, R, D]
+        segments = int(self.num_segments)
+        if segments == 1:
+            return l2_normalize(whole).reshape(n, r * d)
+        # the i-th valid frame of L goes to segment floor(i S / L): integers, no rounding
+        position = jnp.cumsum(valid, 1).astype(jnp.int32) - 1                           # [N, T]
+        length = jnp.maximum(jnp.sum(valid, 1, keepdims=True).astype(jnp.int32), 1)     # [N, 1]
+        segment = jnp.minimum(position * segments // length, segments - 1)
+        onehot = jax.nn.one_hot(segment, segments, dtype=x.dtype) * valid[..., None]   # [N, T, S]
+        total = jnp.einsum("nts,ntrd->nsrd", onehot, x, precision="highest")
+        count = jnp.einsum("nts,ntr->nsr", onehot, w[..., 0], precision="highest")[..., None]
+        empty = (jnp.sum(onehot, 1) == 0)[:, :, None, None]                              # [N, S, 1, 1]
+        parts = jnp.where(empty, whole[:, None], total / jnp.maximum(count, 1e-12))       # [N, S, R, D]
+        return l2_normalize(parts).reshape(n, segments * r * d)
 
     def calculate_video_similarity(self, query: Array, target: Array) -> Array:
         """[A, E] x [B, E] -> [A, B] cosine similarities (with `region_max`, the best region pair's)."""
