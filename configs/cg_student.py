@@ -35,6 +35,7 @@ def get_config(arg=None):
         region_max=False,               # one vector per region, best region pair (not official; docs/s2vs.md)
         num_regions=9,
         num_segments=1,                 # with region_max: region vectors of this many stretches of the video
+        top_pairs=1,                    # with region_max: a pair scores the mean of its this many best vector pairs
         precision="highest"))
 
     # -- data ------------------------------------------------------------------------------------

@@ -27,9 +27,19 @@ def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
     return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
-def block_max_similarity(a: Array, b: Array, blocks: int = 1, precision=None) -> Array:
+def mean_of_best(scores: Array, top: int = 1) -> Array:
+    """[..., P] -> [...]: the mean of the `top` largest values of the last axis (1: the max)."""
+    top = int(top)
+    if top < 1 or top > scores.shape[-1]:
+        raise ValueError(f"the mean of the best {top} of {scores.shape[-1]} vector pairs: top must be 1 to "
+                         f"{scores.shape[-1]}")
+    return scores.max(-1) if top == 1 else jnp.mean(jax.lax.top_k(scores, top)[0], -1)
+
+
+def block_max_similarity(a: Array, b: Array, blocks: int = 1, precision=None, top: int = 1) -> Array:
     """[A, K * E] x [B, K * E] -> [A, B]: the largest dot product between one of the K blocks of a
-    row of `a` and one of the K blocks of a row of `b` (K = `blocks`; 1: the plain dot product).
+    row of `a` and one of the K blocks of a row of `b` (K = `blocks`; 1: the plain dot product), or
+    with `top` > 1 the mean of the `top` largest of those K^2 products (`mean_of_best`).
     Memory A x B x K^2: callers chunk large databases (retrieval/coarse.py)."""
     if blocks == 1:
         return jnp.matmul(a, b.T, precision=precision)
@@ -37,15 +47,18 @@ def block_max_similarity(a: Array, b: Array, blocks: int = 1, precision=None) ->
         raise ValueError(f"vectors of {a.shape[-1]} and {b.shape[-1]} values do not split into {blocks} blocks")
     e = a.shape[-1] // blocks
     s = jnp.matmul(a.reshape(-1, e), b.reshape(-1, e).T, precision=precision)     # [A * K, B * K]
-    return s.reshape(a.shape[0], blocks, b.shape[0], blocks).max(axis=(1, 3))
+    s = s.reshape(a.shape[0], blocks, b.shape[0], blocks)
+    if top == 1:
+        return s.max(axis=(1, 3))
+    return mean_of_best(s.transpose(0, 2, 1, 3).reshape(a.shape[0], b.shape[0], blocks * blocks), top)
 
 
-def block_max_pairs(a: Array, b: Array, blocks: int = 1, precision=None) -> Array:
+def block_max_pairs(a: Array, b: Array, blocks: int = 1, precision=None, top: int = 1) -> Array:
     """[P, K * E] x [P, K * E] -> [P]: `block_max_similarity` of each row of `a` with the same row of
     `b` (the pairs of a training batch or of a pair file)."""
     k = int(blocks)
     s = jnp.einsum("pkd,pld->pkl", a.reshape(a.shape[0], k, -1), b.reshape(b.shape[0], k, -1), precision=precision)
-    return s.max(axis=(1, 2))
+    return mean_of_best(s.reshape(s.shape[0], k * k), top)
 
 
 def _unit_normal_context_init(key, shape, dtype=jnp.float32):

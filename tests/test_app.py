@@ -256,6 +256,11 @@ def test_unknown_cg_init_is_refused_before_any_work(tmp_path):
         rc.coarse.segments = bad
         with pytest.raises(BuildError, match=f"coarse.segments {bad!r}: expected a whole number >= 1"):
             _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
+    for bad in (0, 730):
+        rc = opts.config()
+        rc.coarse.top_pairs = bad
+        with pytest.raises(BuildError, match=f"coarse.top_pairs {bad!r}: expected a whole number from 1 to 729"):
+            _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
 
 
 def test_interrupted_training_stage_is_not_marked_done(built, tmp_path, monkeypatch):
@@ -294,7 +299,7 @@ def test_dns_puts_reranked_fine_scores_on_the_coarse_scale(built):
     spreads the fine scores."""
     from dns_jax.app.coarse_recipe import quantile_scores, spread_scores
     from dns_jax.app.query import Searcher
-    from dns_jax.retrieval import coarse_scores, vector_blocks
+    from dns_jax.retrieval import coarse_scores, top_pairs, vector_blocks
     root, info, _, _ = built
     s = Searcher(str(root / "work"))
     assert s.fine_quantiles and s.fine_spread, "the build should record the fine student's mappings"
@@ -304,8 +309,8 @@ def test_dns_puts_reranked_fine_scores_on_the_coarse_scale(built):
     fine = s.dns.scorer.similarities([reps.fine_rep(i) for i in range(len(queries))],
                                      s.index.fine_reps(range(len(ids))))
     np.testing.assert_allclose(s.dns_scores(reps, 1.0), quantile_scores(fine, s.fine_quantiles), atol=1e-5)
-    np.testing.assert_allclose(s.dns_scores(reps, 0.0), coarse_scores(reps.coarse, s.index.coarse, vector_blocks(s.coarse)),
-                               atol=1e-5)
+    np.testing.assert_allclose(s.dns_scores(reps, 0.0), coarse_scores(reps.coarse, s.index.coarse, vector_blocks(s.coarse),
+                                                                      top=top_pairs(s.coarse)), atol=1e-5)
     s.fine_quantiles = None
     np.testing.assert_allclose(s.dns_scores(reps, 1.0), spread_scores(fine, s.fine_spread), atol=1e-5)
 

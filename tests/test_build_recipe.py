@@ -182,6 +182,7 @@ def test_a_work_directory_built_before_the_whitening_shrink_stays_valid(tmp_path
     ("coarse.init", "mean_pooling", "vlad_pca", "keeps its CG student; --reset coarse trains it again", "coarse"),
     ("coarse.kind", "region_max", "netvlad", "keeps its CG student; --reset coarse builds it again", "coarse"),
     ("coarse.segments", 3, 1, "keeps its CG student; --reset coarse builds it again", "coarse"),
+    ("coarse.top_pairs", 3, 1, "keeps its CG student; --reset coarse builds it again", "coarse"),
     ("fine.init", "teacher", "random", "keeps its fine student; --reset fine trains it again", "fine"),
     ("fine.init_noise", 0.1, 0.0, "keeps its fine student; --reset fine trains it again", "fine"),
     ("selector.target", "relevance", "gap", "keeps its selector; --reset selector trains it again", "selector"),

@@ -7,9 +7,9 @@ import pytest
 
 from dns_jax import checkpoint, pretrained
 from dns_jax.app import coarse_recipe
-from dns_jax.layers import block_max_similarity
+from dns_jax.layers import block_max_pairs, block_max_similarity, mean_of_best
 from dns_jax.models.registry import build_module
-from dns_jax.retrieval import CoarseDatabase, coarse_scores, vector_blocks
+from dns_jax.retrieval import CoarseDatabase, coarse_scores, top_pairs, vector_blocks
 from dns_jax.retrieval.dns import coarse_index
 
 D = 16
@@ -139,6 +139,12 @@ def test_segments_need_region_max_and_a_positive_count():
     for bad in (0, -1, True, 2.0):
         with pytest.raises(ValueError, match="coarse.segments .*: expected a whole number >= 1"):
             coarse_recipe.region_max_config(D, bad)
+    for bad in (0, 82, True, 1.0):
+        with pytest.raises(ValueError, match="coarse.top_pairs .*: expected a whole number from 1 to 81"):
+            coarse_recipe.region_max_config(D, 1, bad)
+    with pytest.raises(ValueError, match="top_pairs 100: 1 to 81"):
+        build_module("cg_student", dict(coarse_recipe.region_max_config(D), top_pairs=100)).init(
+            np.zeros(2, np.uint32), method="init_all")
 
 
 def test_attention_weights_the_frames(region_net):
@@ -153,6 +159,63 @@ def test_attention_weights_the_frames(region_net):
     plain = np.asarray(region_net.index_video(v))
     assert np.abs(weighted - plain).max() > 1e-3
     np.testing.assert_allclose(plain.reshape(9, D), _unit(_unit(v).mean(0)), atol=2e-6)
+
+
+def test_mean_of_the_best_pairs_by_hand():
+    """top=2: the mean of the two largest block-pair products, everywhere a pair is scored."""
+    a = np.array([[1.0, 0.0, 0.0, 1.0]], np.float32)          # blocks (1, 0), (0, 1)
+    b = np.array([[0.6, 0.8, -1.0, 0.0], [0.0, -1.0, -0.6, -0.8]], np.float32)
+    # row 0 products 0.6, -1, 0.8, 0 -> (0.8 + 0.6) / 2; row 1: 0, -0.6, -1, -0.8 -> (0 - 0.6) / 2
+    want = [[0.7, -0.3]]
+    np.testing.assert_allclose(np.asarray(block_max_similarity(a, b, 2, top=2)), want, atol=1e-7)
+    np.testing.assert_allclose(coarse_scores(a, b, 2, top=2), want, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(block_max_pairs(np.repeat(a, 2, 0), b, 2, top=2)), want[0], atol=1e-7)
+    np.testing.assert_allclose(CoarseDatabase(b, blocks=2, top=2).similarities(a), want, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(mean_of_best(np.array([[3.0, 1.0, 2.0]]), 3)), [2.0])
+    with pytest.raises(ValueError, match="top must be 1 to 4"):
+        block_max_similarity(a, b, 2, top=5)
+    with pytest.raises(ValueError, match="top 5 of 4 block pairs"):
+        CoarseDatabase(b, blocks=2, top=5)
+
+
+@pytest.fixture(scope="module")
+def top3_net(tmp_path_factory):
+    """The build recipe's CG student: 3 segments, a pair scored by the mean of its 3 best pairs."""
+    config = coarse_recipe.region_max_config(D, segments=3, top_pairs=3)
+    variables = coarse_recipe.initial_variables(config, [], seed=0)
+    path = str(tmp_path_factory.mktemp("rm3t") / "cg")
+    checkpoint.save_network(path, "cg_student", config, variables)
+    return pretrained.load("cg_student", path)
+
+
+def test_top_pairs_score_the_mean_of_the_best_pairs_everywhere(top3_net, tmp_path):
+    """The network, the host scores, the device database (all scores and top-k), the pair scorer and
+    the training forward all give the mean of the 3 best of the 27 x 27 vector-pair cosines."""
+    from dns_jax.datasets.stores import open_features
+    from dns_jax.training.scoring import PairScorer
+
+    videos = _videos(5, seed=6, lengths=(4, 5, 7, 8, 6))
+    assert top_pairs(top3_net) == 3 and vector_blocks(top3_net) == 27
+    one = np.concatenate([np.asarray(top3_net.index_video(v)) for v in videos])
+    refs = [_segment_reference(v, 3) for v in videos]
+    want = np.array([[float(np.sort((a.reshape(27, D) @ b.reshape(27, D).T).ravel())[-3:].mean()) for b in refs]
+                     for a in refs])
+    np.testing.assert_allclose(np.asarray(top3_net.calculate_video_similarity(one, one)), want, atol=2e-6)
+    np.testing.assert_allclose(coarse_scores(one, one, 27, top=3), want, atol=2e-6)
+    cdb = CoarseDatabase(one, blocks=27, top=3)
+    np.testing.assert_allclose(cdb.similarities(one), want, atol=2e-6)
+    scores, idx = cdb.topk(one[:2], 3)
+    np.testing.assert_allclose(scores, np.sort(want[:2], 1)[:, ::-1][:, :3], atol=2e-6)
+    pos, neg, _ = top3_net.module.apply(top3_net.variables, one[:2], one[2:4], one[3:5])
+    np.testing.assert_allclose(np.asarray(pos)[:, 0], [want[0, 2], want[1, 3]], atol=2e-6)
+    np.testing.assert_allclose(np.asarray(neg)[:, 0], [want[0, 3], want[1, 4]], atol=2e-6)
+    path = str(tmp_path / "f.npz")
+    np.savez(path, **{f"v{i}": v for i, v in enumerate(videos)})
+    scorer = PairScorer("cg_student", top3_net.module, top3_net.variables, batch_size=4)
+    np.testing.assert_allclose(scorer.score(open_features(path), [("v0", "v1"), ("v2", "v4")]),
+                               [want[0, 1], want[2, 4]], atol=2e-6)
+    # the mean of 3 is below the best pair alone, which it is not at top_pairs=1
+    assert np.all(want[~np.eye(5, dtype=bool)] < coarse_scores(one, one, 27)[~np.eye(5, dtype=bool)])
 
 
 def test_region_max_takes_no_transformer_or_netvlad():
@@ -246,13 +309,14 @@ def test_coarse_kind_flag(tmp_path, capsys):
 
 
 def test_coarse_segments_flag(tmp_path, capsys):
-    """`--coarse-segments S` sets coarse.segments (recorded for add/remove); the recipe's is 3; a
-    count below 1 is one line from argparse."""
+    """`--coarse-segments S` sets coarse.segments (recorded for add/remove); the recipe's is 3 (with
+    the mean of the 3 best pairs); a count below 1 is one line from argparse."""
     from dns_jax import cli
     from dns_jax.app.build import BuildOptions, recorded_options
     from dns_jax.app.workdir import Workdir
 
-    assert BuildOptions(videos="v", workdir=str(tmp_path / "w")).config().coarse.segments == 3
+    recipe = BuildOptions(videos="v", workdir=str(tmp_path / "w")).config()
+    assert recipe.coarse.segments == 3 and recipe.coarse.top_pairs == 3
     opts = BuildOptions(videos="v", workdir=str(tmp_path / "w"), coarse_segments=1)
     assert opts.config().coarse.segments == 1
     assert recorded_options(opts, Workdir(str(tmp_path / "w")))["coarse_segments"] == 1

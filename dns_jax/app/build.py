@@ -386,14 +386,17 @@ def stage_coarse(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChange
         return {"network": "cg_student", "path": os.path.abspath(opts.coarse), "trained": False}
     region_max = rc.coarse.get("kind", "netvlad") == "region_max"
     if region_max:
-        model = coarse_recipe.region_max_config(rc.features.dims, rc.coarse.get("segments", 1))
+        model = coarse_recipe.region_max_config(rc.features.dims, rc.coarse.get("segments", 1),
+                                                rc.coarse.get("top_pairs", 1))
     else:
         model = dict(default_config("cg_student").model.to_dict(), dims=rc.features.dims, **rc.coarse.model.to_dict())
     pairs, init, targets = coarse_recipe.prepare(wd.pairs("teacher"), wd.features, model, wd.path("coarse_init"),
                                                  seed=rc.seed, max_videos=rc.coarse.init_max_videos,
                                                  floor=rc.coarse.spread_floor, init=rc.coarse.init, log=log)
     segments = model.get("num_segments", 1) if region_max else 1
+    top = model.get("top_pairs", 1) if region_max else 1
     what = ("region vectors" + (f" of {segments} stretches of each video" if segments > 1 else "")
+            + (f", a pair scored by its {top} best vector pairs" if top > 1 else "")
             if region_max else "one vector per video")
     log(f"coarse: distilling the CG student ({what}, {rc.coarse.steps} steps)")
     extra = {"pairs": pairs, "init_from": init, "learning_rate": rc.coarse.learning_rate}
@@ -560,6 +563,7 @@ LEGACY_SETTINGS = {"features.whitening_shrink": ("its whitening", "--reset pca r
                    "coarse.init": ("its CG student", "--reset coarse trains it again"),
                    "coarse.kind": ("its CG student", "--reset coarse builds it again"),
                    "coarse.segments": ("its CG student", "--reset coarse builds it again"),
+                   "coarse.top_pairs": ("its CG student", "--reset coarse builds it again"),
                    "fine.init": ("its fine student", "--reset fine trains it again"),
                    "fine.init_noise": ("its fine student", "--reset fine trains it again"),
                    "selector.target": ("its selector", "--reset selector trains it again"),
@@ -682,7 +686,7 @@ def _check_settings(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
         if value not in allowed:
             raise BuildError(f"{key} {value!r} in the recipe: expected one of {', '.join(allowed)}")
     try:
-        coarse_recipe.region_max_config(rc.features.dims, rc.coarse.get("segments", 1))
+        coarse_recipe.region_max_config(rc.features.dims, rc.coarse.get("segments", 1), rc.coarse.get("top_pairs", 1))
     except ValueError as e:
         raise BuildError(f"{e} (in the recipe)") from None
     noise = rc.fine.get("init_noise", 0.1)

@@ -260,14 +260,19 @@ def initial_variables(model_config: Dict, videos: Sequence[np.ndarray], seed: in
     return reduction_pca_init(module, variables, videos, seed)
 
 
-def region_max_config(dims: int, segments: int = 1) -> Dict:
+def region_max_config(dims: int, segments: int = 1, top_pairs: int = 1) -> Dict:
     """Constructor options of the CG student as region vectors (`coarse.kind='region_max'`): no
     Transformer or NetVLAD; the attention weights each frame's regions in the average over time
-    (over each of `segments` equal stretches of the video, `coarse.segments`)."""
+    (over each of `segments` equal stretches of the video, `coarse.segments`); a pair scores the
+    mean of its `top_pairs` best vector pairs (`coarse.top_pairs`)."""
     if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
         raise ValueError(f"coarse.segments {segments!r}: expected a whole number >= 1")
+    pairs = (9 * segments) ** 2
+    if isinstance(top_pairs, bool) or not isinstance(top_pairs, int) or not 1 <= top_pairs <= pairs:
+        raise ValueError(f"coarse.top_pairs {top_pairs!r}: expected a whole number from 1 to {pairs} (the vector "
+                         f"pairs of two videos with {segments} segments)")
     return dict(dims=int(dims), attention=True, transformer=False, netvlad=False, region_max=True, num_regions=9,
-                num_segments=int(segments))
+                num_segments=int(segments), top_pairs=int(top_pairs))
 
 
 def neutral_attention(variables) -> Dict:
@@ -311,7 +316,9 @@ def prepare(teacher_pairs: str, features: str, model_config: Dict, out_dir: str,
     shutil.rmtree(init_dir, ignore_errors=True)
     os.replace(tmp, init_dir)
     if model_config.get("region_max"):
-        log("coarse: initial network: region vectors as plain means over the video (neutral attention)")
+        segments = int(model_config.get("num_segments", 1))
+        over = f"each of {segments} stretches of the video" if segments > 1 else "the video"
+        log(f"coarse: initial network: region vectors as plain means over {over} (neutral attention)")
     else:
         start = (f"a PCA reduction of {len(videos)} videos' VLAD vectors" if init == "vlad_pca"
                  else "NetVLAD started as mean pooling of the frame vectors")

@@ -26,7 +26,7 @@ from dns_jax.datasets.video_collection import make_collection
 from dns_jax.evaluation.metrics import average_precision, ranked_list_average_precision
 from dns_jax.fileio import atomic_write_json
 from dns_jax.pretrained import load_teacher
-from dns_jax.retrieval import coarse_scores, vector_blocks
+from dns_jax.retrieval import coarse_scores, top_pairs, vector_blocks
 from dns_jax.training.scoring import PairScorer
 
 BUDGETS = (0.1, 0.25, 0.5)
@@ -105,7 +105,8 @@ def score_stages(workdir: str, queries: List[str], budgets=BUDGETS) -> Tuple[Lis
     sims, seconds = _warm_timed(lambda: scorer.score(store, pairs).reshape(len(queries), len(ids)))
     add(f"teacher ({label})", sims, seconds, float(np.mean([store.length(v) for v in ids])) * 9 * dims * 4)
 
-    coarse, seconds = _warm_timed(lambda: coarse_scores(reps.coarse, s.index.coarse, vector_blocks(s.coarse)))
+    coarse, seconds = _warm_timed(lambda: coarse_scores(reps.coarse, s.index.coarse, vector_blocks(s.coarse),
+                                                                  top=top_pairs(s.coarse)))
     add("coarse student (CG)", coarse, seconds, bytes_per.get("coarse"))
 
     fine_reps = s.index.fine_reps(range(len(ids)))

@@ -40,7 +40,15 @@ from dns_jax.evaluation.sweep import evaluate_methods, format_table, write_sweep
 from dns_jax.fileio import atomic_savez, atomic_write_json
 from dns_jax.index.store import describe_network
 from dns_jax.models import registry
-from dns_jax.retrieval import coarse_index, coarse_scores, scorer_for, selector_scores, self_similarities, vector_blocks
+from dns_jax.retrieval import (
+    coarse_index,
+    coarse_scores,
+    scorer_for,
+    selector_scores,
+    self_similarities,
+    top_pairs,
+    vector_blocks,
+)
 from dns_jax.validation import FeatureError, check_video
 
 BENCHMARKS = ("fivr5k", "fivr200k", "cc_web_video", "evve", "svd", "vcdb", "vcdb_dist")
@@ -398,7 +406,8 @@ class EvaluationRun:
         if self._db_coarse is None:
             self._db_coarse = np.ascontiguousarray(self._take("coarse", self.database))
         t0 = time.perf_counter()
-        coarse = coarse_scores(self._take("coarse", queries), self._db_coarse, vector_blocks(self.nets.coarse))
+        coarse = coarse_scores(self._take("coarse", queries), self._db_coarse, vector_blocks(self.nets.coarse),
+                               top=top_pairs(self.nets.coarse))
         seconds["coarse"] = time.perf_counter() - t0
         for r in self.nets.representations:
             t0 = time.perf_counter()

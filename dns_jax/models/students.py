@@ -189,7 +189,11 @@ class CoarseGrainedStudent(nn.Module):
     (its i-th unmasked frame of L in stretch floor(i S / L); a stretch with no frame, in a video
     shorter than S, takes the whole video's vectors), `[S * R * D]` per video (segment-major) and
     the best of (S R)^2 pairs: a copy of part of a video matches the stretch it copies instead of
-    an average diluted by the rest."""
+    an average diluted by the rest.
+
+    `top_pairs` K > 1 (with `region_max`): a pair scores the mean of its K best vector-pair cosines
+    instead of the best one; the best of many pairs of unrelated videos is biased upwards by their
+    number, the mean of a few is less so (`layers.mean_of_best`)."""
 
     dims: int = 512
     attention: bool = True
@@ -203,6 +207,7 @@ class CoarseGrainedStudent(nn.Module):
     region_max: bool = False
     num_regions: int = 9
     num_segments: int = 1
+    top_pairs: int = 1
     precision: Optional[str] = DEFAULT_PRECISION
 
     @property
@@ -215,6 +220,9 @@ class CoarseGrainedStudent(nn.Module):
             raise ValueError("region_max takes the region vectors as they are: set transformer=False and netvlad=False")
         if int(self.num_segments) < 1 or (int(self.num_segments) > 1 and not self.region_max):
             raise ValueError(f"num_segments {self.num_segments!r}: a positive count, above 1 only with region_max")
+        if not 1 <= int(self.top_pairs) <= self.vector_blocks ** 2:
+            raise ValueError(f"top_pairs {self.top_pairs!r}: 1 to {self.vector_blocks ** 2} (the vector pairs of two "
+                             "videos)")
         if self.attention:
             self.attention_layer = Attention(self.dims, self.precision)
         if self.transformer:
@@ -273,15 +281,16 @@ class CoarseGrainedStudent(nn.Module):
         return l2_normalize(parts).reshape(n, segments * r * d)
 
     def calculate_video_similarity(self, query: Array, target: Array) -> Array:
-        """[A, E] x [B, E] -> [A, B] cosine similarities (with `region_max`, the best region pair's)."""
-        return block_max_similarity(query, target, self.vector_blocks, self.precision)
+        """[A, E] x [B, E] -> [A, B] cosine similarities (with `region_max`, the best vector pair's, or
+        the mean of the `top_pairs` best)."""
+        return block_max_similarity(query, target, self.vector_blocks, self.precision, int(self.top_pairs))
 
     def __call__(self, anchors: Array, positives: Array, negatives: Array, *masks):
         """Official training forward on indexed [n, E] vectors -> (pos [n, 1], neg [n, 1], None)."""
         if self.region_max:
-            k, p = self.vector_blocks, self.precision
-            return (block_max_pairs(anchors, positives, k, p)[:, None],
-                    block_max_pairs(anchors, negatives, k, p)[:, None], None)
+            k, p, top = self.vector_blocks, self.precision, int(self.top_pairs)
+            return (block_max_pairs(anchors, positives, k, p, top)[:, None],
+                    block_max_pairs(anchors, negatives, k, p, top)[:, None], None)
         pos = jnp.sum(anchors * positives, 1, keepdims=True)
         neg = jnp.sum(anchors * negatives, 1, keepdims=True)
         return pos, neg, None

@@ -17,7 +17,14 @@ A budget is a fraction (float in [0, 1]) or a number of videos per query (int >=
 layout.py for how the kernel stays exact and memory-bounded, binary.py for the packed codes.
 """
 from dns_jax.retrieval.binary import count_zero_codes, pack_codes, unpack_codes
-from dns_jax.retrieval.coarse import CoarseDatabase, FaissCoarseIndex, coarse_scores, faiss_available, vector_blocks
+from dns_jax.retrieval.coarse import (
+    CoarseDatabase,
+    FaissCoarseIndex,
+    coarse_scores,
+    faiss_available,
+    top_pairs,
+    vector_blocks,
+)
 from dns_jax.retrieval.dns import (
     SEGMENT_OPTIONS,
     DnS,
@@ -45,8 +52,8 @@ from dns_jax.retrieval.selector import selector_scores, self_similarities
 __all__ = [
     "score", "rerank", "selection", "budget_count", "check_budget", "DnS", "Representations", "SearchResults",
     "FineScorer", "PreparedDatabase", "ResidentDatabase", "ScorerOptions", "scorer_for", "CoarseDatabase",
-    "FaissCoarseIndex", "faiss_available", "coarse_scores", "vector_blocks", "coarse_index", "self_similarities",
-    "selector_scores",
+    "FaissCoarseIndex", "faiss_available", "coarse_scores", "vector_blocks", "top_pairs", "coarse_index",
+    "self_similarities", "selector_scores",
     "pack_codes", "unpack_codes", "count_zero_codes", "FrameMatrices", "localize_results", "stored_frames",
     "SEGMENT_OPTIONS",
 ]

@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dns_jax.layers import block_max_similarity
+from dns_jax.layers import block_max_similarity, mean_of_best
 from dns_jax.validation import FeatureError
 
 
@@ -43,33 +43,37 @@ def _check_vectors(x, name: str, dims: Optional[int] = None) -> np.ndarray:
     return a
 
 
-def _chunk_scores(q, chunk, precision, upcast: bool = False, blocks: int = 1):
+def _chunk_scores(q, chunk, precision, upcast: bool = False, blocks: int = 1, top: int = 1):
     """q [Q, E] float32 x chunk [M, E] -> [Q, M] float32. A float16 chunk is either multiplied as
     float16 with float32 accumulation (accelerators: native half-precision products; the queries
     are rounded to float16) or, with `upcast` (CPU, which has no float16 arithmetic and would
     otherwise convert the whole operand into a float32 temporary), converted to float32 first.
-    `blocks` > 1: each vector is that many unit vectors and a pair scores its best block pair
-    (the CG student's `region_max`; layers.block_max_similarity)."""
+    `blocks` > 1: each vector is that many unit vectors and a pair scores its best block pair, or
+    the mean of its `top` best (the CG student's `region_max`; layers.block_max_similarity)."""
     if blocks > 1:
         nq, m, e = q.shape[0], chunk.shape[0], q.shape[1] // blocks
         s = _chunk_scores(q.reshape(nq * blocks, e), chunk.reshape(m * blocks, e), precision, upcast)
-        return s.reshape(nq, blocks, m, blocks).max(axis=(1, 3))
+        s = s.reshape(nq, blocks, m, blocks)
+        if top == 1:
+            return s.max(axis=(1, 3))
+        return mean_of_best(s.transpose(0, 2, 1, 3).reshape(nq, m, blocks * blocks), top)
     if upcast and chunk.dtype != jnp.float32:
         return jnp.dot(q, chunk.astype(jnp.float32).T, precision=precision)
     return jnp.dot(q.astype(chunk.dtype), chunk.T, preferred_element_type=jnp.float32, precision=precision)
 
 
-def _rows_scores(q, db, rows: int, precision, upcast: bool, blocks: int = 1):
+def _rows_scores(q, db, rows: int, precision, upcast: bool, blocks: int = 1, top: int = 1):
     """_chunk_scores over db [M, E] by blocks of `rows` (M a multiple of rows): a float16 database
     is converted block by block (a bounded temporary) when `upcast`; with several vector blocks
     the [Q, rows, blocks^2] products stay bounded the same way."""
     if (blocks == 1 and (not upcast or db.dtype == jnp.float32)) or db.shape[0] <= rows:
-        return _chunk_scores(q, db, precision, upcast, blocks)
-    out = jax.lax.map(lambda c: _chunk_scores(q, c, precision, upcast, blocks), db.reshape(-1, rows, db.shape[1]))
+        return _chunk_scores(q, db, precision, upcast, blocks, top)
+    out = jax.lax.map(lambda c: _chunk_scores(q, c, precision, upcast, blocks, top), db.reshape(-1, rows, db.shape[1]))
     return jnp.moveaxis(out, 0, 1).reshape(q.shape[0], db.shape[0])
 
 
-def _scan_topk(q, db, n_valid, k: int, chunk: int, offset, precision, upcast: bool = False, blocks: int = 1):
+def _scan_topk(q, db, n_valid, k: int, chunk: int, offset, precision, upcast: bool = False, blocks: int = 1,
+               top: int = 1):
     """Running top-k of q [Q, E] against db [M, E] (M a multiple of chunk; rows >= n_valid ignored).
     Returns (scores [Q, k], global indices [Q, k])."""
     nq = q.shape[0]
@@ -78,7 +82,7 @@ def _scan_topk(q, db, n_valid, k: int, chunk: int, offset, precision, upcast: bo
     def step(carry, xs):
         best_s, best_i = carry
         c, start = xs
-        s = _chunk_scores(q, c, precision, upcast, blocks)
+        s = _chunk_scores(q, c, precision, upcast, blocks, top)
         idx = start + jnp.arange(chunk, dtype=jnp.int32)
         s = jnp.where(idx[None, :] < n_valid, s, -jnp.inf)
         kk = min(k, chunk)
@@ -97,36 +101,44 @@ def _scan_topk(q, db, n_valid, k: int, chunk: int, offset, precision, upcast: bo
 
 def vector_blocks(model) -> int:
     """Unit vectors per indexed video of a coarse network (CG student: 1; with `region_max`, one per
-    region)."""
+    region and temporal segment)."""
     return int(getattr(model.module, "vector_blocks", 1))
 
 
-def coarse_scores(queries, database, blocks: int = 1, rows: int = 4096) -> np.ndarray:
+def top_pairs(model) -> int:
+    """How many of the best vector pairs a coarse network's score averages (1: the best alone)."""
+    return int(getattr(model.module, "top_pairs", 1))
+
+
+def coarse_scores(queries, database, blocks: int = 1, rows: int = 4096, top: int = 1) -> np.ndarray:
     """(Q, E) x (N, E) coarse vectors -> (Q, N) float32 on the host: cosines, or with `blocks` > 1
-    the best block pair's (`layers.block_max_similarity` on `rows` / blocks^2 database rows at a
-    time, so memory stays that of one-vector rows)."""
+    the best block pair's, or the mean of the `top` best (`layers.block_max_similarity` on `rows` /
+    blocks^2 database rows at a time, so memory stays that of one-vector rows)."""
     q = np.asarray(queries, np.float32)
     db = np.asarray(database, np.float32)
     if blocks == 1:
         return (q @ db.T).astype(np.float32)
     rows = max(1, rows // blocks ** 2)
-    return np.concatenate([np.asarray(block_max_similarity(q, db[s:s + rows], blocks, precision="highest"))
+    return np.concatenate([np.asarray(block_max_similarity(q, db[s:s + rows], blocks, precision="highest", top=top))
                            for s in range(0, db.shape[0], rows)], axis=1)
 
 
 class CoarseDatabase:
     """Database of CG vectors [N, E] on the local devices (sharded when there are several).
     `blocks` > 1: each vector is that many unit vectors (the CG student's `region_max`, E a
-    multiple of blocks) and a pair scores its best block pair; chunks shrink by blocks^2 so the
-    products stay as small as one-vector chunks'."""
+    multiple of blocks) and a pair scores its best block pair (`top` > 1: the mean of its `top`
+    best); chunks shrink by blocks^2 so the products stay as small as one-vector chunks'."""
 
     def __init__(self, vectors, dtype=jnp.float32, chunk: int = 16384, devices: Optional[Sequence] = None,
-                 precision="highest", blocks: int = 1):
+                 precision="highest", blocks: int = 1, top: int = 1):
         v = _check_vectors(vectors, "coarse database")
         self.n, self.dims = v.shape
         self.blocks = int(blocks)
         if self.blocks < 1 or self.dims % self.blocks:
             raise FeatureError(f"coarse database: {self.dims}-d vectors do not split into {blocks} blocks")
+        self.top = int(top)
+        if not 1 <= self.top <= self.blocks ** 2:
+            raise FeatureError(f"coarse database: top {top} of {self.blocks ** 2} block pairs")
         chunk = max(8, chunk // self.blocks ** 2 // 8 * 8)
         self.dtype = jnp.dtype(dtype)
         self.precision = precision
@@ -153,10 +165,10 @@ class CoarseDatabase:
     # -- all scores -------------------------------------------------------------------------
     def _similarity_fn(self):
         if self._sim_fn is None:
-            precision, rows, upcast, blocks = self.precision, self.sim_rows, self.upcast, self.blocks
+            precision, rows, upcast, blocks, top = self.precision, self.sim_rows, self.upcast, self.blocks, self.top
 
             def local(q, db):
-                return _rows_scores(q, db, rows, precision, upcast, blocks)
+                return _rows_scores(q, db, rows, precision, upcast, blocks, top)
 
             fn = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P("db", None)), out_specs=P(None, "db"))
             self._sim_fn = jax.jit(fn)
@@ -179,13 +191,13 @@ class CoarseDatabase:
     def _topk_fn(self, k: int):
         if k not in self._topk_fns:
             chunk, per_shard, n, precision, upcast = self.chunk, self.per_shard, self.n, self.precision, self.upcast
-            blocks = self.blocks
+            blocks, top = self.blocks, self.top
 
             def local(q, db):
                 shard = jax.lax.axis_index("db")
                 offset = shard * per_shard
                 n_valid = jnp.clip(n - offset, 0, per_shard)
-                s, i = _scan_topk(q, db, n_valid, k, chunk, offset, precision, upcast, blocks)
+                s, i = _scan_topk(q, db, n_valid, k, chunk, offset, precision, upcast, blocks, top)
                 s = jax.lax.all_gather(s, "db", axis=1, tiled=True)
                 i = jax.lax.all_gather(i, "db", axis=1, tiled=True)
                 order = jnp.lexsort((jnp.where(i < 0, jnp.iinfo(jnp.int32).max, i), -s), axis=1)[:, :k]

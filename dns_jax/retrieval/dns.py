@@ -33,7 +33,7 @@ from dns_jax.localization import (
 )
 from dns_jax.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork, ViSiLHead
 from dns_jax.retrieval import selector as selector_lib
-from dns_jax.retrieval.coarse import CoarseDatabase, coarse_scores, vector_blocks
+from dns_jax.retrieval.coarse import CoarseDatabase, coarse_scores, top_pairs, vector_blocks
 from dns_jax.retrieval.fine import (
     MIN_FRAMES,
     FineScorer,
@@ -120,7 +120,7 @@ def score(model, query, database, *, indexed: bool = False, binary: str = "packe
                 raise FeatureError("query must be one video [T, R, D], got a batch")
             q = coarse_index(model, [query])
             db = coarse_index(model, database)
-        return coarse_scores(q, db, vector_blocks(model))[0]
+        return coarse_scores(q, db, vector_blocks(model), top=top_pairs(model))[0]
     if not isinstance(module, (FineGrainedStudent, ViSiLHead)):
         raise TypeError(f"cannot score with {model.name!r}")
     if np.ndim(query) != 3:
@@ -367,7 +367,8 @@ class DnS:
     def coarse_database(self, database, dtype="float32") -> CoarseDatabase:
         key = (id(database), len(database), str(dtype))
         if self._coarse_db_key != key:
-            self._coarse_db = CoarseDatabase(database.coarse, dtype=dtype, blocks=vector_blocks(self.coarse_model))
+            self._coarse_db = CoarseDatabase(database.coarse, dtype=dtype, blocks=vector_blocks(self.coarse_model),
+                                             top=top_pairs(self.coarse_model))
             self._coarse_db_key = key
         return self._coarse_db
 

@@ -151,5 +151,5 @@ class PairScorer:
         vecs = self.index(store, [v for p in pairs for v in p])
         a = np.stack([vecs[q] for q, _ in pairs])
         b = np.stack([vecs[t] for _, t in pairs])
-        blocks = getattr(self.module, "vector_blocks", 1)
-        return np.asarray(block_max_pairs(a, b, blocks, precision="highest"), np.float32)
+        blocks, top = getattr(self.module, "vector_blocks", 1), int(getattr(self.module, "top_pairs", 1))
+        return np.asarray(block_max_pairs(a, b, blocks, precision="highest", top=top), np.float32)
