@@ -51,8 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "exactly) or 'netvlad' (the official one vector per video; needed for --coarse faiss-ivfpq)")
     p.add_argument("--coarse-segments", type=_positive, metavar="S",
                    help="region_max only: index the region vectors of S equal stretches of each video (9 x S "
-                        "vectors, the best of (9 x S)^2 pairs), so a copy of part of a video matches the stretch "
-                        "it copies (recipe: coarse.segments; 1 = one average over the video)")
+                        "vectors; a pair scores the mean of its coarse.top_pairs best of (9 x S)^2 vector pairs), so "
+                        "a copy of part of a video matches the stretch it copies (recipe: coarse.segments, 3; 1 = "
+                        "one average over the video: 9x fewer products for the largest collections)")
     p.add_argument("--selector", metavar="SPEC", help="use this selector instead of training one")
     p.add_argument("--steps", type=int, help="training steps per network (recipe: 300)")
     p.add_argument("--batch-size", type=int, help="triplets (students) / pairs (selector) per step (recipe: 16)")
