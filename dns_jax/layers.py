@@ -41,6 +41,9 @@ def block_max_similarity(a: Array, b: Array, blocks: int = 1, precision=None, to
     row of `a` and one of the K blocks of a row of `b` (K = `blocks`; 1: the plain dot product), or
     with `top` > 1 the mean of the `top` largest of those K^2 products (`mean_of_best`).
     Memory A x B x K^2: callers chunk large databases (retrieval/coarse.py)."""
+    if not 1 <= int(top) <= int(blocks) ** 2:
+        raise ValueError(f"the mean of the best {top} of {int(blocks) ** 2} vector pairs: top must be 1 to "
+                         f"{int(blocks) ** 2}")
     if blocks == 1:
         return jnp.matmul(a, b.T, precision=precision)
     if a.shape[-1] % blocks or b.shape[-1] != a.shape[-1]:

@@ -174,6 +174,8 @@ def test_mean_of_the_best_pairs_by_hand():
     np.testing.assert_allclose(np.asarray(mean_of_best(np.array([[3.0, 1.0, 2.0]]), 3)), [2.0])
     with pytest.raises(ValueError, match="top must be 1 to 4"):
         block_max_similarity(a, b, 2, top=5)
+    with pytest.raises(ValueError, match="top must be 1 to 1"):
+        block_max_similarity(a, b, 1, top=2)            # one vector per video: one pair, not silently the max
     with pytest.raises(ValueError, match="top 5 of 4 block pairs"):
         CoarseDatabase(b, blocks=2, top=5)
 

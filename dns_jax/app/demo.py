@@ -106,7 +106,7 @@ def score_stages(workdir: str, queries: List[str], budgets=BUDGETS) -> Tuple[Lis
     add(f"teacher ({label})", sims, seconds, float(np.mean([store.length(v) for v in ids])) * 9 * dims * 4)
 
     coarse, seconds = _warm_timed(lambda: coarse_scores(reps.coarse, s.index.coarse, vector_blocks(s.coarse),
-                                                                  top=top_pairs(s.coarse)))
+                                                        top=top_pairs(s.coarse)))
     add("coarse student (CG)", coarse, seconds, bytes_per.get("coarse"))
 
     fine_reps = s.index.fine_reps(range(len(ids)))

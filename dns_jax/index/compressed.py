@@ -211,8 +211,8 @@ def sync(index: Index, log: Callable[[str], None] = print, seed: int = 0) -> Opt
     if config.get("region_max"):
         raise CompressedCoarseError(
             f"the index at {index.directory!r} has a region_max coarse network (the best of "
-            f"{config.get('num_regions', 9) * config.get('num_segments', 1)} region vectors per video), which a faiss index of one vector per "
-            "video cannot search; use --coarse exact")
+            f"{config.get('num_regions', 9) * config.get('num_segments', 1)} region vectors per video), which a "
+            "faiss index of one vector per video cannot search; use --coarse exact")
     n = len(index)
     if n < MIN_VIDEOS:
         if os.path.exists(path):
