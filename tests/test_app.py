@@ -300,8 +300,12 @@ def test_dns_puts_reranked_fine_scores_on_the_coarse_scale(built):
     from dns_jax.app.coarse_recipe import quantile_scores, spread_scores
     from dns_jax.app.query import Searcher
     from dns_jax.retrieval import coarse_scores, top_pairs, vector_blocks
-    root, info, _, _ = built
+    root, info, opts, _ = built
     s = Searcher(str(root / "work"))
+    # the built CG student is the recipe's: 9 region vectors per segment, the mean of the best pairs
+    rc = opts.config()
+    assert (vector_blocks(s.coarse), top_pairs(s.coarse)) == (9 * rc.coarse.segments, rc.coarse.top_pairs) == (27, 3)
+    assert s.index.coarse.shape[1] == 27 * rc.features.dims
     assert s.fine_quantiles and s.fine_spread, "the build should record the fine student's mappings"
     ids = s.index.ids
     queries = [q for q in info.ground_truth if q in s.index][:2]

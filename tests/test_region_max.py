@@ -310,7 +310,7 @@ def test_coarse_kind_flag(tmp_path, capsys):
     assert recorded_options(opts, Workdir(str(tmp_path / "w2")))["coarse_kind"] == "netvlad"
 
 
-def test_coarse_segments_flag(tmp_path, capsys):
+def test_coarse_segments_flag(tmp_path, capsys, monkeypatch):
     """`--coarse-segments S` sets coarse.segments (recorded for add/remove); the recipe's is 3 (with
     the mean of the 3 best pairs); a count below 1 is one line from argparse."""
     from dns_jax import cli
@@ -323,6 +323,11 @@ def test_coarse_segments_flag(tmp_path, capsys):
     assert opts.config().coarse.segments == 1
     assert recorded_options(opts, Workdir(str(tmp_path / "w")))["coarse_segments"] == 1
     (tmp_path / "videos").mkdir()
+    given = []
+    monkeypatch.setattr("dns_jax.commands.build.run_build", given.append)
+    assert cli.main(["build", "--videos", str(tmp_path / "videos"), "--workdir", str(tmp_path / "w"),
+                     "--coarse-segments", "2"]) == 0
+    assert given[0].coarse_segments == 2 and given[0].config().coarse.segments == 2
     with pytest.raises(SystemExit) as e:
         cli.main(["build", "--videos", str(tmp_path / "videos"), "--workdir", str(tmp_path / "w"),
                   "--coarse-segments", "0"])
