@@ -698,6 +698,10 @@ def _check_settings(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
         raise BuildError("--coarse faiss-ivfpq needs one vector per video; the recipe's CG student is region "
                          "vectors (coarse.kind 'region_max'): search it exactly, or build with --coarse-kind netvlad "
                          "(coarse.kind 'netvlad')")
+    if opts.coarse_search == compressed.SHORTLIST and _coarse_kind(opts, rc, wd, reset) == "netvlad":
+        raise BuildError("--coarse shortlist needs region vectors; the recipe's CG student is one vector per video "
+                         "(coarse.kind 'netvlad'): search it exactly or with --coarse faiss-ivfpq, or build with "
+                         "--coarse-kind region_max")
     for key, value in _keep_as_built(settings, wd.settings(), reset).items():
         kept, how = LEGACY_SETTINGS[key]
         log(f"{wd.root} was built before {key} existed and keeps {kept}; {how} with the recipe's ({value!r})")

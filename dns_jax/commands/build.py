@@ -42,13 +42,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(e.g. dns_fg_att_student.pth; needs the official features: --backbone and --pca)")
     p.add_argument("--coarse", metavar="SPEC", action="append",
                    help="use this coarse student instead of training one; or the coarse search stage: 'exact' "
-                        "(default) or 'faiss-ivfpq', a faiss IVF-PQ index of the CG vectors (64 bytes per video, "
-                        "pip install 'dns-jax[faiss]'; kept by later builds, add and remove); both may be given: "
-                        "--coarse cg.pth --coarse faiss-ivfpq")
+                        "(default), 'shortlist' (region vectors: every video ranked by its 9 region vectors "
+                        "averaged over the segments, the best max(1000, 4 x the budget or top) scored exactly; "
+                        "about 9x fewer products, nothing stored) or 'faiss-ivfpq', a faiss IVF-PQ index of the "
+                        "CG vectors (netvlad only; 64 bytes per video, pip install 'dns-jax[faiss]'; kept by "
+                        "later builds, add and remove); both may be given: --coarse cg.pth --coarse faiss-ivfpq")
     p.add_argument("--coarse-kind", choices=("region_max", "netvlad"),
                    help="the CG student to distil: 'region_max' (the recipe's: 9 region vectors per video, a pair "
                         "scored by its best region pair; finds picture-in-picture and overlaid copies; searched "
-                        "exactly) or 'netvlad' (the official one vector per video; needed for --coarse faiss-ivfpq)")
+                        "exactly or with --coarse shortlist) or 'netvlad' (the official one vector per video; needed for --coarse faiss-ivfpq)")
     p.add_argument("--coarse-segments", type=_positive, metavar="S",
                    help="region_max only: index the region vectors of S equal stretches of each video (9 x S "
                         "vectors; a pair scores the mean of its coarse.top_pairs best of (9 x S)^2 vector pairs), so "

@@ -31,10 +31,16 @@ Queries then take a pool of candidates from it, score them exactly from the stor
 run the selector and the fine student on the pool only (docs/scaling.md has its recall). A
 collection of fewer than 64 videos is searched exactly until it has grown.
 
+--coarse shortlist (a CG student of region vectors over temporal segments, the build's default)
+stores nothing more: queries rank every video by its region vectors averaged over the segments (9
+vectors, 81 products a pair instead of 729 with 3 segments), score the first max(1000, 4 x the
+budget or --top) exactly, and run the selector and the fine student on them (docs/retrieval.md).
+
 example:
   dns-jax index --index indexes/fivr5k --features fivr_features.hdf5 \\
       --fine dns_fg_att_student.pth --coarse dns_cg_student.pth --selector dns_selector_cg-fg_att.pth
   dns-jax index ... --coarse dns_cg_student.pth --coarse faiss-ivfpq     # compressed coarse stage
+  dns-jax index ... --coarse cg_checkpoint --coarse shortlist             # two-stage region vectors
   dns-jax index ... --ray                 # a local Ray cluster on this machine
   dns-jax index ... --ray head:6379 --workers 8"""
 

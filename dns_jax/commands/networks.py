@@ -18,9 +18,9 @@ def add_network_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fine-network", choices=FINE_CHOICES, default=None,
                    help="which fine network --fine holds (default: from its file name or checkpoint)")
     g.add_argument("--coarse", required=True, action="append", metavar="SPEC",
-                   help="coarse-grained student (dns_cg_student.pth); repeat it with 'exact' (default) or "
-                        "'faiss-ivfpq' for the coarse search stage: --coarse dns_cg_student.pth --coarse "
-                        "faiss-ivfpq (see dns-jax index --help)")
+                   help="coarse-grained student (dns_cg_student.pth); repeat it with 'exact' (default), "
+                        "'shortlist' (region-vector students) or 'faiss-ivfpq' for the coarse search stage: "
+                        "--coarse dns_cg_student.pth --coarse faiss-ivfpq (see dns-jax index --help)")
     g.add_argument("--selector", required=True, metavar="SPEC",
                    help="selector network (dns_selector_cg-fg_att.pth / dns_selector_cg-fg_bin.pth)")
     g.add_argument("--binary", choices=("packed", "float"), default="packed",
@@ -28,8 +28,8 @@ def add_network_args(p: argparse.ArgumentParser) -> None:
 
 
 def split_coarse(values, need_network: bool = True) -> Tuple[Optional[str], Optional[str]]:
-    """(coarse student spec, coarse search kind) from the values of a repeated --coarse: 'exact'
-    and 'faiss-ivfpq' name the search stage, anything else the network's weights (at most one)."""
+    """(coarse student spec, coarse search kind) from the values of a repeated --coarse: 'exact',
+    'shortlist' and 'faiss-ivfpq' name the search stage, anything else the network's weights (at most one)."""
     if isinstance(values, str) or values is None:
         values = [values] if values else []
     kinds = [v for v in values if v in COARSE_SEARCH]

@@ -40,9 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="-", metavar="FILE", help="output file (.json or .csv); '-' = stdout")
     p.add_argument("--format", choices=("json", "csv"), default=None, help="default: from --output's extension, else json")
     p.add_argument("--pool", type=int, default=None, metavar="N",
-                   help="an index with a faiss coarse stage (dns-jax index --coarse faiss-ivfpq): candidates per "
-                        "query taken from it and ranked (default: max(1000, 4 x the larger of the budget and "
-                        "--top)); --coarse exact searches every video instead")
+                   help="an index with a faiss or shortlist coarse stage (dns-jax index --coarse faiss-ivfpq / "
+                        "shortlist): candidates per query taken from it and ranked (default: max(1000, 4 x the "
+                        "larger of the budget and --top)); --coarse exact searches every video instead")
     p.add_argument("--coarse-dtype", choices=("float32", "float16"), default="float32",
                    help="coarse database in memory (float16 halves the bytes; scores round to ~1e-3)")
     add_quiet(p)

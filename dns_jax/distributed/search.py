@@ -21,6 +21,8 @@ An index with the compressed coarse stage (`--coarse faiss-ivfpq`, `search_index
 the pool's CG vectors exactly and runs the selector on it (`DnS.pool_selection`: pool-sized work,
 the actors hold no CG vectors), then each actor re-scores the chosen videos of its shards with the
 fine student and the driver ranks the pool (`rank_pool`), as `DnS.search_candidates` does.
+An index recorded with the shortlist (`--coarse shortlist`) is searched exactly here: each actor
+scores its own videos, and the ranking is that of `search_index(..., coarse_search='exact')`.
 
 With `segments=K` each actor localizes its re-ranked results that can be among the first K of a
 query (its own first K, which it knows without the others) on the frame matrices its fine stage

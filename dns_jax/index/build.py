@@ -18,7 +18,7 @@ import numpy as np
 from dns_jax.datasets.stores import FeatureStore, open_features, read_checked
 from dns_jax.index import compressed
 from dns_jax.index.store import Index
-from dns_jax.retrieval import coarse_index, scorer_for, self_similarities
+from dns_jax.retrieval import coarse_index, scorer_for, self_similarities, vector_blocks
 from dns_jax.validation import FeatureError
 
 
@@ -91,12 +91,15 @@ def build_index(directory: str, feature_files: Sequence[str], fine_model, coarse
                 progress: bool = True, log: Callable[[str], None] = print,
                 coarse_search: Optional[str] = None) -> BuildReport:
     """Create or extend the index in `directory` with the videos of `feature_files`.
-    `coarse_search`: 'exact' or 'faiss-ivfpq' (recorded in the index; None: keep the index's, exact
-    for a new one); a faiss-ivfpq index's faiss file is brought up to date at the end
-    (index/compressed.py)."""
+    `coarse_search`: 'exact', 'shortlist' (region-vector CG students) or 'faiss-ivfpq' (recorded in
+    the index; None: keep the index's, exact for a new one); a faiss-ivfpq index's faiss file is
+    brought up to date at the end (index/compressed.py)."""
     compressed.check_kind(coarse_search)
     if coarse_search == compressed.FAISS_IVFPQ:
         compressed.require_faiss()          # before any work: a missing extra is one line
+    if coarse_search == compressed.SHORTLIST and vector_blocks(coarse_model) == 1:
+        raise compressed.CompressedCoarseError(
+            f"--coarse shortlist needs a region-vector CG student; {coarse_model.name!r} has one vector per video")
     index, scorer = open_for_writing(directory, fine_model, coarse_model, selector_model, binary)
     if coarse_search is not None:
         index.set_coarse_search(coarse_search)

@@ -1,7 +1,9 @@
 """The compressed coarse stage of an index: `dns-jax index --coarse faiss-ivfpq`.
 
 The manifest's `coarse_search` says how the coarse stage searches: 'exact' (default: the CG cosine
-to every video) or 'faiss-ivfpq': a faiss OPQ + IVF-PQ index of the CG vectors
+to every video), 'shortlist' (a region-vector CG student's two-stage search, nothing stored:
+`retrieval.ShortlistCoarseDatabase`, index/search.py) or 'faiss-ivfpq': a faiss OPQ + IVF-PQ index
+of the CG vectors
 (dns_jax.retrieval.coarse_faiss, 64 bytes per video with the defaults) kept in
 
     <dir>/coarse_faiss/header.json    what it was trained on and what it covers (see below)
@@ -48,8 +50,8 @@ from dns_jax.retrieval.coarse_faiss import (
     fingerprint,
 )
 
-EXACT, FAISS_IVFPQ = "exact", "faiss-ivfpq"
-COARSE_SEARCH = (EXACT, FAISS_IVFPQ)
+EXACT, FAISS_IVFPQ, SHORTLIST = "exact", "faiss-ivfpq", "shortlist"
+COARSE_SEARCH = (EXACT, FAISS_IVFPQ, SHORTLIST)
 DIRNAME = "coarse_faiss"
 MIN_VIDEOS = 64             # fewer: searched exactly (too few vectors to train the quantisers)
 TRAIN_SIZE = 65536          # vectors sampled to train on
@@ -201,18 +203,22 @@ def sync(index: Index, log: Callable[[str], None] = print, seed: int = 0) -> Opt
     module docstring); removes it when the index searches exactly. Returns the header written, or
     None."""
     path = path_of(index)
+    config = index.manifest["networks"]["coarse"].get("config") or {}
+    if index.coarse_search == SHORTLIST and not config.get("region_max"):
+        raise CompressedCoarseError(
+            f"the index at {index.directory!r} has one CG vector per video, which the shortlist (region vectors "
+            "averaged over segments, then exact) cannot search; use --coarse exact or faiss-ivfpq")
     if index.coarse_search != FAISS_IVFPQ:
         if os.path.exists(path):
             shutil.rmtree(path)
-            log("coarse search: exact; the faiss index was removed")
+            log(f"coarse search: {index.coarse_search}; the faiss index was removed")
         return None
     require_faiss()
-    config = index.manifest["networks"]["coarse"].get("config") or {}
     if config.get("region_max"):
         raise CompressedCoarseError(
             f"the index at {index.directory!r} has a region_max coarse network (the best of "
             f"{config.get('num_regions', 9) * config.get('num_segments', 1)} region vectors per video), which a "
-            "faiss index of one vector per video cannot search; use --coarse exact")
+            "faiss index of one vector per video cannot search; use --coarse exact or shortlist")
     n = len(index)
     if n < MIN_VIDEOS:
         if os.path.exists(path):
@@ -253,9 +259,9 @@ def sync(index: Index, log: Callable[[str], None] = print, seed: int = 0) -> Opt
 
 
 def ranks_candidates_only(index: Index) -> bool:
-    """Whether a search of `index` ranks only a pool of faiss candidates (a faiss-ivfpq index with
-    its faiss file), not every video."""
-    return index.coarse_search == FAISS_IVFPQ and os.path.exists(path_of(index))
+    """Whether a search of `index` ranks only a pool of candidates, not every video: a faiss-ivfpq
+    index with its faiss file, or a shortlist index."""
+    return index.coarse_search == SHORTLIST or (index.coarse_search == FAISS_IVFPQ and os.path.exists(path_of(index)))
 
 
 def pool_size(n: int, budget, topk: Optional[int], pool: Optional[int] = None) -> int:

@@ -8,10 +8,13 @@ Stages: 'coarse' (CG cosine for every indexed video), 'fine' (the fine student f
 and 'dns' (coarse for all, the selector's top `budget` re-scored by the fine student; a fraction of
 the index, or an int: a number of videos per query).
 
-The coarse stage is the index's (`index.coarse_search`): 'exact' (the CG cosine to every video) or
+The coarse stage is the index's (`index.coarse_search`): 'exact' (the CG cosine to every video),
 'faiss-ivfpq' (index/compressed.py: a faiss IVF-PQ index proposes a pool of candidates per query,
 scored exactly from the stored CG vectors; the selector and the fine student run on the pool and
-only the pool is ranked). `coarse_search='exact'` searches a faiss-ivfpq index exactly.
+only the pool is ranked) or 'shortlist' (a region-vector CG student with temporal segments: every
+video ranked by its region vectors averaged over the segments, the pool scored exactly on the
+devices, `retrieval.ShortlistCoarseDatabase`; then as faiss-ivfpq). `coarse_search='exact'`
+searches either exactly; `coarse_search='shortlist'` may be asked of any index of region vectors.
 """
 from __future__ import annotations
 
@@ -62,15 +65,17 @@ def search_index(dns: DnS, index: Index, queries: Representations, stage: str = 
     `segments`: the copied segments of the first `segments` results of each query, from the fine
     stage's frame-to-frame matrices (results.segments, see `DnS.search`); in 'coarse' every one
     is NotLocalized(COARSE_ONLY).
-    `coarse_search` None: the index's; 'exact' or 'faiss-ivfpq' (which the index must have).
-    `pool`: candidates per query of 'faiss-ivfpq' (default `compressed.pool_size`); only they are
-    ranked, in 'coarse' and 'dns'."""
+    `coarse_search` None: the index's; 'exact', 'shortlist' or 'faiss-ivfpq' (which the index must have).
+    `pool`: candidates per query of 'faiss-ivfpq' and 'shortlist' (default `compressed.pool_size`);
+    only they are ranked, in 'coarse' and 'dns'."""
     check_search_options(stage, budget, topk)
     compressed.check_kind(coarse_search)
     if len(index) == 0:
         raise FeatureError(f"the index at {index.directory!r} is empty")
-    if stage != "fine" and uses_candidates(index, coarse_search):
-        return _search_compressed(dns, index, queries, stage, budget, topk, fine_mapping, progress, pool,
+    if stage != "fine" and (uses_candidates(index, coarse_search) or uses_shortlist(index, coarse_search)):
+        searcher = dns.shortlist_database(index, coarse_dtype) if uses_shortlist(index, coarse_search) \
+            else compressed_search(index)
+        return _search_compressed(dns, index, queries, searcher, stage, budget, topk, fine_mapping, progress, pool,
                                   segments, localize_options)
     if stage == "dns":
         return dns.search(queries, index, budget=budget, topk=topk or None, coarse_dtype=coarse_dtype,
@@ -125,6 +130,13 @@ def uses_candidates(index: Index, coarse_search: Optional[str] = None) -> bool:
                 and not os.path.exists(compressed.path_of(index)))
 
 
+def uses_shortlist(index: Index, coarse_search: Optional[str] = None) -> bool:
+    """Whether 'coarse' and 'dns' searches of `index` take the two-stage shortlist: `coarse_search`
+    (None: the index's) is 'shortlist'."""
+    compressed.check_kind(coarse_search)
+    return (coarse_search or index.coarse_search) == compressed.SHORTLIST
+
+
 def compressed_search(index: Index) -> "compressed.CompressedSearch":
     """The faiss candidates of `index` (cached on it, rebuilt when the index changes); exact search
     of a small collection has none: CompressedCoarseError."""
@@ -140,12 +152,12 @@ def compressed_search(index: Index) -> "compressed.CompressedSearch":
     return search
 
 
-def _search_compressed(dns, index, queries, stage, budget, topk, fine_mapping, progress, pool,
+def _search_compressed(dns, index, queries, searcher, stage, budget, topk, fine_mapping, progress, pool,
                        segments=0, localize_options=None) -> SearchResults:
-    """'coarse' and 'dns' on the faiss candidates of each query (see the module docstring)."""
+    """'coarse' and 'dns' on the candidates of each query that `searcher` (faiss or shortlist)
+    proposes and scores (see the module docstring)."""
     n = len(index)
     t0 = time.perf_counter()
-    searcher = compressed_search(index)
     size = compressed.pool_size(n, budget if stage == "dns" else 0, topk, pool)
     cand, coarse = searcher.candidates(queries.coarse, size)
     t1 = time.perf_counter()

@@ -411,7 +411,8 @@ class Index:
 
     @property
     def coarse_search(self) -> str:
-        """How the coarse stage searches: 'exact' (every CG vector) or 'faiss-ivfpq' (index/compressed.py)."""
+        """How the coarse stage searches: 'exact' (every CG vector), 'shortlist' or 'faiss-ivfpq'
+        (index/compressed.py)."""
         return str(self.manifest.get("coarse_search", "exact"))
 
     def set_coarse_search(self, kind: str) -> None:

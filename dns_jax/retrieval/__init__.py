@@ -20,10 +20,13 @@ from dns_jax.retrieval.binary import count_zero_codes, pack_codes, unpack_codes
 from dns_jax.retrieval.coarse import (
     CoarseDatabase,
     FaissCoarseIndex,
+    ShortlistCoarseDatabase,
     coarse_scores,
     faiss_available,
+    region_means,
     top_pairs,
     vector_blocks,
+    vector_segments,
 )
 from dns_jax.retrieval.dns import (
     SEGMENT_OPTIONS,
@@ -53,6 +56,7 @@ __all__ = [
     "score", "rerank", "selection", "budget_count", "check_budget", "DnS", "Representations", "SearchResults",
     "FineScorer", "PreparedDatabase", "ResidentDatabase", "ScorerOptions", "scorer_for", "CoarseDatabase",
     "FaissCoarseIndex", "faiss_available", "coarse_scores", "vector_blocks", "top_pairs", "coarse_index",
+    "ShortlistCoarseDatabase", "region_means", "vector_segments",
     "self_similarities", "selector_scores",
     "pack_codes", "unpack_codes", "count_zero_codes", "FrameMatrices", "localize_results", "stored_frames",
     "SEGMENT_OPTIONS",

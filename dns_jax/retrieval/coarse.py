@@ -8,6 +8,10 @@ chunks of the database, so memory stays bounded (queries x chunk) and the chunk 
 - `similarities(queries)` -> (Q, N) float32: every score (what DnS needs for its selector);
 - `topk(queries, k)` -> (scores, indices) (Q, k): per shard and chunk a running top-k, merged.
 
+`ShortlistCoarseDatabase(exact, segments)` searches a region-vector database with S temporal
+segments in two stages: every video by its region vectors averaged over the segments (S^2 times
+fewer products), then the first `pool` exactly.
+
 Products run at `precision='highest'` by default: on GPUs and TPUs the default precision of a
 float32 product is TF32 / bf16 passes, which moves cosines by ~1e-3 (seen on an H200) and would
 reorder near ties against the official float32 `torch.mm`; pass `precision='default'` to trade that
@@ -108,6 +112,12 @@ def vector_blocks(model) -> int:
 def top_pairs(model) -> int:
     """How many of the best vector pairs a coarse network's score averages (1: the best alone)."""
     return int(getattr(model.module, "top_pairs", 1))
+
+
+def vector_segments(model) -> int:
+    """Temporal segments of a region-vector coarse network (1: one set of region vectors, or one vector)."""
+    module = model.module
+    return int(getattr(module, "num_segments", 1)) if getattr(module, "region_max", False) else 1
 
 
 def coarse_scores(queries, database, blocks: int = 1, rows: int = 4096, top: int = 1) -> np.ndarray:
@@ -225,6 +235,91 @@ class CoarseDatabase:
             scores.append(np.asarray(sc)[:nb])
             idx.append(np.asarray(ix)[:nb].astype(np.int64))
         return np.concatenate(scores, 0), np.concatenate(idx, 0)
+
+
+def region_means(vectors, segments: int, regions: int) -> np.ndarray:
+    """[N, S * R * D] segment-major region vectors (`CoarseGrainedStudent(num_segments=S)`) ->
+    [N, R * D]: each region's S unit vectors summed over the segments and L2-normalised, one vector
+    per region for the whole video (the shortlist's first stage)."""
+    v = np.asarray(vectors, np.float32)
+    n, e = v.shape
+    if segments < 1 or regions < 1 or e % (segments * regions):
+        raise FeatureError(f"coarse vectors: {e}-d vectors do not split into {segments} segments x {regions} regions")
+    out = v.reshape(n, segments, regions, e // (segments * regions)).sum(1)
+    out /= np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+    return out.reshape(n, e // segments)
+
+
+class ShortlistCoarseDatabase:
+    """Two-stage top of a region-vector CG database (`CoarseGrainedStudent(region_max=True,
+    num_segments=S)`, S R unit vectors per video): `candidates(queries, pool)` ranks every video by
+    the best pair of its R region vectors averaged over the segments (`region_means`: R^2 products
+    a pair instead of (S R)^2; the best pair, as cheap as a plain maximum, finds as many copies here
+    as the mean of the best few) and scores the first `pool` exactly (the mean of the `top` best of
+    the (S R)^2 pairs, as `exact` scores them). The exact database `exact` (a CoarseDatabase of the S R blocks, shared
+    with an exact search) stays on the devices; the R-vector copy adds 1 / S of its memory. With a
+    pool as large as the database the scores are `exact`'s (to float32 rounding)."""
+
+    def __init__(self, exact: CoarseDatabase, segments: int, vectors=None, batch_rows: int = 4096):
+        if exact.blocks % int(segments) or int(segments) < 1:
+            raise FeatureError(f"shortlist: {exact.blocks} vectors per video do not split into {segments} segments")
+        self.exact, self.segments = exact, int(segments)
+        self.regions = exact.blocks // self.segments
+        v = np.asarray(exact.vectors[:exact.n], np.float32) if vectors is None else vectors
+        self.first = CoarseDatabase(region_means(v, self.segments, self.regions), dtype=exact.dtype,
+                                    precision=exact.precision, blocks=self.regions)
+        self.n, self.dims = exact.n, exact.dims
+        self.batch_rows = int(batch_rows)
+        self._rescore = None
+
+    def _rescore_fn(self):
+        if self._rescore is None:
+            precision, upcast, blocks, top = self.exact.precision, self.exact.upcast, self.exact.blocks, self.exact.top
+
+            def one(pair):
+                q, rows = pair
+                return _chunk_scores(q[None], rows, precision, upcast, blocks, top)[0]
+
+            # a loop over the queries, not vmap: XLA on the CPU runs the batched form ~3x slower
+            self._rescore = jax.jit(lambda q, db, idx: jax.lax.map(one, (q, jnp.take(db, idx, axis=0))))
+        return self._rescore
+
+    def candidates(self, queries, pool: int, batch: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+        """(Q, S R D) query vectors -> (positions (Q, C) int64, exact scores (Q, C) float32) of each
+        query's first C = min(pool, N) videos by the first stage, best first (ties by index)."""
+        q = _check_vectors(queries, "coarse queries", self.dims).astype(np.float32)
+        pool = int(min(pool, self.n))
+        if pool < 1:
+            raise ValueError(f"the shortlist pool must be >= 1, got {pool}")
+        fn, per = self._rescore_fn(), max(1, self.batch_rows // pool)
+        positions, scores = [], []
+        for s in range(0, q.shape[0], batch):
+            qb = q[s:s + batch]
+            first = self.first.similarities(region_means(qb, self.segments, self.regions), batch=batch)
+            idx = first_k(first, pool)
+            positions.append(idx)
+            for r in range(0, qb.shape[0], per):
+                qr, ir = qb[r:r + per], idx[r:r + per]
+                nr = qr.shape[0]
+                if nr < per and q.shape[0] > per:         # one compiled shape for every batch
+                    qr = np.concatenate([qr, np.zeros((per - nr, qr.shape[1]), np.float32)])
+                    ir = np.concatenate([ir, np.zeros((per - nr, pool), ir.dtype)])
+                scores.append(np.asarray(fn(jnp.asarray(qr), self.exact.vectors, jnp.asarray(ir, jnp.int32)))[:nr])
+        return np.concatenate(positions, 0), np.concatenate(scores, 0).astype(np.float32)
+
+
+def first_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """(Q, N) scores -> (Q, k) int64 positions of each row's k best, best first, ties to the lower
+    position (a stable descending sort's first k, in O(N) per row)."""
+    s = np.asarray(scores)
+    k = int(min(k, s.shape[1]))
+    kth = -np.partition(-s, k - 1, axis=1)[:, k - 1]
+    out = np.empty((s.shape[0], k), np.int64)
+    for i, (row, t) in enumerate(zip(s, kth)):
+        above = np.flatnonzero(row > t)
+        sel = np.concatenate([above, np.flatnonzero(row == t)[:k - above.shape[0]]])
+        out[i] = sel[np.lexsort((sel, -row[sel]))]
+    return out
 
 
 def faiss_available() -> bool:

@@ -33,7 +33,14 @@ from dns_jax.localization import (
 )
 from dns_jax.models import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork, ViSiLHead
 from dns_jax.retrieval import selector as selector_lib
-from dns_jax.retrieval.coarse import CoarseDatabase, coarse_scores, top_pairs, vector_blocks
+from dns_jax.retrieval.coarse import (
+    CoarseDatabase,
+    ShortlistCoarseDatabase,
+    coarse_scores,
+    top_pairs,
+    vector_blocks,
+    vector_segments,
+)
 from dns_jax.retrieval.fine import (
     MIN_FRAMES,
     FineScorer,
@@ -352,6 +359,7 @@ class DnS:
         self.scorer: FineScorer = scorer_for(fine_model, binary)
         self._coarse_db = None
         self._coarse_db_key = None
+        self._shortlist: Optional[ShortlistCoarseDatabase] = None
         self.resident = resident
         self._fine_db: Optional[ResidentDatabase] = None
         self._fine_db_key = None
@@ -371,6 +379,20 @@ class DnS:
                                              top=top_pairs(self.coarse_model))
             self._coarse_db_key = key
         return self._coarse_db
+
+    def shortlist_database(self, database, dtype="float32") -> ShortlistCoarseDatabase:
+        """The two-stage coarse search of `database` (`ShortlistCoarseDatabase`), sharing the exact
+        database of `coarse_database`; only for a region-vector CG student (FeatureError otherwise)."""
+        if vector_blocks(self.coarse_model) == 1:
+            raise FeatureError(f"the shortlist coarse search needs a region-vector CG student (coarse.kind "
+                               f"'region_max'); {self.coarse_model.name!r} has one vector per video: search it "
+                               f"exactly or with faiss-ivfpq")
+        exact = self.coarse_database(database, dtype)
+        if self._shortlist is None or self._shortlist.exact is not exact:
+            self._shortlist = None
+            self._shortlist = ShortlistCoarseDatabase(exact, vector_segments(self.coarse_model),
+                                                      vectors=np.asarray(database.coarse, np.float32))
+        return self._shortlist
 
     def fine_database(self, database) -> Optional[ResidentDatabase]:
         """The resident copy of `database`'s fine representations that `search` gathers from (built

@@ -1,0 +1,242 @@
+"""The shortlist coarse search (`--coarse shortlist`, `retrieval.ShortlistCoarseDatabase`): every
+video ranked by its region vectors averaged over the temporal segments, the first `pool` scored
+exactly; the same results as the exact search when the pool covers the collection, only the pool
+ranked otherwise; refused for one-vector CG students; the command lines."""
+import json
+import os
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from helpers import save_build_networks
+
+from dns_jax import checkpoint, pretrained
+from dns_jax.app import coarse_recipe
+from dns_jax.index import Index, build_index, compressed, search_index
+from dns_jax.retrieval import (
+    CoarseDatabase,
+    DnS,
+    ShortlistCoarseDatabase,
+    coarse_scores,
+    region_means,
+)
+from dns_jax.retrieval.coarse import first_k
+from dns_jax.validation import FeatureError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+D, S, R = 32, 3, 9
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _vectors(n, seed=0):
+    return _unit(np.random.default_rng(seed).normal(size=(n, S * R, D))).reshape(n, S * R * D).astype(np.float32)
+
+
+def _first_stage_reference(q, db):
+    """Plain numpy: each region's S unit vectors summed and normalised, then the best of the R x R
+    region-pair cosines."""
+    qm = _unit(q.reshape(-1, S, R, D).sum(1))
+    dm = _unit(db.reshape(-1, S, R, D).sum(1))
+    s = np.einsum("qad,nbd->qnab", qm, dm).reshape(q.shape[0], db.shape[0], R * R)
+    return s.max(-1)
+
+
+def test_region_means_by_hand():
+    v = _vectors(4)
+    got = region_means(v, S, R)
+    x = v.reshape(4, S, R, D)
+    for i in range(4):
+        for r in range(R):
+            want = x[i, :, r].sum(0)
+            np.testing.assert_allclose(got[i, r * D:(r + 1) * D], want / np.linalg.norm(want), atol=1e-6)
+    with pytest.raises(FeatureError, match="do not split into 3 segments x 9 regions"):
+        region_means(v[:, :-1], S, R)
+
+
+def test_first_k_is_a_stable_sorts_first_k():
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 6, (20, 50)).astype(np.float32)          # many ties, also at the k-th place
+    for k in (1, 7, 50, 80):
+        want = np.argsort(-scores, axis=1, kind="stable")[:, :min(k, 50)]
+        np.testing.assert_array_equal(first_k(scores, k), want)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_pool_of_the_whole_database_is_the_exact_search(dtype):
+    db = _vectors(300)
+    q = _vectors(5, seed=1)
+    exact = CoarseDatabase(db, dtype=dtype, blocks=S * R, top=3)
+    short = ShortlistCoarseDatabase(exact, S)
+    idx, scores = short.candidates(q, 300)
+    assert idx.shape == scores.shape == (5, 300) and all(sorted(row) == list(range(300)) for row in idx)
+    np.testing.assert_allclose(scores, np.take_along_axis(exact.similarities(q), idx, 1), atol=1e-6)
+    if dtype == "float32":
+        np.testing.assert_allclose(scores, np.take_along_axis(coarse_scores(q, db, S * R, top=3), idx, 1), atol=1e-5)
+
+
+def test_the_pool_is_the_first_stage_top_scored_exactly():
+    db = _vectors(200)
+    q = _vectors(7, seed=2)
+    exact = CoarseDatabase(db, blocks=S * R, top=3)
+    short = ShortlistCoarseDatabase(exact, S, batch_rows=40)      # 2 queries a batch: the padded last batch too
+    idx, scores = short.candidates(q, 20)
+    first = _first_stage_reference(q, db)
+    for row, s in zip(idx, first):
+        np.testing.assert_array_equal(row, np.argsort(-s, kind="stable")[:20])
+    np.testing.assert_allclose(scores, np.take_along_axis(coarse_scores(q, db, S * R, top=3), idx, 1), atol=1e-5)
+    np.testing.assert_array_equal(short.candidates(q, 20, batch=3)[0], idx)   # batches of 3 queries
+    one_by_one = [short.candidates(q[i:i + 1], 20) for i in range(len(q))]
+    np.testing.assert_array_equal(np.concatenate([i for i, _ in one_by_one]), idx)
+    np.testing.assert_allclose(np.concatenate([s for _, s in one_by_one]), scores, atol=1e-6)
+    assert short.first.top == 1 and short.first.blocks == R
+    with pytest.raises(ValueError, match="pool must be >= 1"):
+        short.candidates(q, 0)
+
+
+def test_a_copy_of_one_stretch_reaches_the_pool():
+    """A query that copies one stretch of a database video: its averaged regions still single that
+    video out, and the exact score of the copied stretch is 1."""
+    db = _vectors(100, seed=3)
+    x = db.reshape(100, S, R, D)
+    q = _unit(np.stack([x[42, 1]] * S) + 0.05 * np.random.default_rng(4).normal(size=(S, R, D)))
+    q[1] = x[42, 1]
+    short = ShortlistCoarseDatabase(CoarseDatabase(db, blocks=S * R, top=3), S)
+    idx, scores = short.candidates(q.reshape(1, -1).astype(np.float32), 5)
+    assert idx[0, 0] == 42 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A 40-video index with the build's CG student of 3 segments (top 3), FG-Att fine student and
+    selector of 32 dims; the networks' checkpoints and the features file for the command lines."""
+    tmp = tmp_path_factory.mktemp("shortlist")
+    paths = save_build_networks(tmp, D, random=True)
+    config = coarse_recipe.region_max_config(D, segments=S, top_pairs=3)
+    paths["region"] = str(tmp / "net_region")
+    checkpoint.save_network(paths["region"], "cg_student", config, coarse_recipe.initial_variables(config, [], seed=0))
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((10, 6, 9, D)).astype(np.float32)
+    h5 = str(tmp / "f.hdf5")
+    with h5py.File(h5, "w") as f:
+        for i in range(40):
+            x = base[i % 10] + 0.8 * rng.standard_normal((6, 9, D))
+            f[f"v{i:03d}"] = _unit(x).astype(np.float32)
+    nets = [pretrained.load(name, paths[k]) for k, name in (("fine", "fg_att_student"), ("region", "cg_student"),
+                                                             ("selector", "selector"))]
+    index_dir = str(tmp / "idx")
+    build_index(index_dir, [h5], *nets, progress=False, log=lambda m: None, coarse_search="shortlist")
+    return {"paths": paths, "h5": h5, "nets": nets, "index": Index.open(index_dir), "tmp": tmp}
+
+
+def test_search_index_equals_exact_when_the_pool_covers_the_collection(setup):
+    index, dns = setup["index"], DnS(*setup["nets"])
+    assert index.coarse_search == "shortlist" and compressed.ranks_candidates_only(index)
+    q = index.representations(["v000", "v007", "v013"])
+    for stage, budget in (("coarse", 0.0), ("dns", 0.2), ("dns", 5)):
+        exact = search_index(dns, index, q, stage, budget, topk=None, coarse_search="exact")
+        short = search_index(dns, index, q, stage, budget, topk=None)           # the index's: shortlist
+        assert short.timings["candidates_per_query"] == 40                        # max(1000, ...) >= 40 videos
+        np.testing.assert_array_equal(short.ranking, exact.ranking)
+        np.testing.assert_allclose(short.scores, exact.scores, atol=1e-5)
+        np.testing.assert_array_equal(short.reranked, exact.reranked)
+
+
+def test_a_smaller_pool_ranks_the_pool_only(setup):
+    index, dns = setup["index"], DnS(*setup["nets"])
+    q = index.representations(["v000", "v011"])
+    res = search_index(dns, index, q, "dns", 4, topk=None, pool=12)
+    assert res.ranking.shape == (2, 12) and res.reranked.sum(1).max() == 4
+    coarse = np.asarray(index.coarse)
+    first = _first_stage_reference(np.asarray(q.coarse), coarse)
+    for qi in range(2):
+        assert set(res.ranking[qi]) == set(np.argsort(-first[qi], kind="stable")[:12])
+    # the query's own video and its family (the same base: every 10th video) make its pool, and the
+    # coarse stage puts the video itself first (cosine 1)
+    assert {0, 10, 20, 30} <= set(res.ranking[0]) and {1, 11, 21, 31} <= set(res.ranking[1])
+    coarse_only = search_index(dns, index, q, "coarse", 0.0, topk=3, pool=12)
+    assert list(coarse_only.ranking[:, 0]) == [0, 11] and np.allclose(coarse_only.scores[:, 0], 1.0, atol=1e-5)
+
+
+def test_one_vector_students_are_refused(setup, tmp_path):
+    one = pretrained.load("cg_student", setup["paths"]["coarse"])
+    dns = DnS(setup["nets"][0], one, setup["nets"][2])
+    with pytest.raises(compressed.CompressedCoarseError, match="shortlist needs a region-vector CG student"):
+        build_index(str(tmp_path / "one"), [setup["h5"]], setup["nets"][0], one, setup["nets"][2],
+                    progress=False, log=lambda m: None, coarse_search="shortlist")
+    assert not os.path.exists(str(tmp_path / "one"))                    # refused before any work
+    build_index(str(tmp_path / "one"), [setup["h5"]], setup["nets"][0], one, setup["nets"][2],
+                progress=False, log=lambda m: None)
+    index = Index.open(str(tmp_path / "one"))
+    with pytest.raises(FeatureError, match="needs a region-vector CG student.*one vector per video"):
+        search_index(dns, index, index.representations(["v000"]), "coarse", 0.0, coarse_search="shortlist")
+    writable = Index.open(str(tmp_path / "one"), writable=True)
+    writable.set_coarse_search("shortlist")
+    with pytest.raises(compressed.CompressedCoarseError, match="one CG vector per video.*--coarse exact or faiss"):
+        compressed.sync(writable, log=lambda m: None)
+    writable.close()
+    with pytest.raises(compressed.CompressedCoarseError, match="one of exact, faiss-ivfpq, shortlist"):
+        compressed.check_kind("short")
+
+
+def test_the_build_refuses_a_shortlist_of_one_vector_students_before_any_work(tmp_path):
+    from dns_jax.app.build import BuildError, BuildOptions, _check_settings
+    from dns_jax.app.workdir import Workdir
+
+    opts = BuildOptions(videos="v", workdir=str(tmp_path), recipe="build:demo", coarse_search="shortlist")
+    rc = opts.config()
+    assert _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)["coarse.kind"] == "region_max"
+    rc.coarse.kind = "netvlad"
+    with pytest.raises(BuildError, match="--coarse shortlist needs region vectors.*coarse.kind 'netvlad'"):
+        _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
+
+
+def test_command_lines(setup, tmp_path, capsys):
+    """dns-jax index --coarse REGION_CG --coarse shortlist, then retrieve: the same as --coarse exact;
+    --pool bounds what is ranked; the help names it."""
+    sys.path.insert(0, ROOT)
+    import index as index_cli
+    import retrieve as retrieve_cli
+    paths = setup["paths"]
+    common = ["--fine", paths["fine"], "--coarse", paths["region"], "--selector", paths["selector"], "--quiet"]
+    d = str(tmp_path / "idx")
+    assert index_cli.main(["--index", d, "--features", setup["h5"], "--coarse", "shortlist"] + common) == 0
+    assert Index.open(d).coarse_search == "shortlist"
+    outs = {}
+    for kind in ("shortlist", "exact"):
+        outs[kind] = str(tmp_path / f"{kind}.json")
+        assert retrieve_cli.main(["--index", d, "--query-ids", "v000", "v005", "--budget", "0.1", "--top", "20",
+                                  "--output", outs[kind], "--coarse", kind] + common) == 0
+    a, b = json.load(open(outs["shortlist"])), json.load(open(outs["exact"]))
+    assert [[r["id"] for r in a[q]] for q in a] == [[r["id"] for r in b[q]] for q in b]
+    small = str(tmp_path / "small.json")
+    assert retrieve_cli.main(["--index", d, "--query-ids", "v000", "--pool", "7", "--top", "0", "--output", small]
+                             + common) == 0
+    assert len(json.load(open(small))["v000"]) == 7
+    one = ["--fine", paths["fine"], "--coarse", paths["coarse"], "--selector", paths["selector"], "--quiet"]
+    assert index_cli.main(["--index", str(tmp_path / "one"), "--features", setup["h5"], "--coarse", "shortlist"]
+                          + one) != 0
+    assert "shortlist needs a region-vector CG student" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        index_cli.main(["--help"])
+    assert "--coarse shortlist" in capsys.readouterr().out
+
+
+def test_the_sharded_search_searches_a_shortlist_index_exactly(setup):
+    """ShardedSearch (Ray actors; here in-process) has no shortlist: a shortlist index is searched
+    exactly there, with the exact search's ranking."""
+    from dns_jax.distributed.search import ShardedSearch
+
+    index, dns = setup["index"], DnS(*setup["nets"])
+    q = index.representations(["v000", "v007"])
+    sharded = ShardedSearch(dns, index.directory, actors=2, use_ray=False)
+    try:
+        got = sharded.search(q, budget=0.2, topk=None)
+    finally:
+        sharded.close()
+    exact = search_index(dns, index, q, "dns", 0.2, topk=None, coarse_search="exact")
+    np.testing.assert_array_equal(got.ranking, exact.ranking)
+    np.testing.assert_allclose(got.scores, exact.scores, atol=1e-5)
