@@ -169,6 +169,7 @@ def test_a_work_directory_built_before_the_whitening_shrink_stays_valid(tmp_path
     old = decisive_settings(opts, rc)
     old.pop("features.whitening_shrink")
     wd.record_settings(old)
+    wd.mark_done("pca")
     said = []
     settings = _check_settings(opts, rc, wd, said.append)
     assert "features.whitening_shrink" not in settings
@@ -199,6 +200,11 @@ def test_a_work_directory_built_before_a_setting_existed_keeps_what_it_has(tmp_p
     assert old[key] == default and stage_of_setting(key) == stage
     old.pop(key)
     wd.record_settings(old)
+    lines = []
+    assert key not in _check_settings(opts, rc, wd, lines.append)      # its stage has not run yet
+    assert not any(said in line for line in lines)
+    assert any(f"its {stage} stage has not run yet and takes the recipe's ({default!r})" in line for line in lines)
+    wd.mark_done(stage)
     lines = []
     assert key not in _check_settings(opts, rc, wd, lines.append)
     assert any(said in line for line in lines)

@@ -704,7 +704,12 @@ def _check_settings(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
                          "--coarse-kind region_max")
     for key, value in _keep_as_built(settings, wd.settings(), reset).items():
         kept, how = LEGACY_SETTINGS[key]
-        log(f"{wd.root} was built before {key} existed and keeps {kept}; {how} with the recipe's ({value!r})")
+        stage = stage_of_setting(key)
+        if wd.done(stage):
+            log(f"{wd.root} was built before {key} existed and keeps {kept}; {how} with the recipe's ({value!r})")
+        else:       # the stage has yet to run: it runs with the recipe's value
+            log(f"{wd.root} was started before {key} existed; its {stage} stage has not run yet and takes the "
+                f"recipe's ({value!r})")
     changed = wd.changed_settings(settings)
     if changed:
         first = _first_stage(changed)
