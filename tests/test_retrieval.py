@@ -209,15 +209,18 @@ def test_coarse_topk_chunked():
 _SHARDED = r"""
 import json, sys, numpy as np, jax
 sys.path.insert(0, sys.argv[1])
-from test_retrieval import _coarse_case, _region_case
-from dns_jax.retrieval import CoarseDatabase
+from test_retrieval import _coarse_case, _region_case, _segment_case
+from dns_jax.retrieval import CoarseDatabase, ShortlistCoarseDatabase
 db, q = _coarse_case()
 cdb = CoarseDatabase(db, chunk=64)
 s, i = cdb.topk(q, 9)
 rdb, rq = _region_case()
 regions = CoarseDatabase(rdb, dtype="float16", blocks=9)
 rs, ri = regions.topk(rq, 7)
+sdb, sq = _segment_case()
+ci, cs = ShortlistCoarseDatabase(CoarseDatabase(sdb, blocks=27, top=3), 3).candidates(sq, 30)
 print(json.dumps({"devices": jax.device_count(), "shards": cdb.n_shards, "region_shards": regions.n_shards,
+                  "ci": ci.tolist(), "cs": cs.tolist(),
                   "sims": cdb.similarities(q).tolist(), "s": s.tolist(), "i": i.tolist(),
                   "region_sims": regions.similarities(rq).tolist(), "rs": rs.tolist(), "ri": ri.tolist()}))
 """
@@ -229,6 +232,14 @@ def _region_case():
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)      # noqa: E731
     return (unit(rng.normal(size=(450, 9, 16))).reshape(450, 144).astype(np.float32),
             unit(rng.normal(size=(3, 9, 16))).reshape(3, 144).astype(np.float32))
+
+
+def _segment_case():
+    """203 videos of 3 segments x 9 unit region vectors (16-d, flattened) and 3 queries."""
+    rng = np.random.default_rng(8)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)      # noqa: E731
+    return (unit(rng.normal(size=(203, 27, 16))).reshape(203, 432).astype(np.float32),
+            unit(rng.normal(size=(3, 27, 16))).reshape(3, 432).astype(np.float32))
 
 
 def test_sharded_equals_single_device():
@@ -251,6 +262,14 @@ def test_sharded_equals_single_device():
     np.testing.assert_allclose(np.array(res["region_sims"]), want, atol=2e-3)
     np.testing.assert_allclose(np.array(res["rs"]), -np.sort(-want, axis=1)[:, :7], atol=2e-3)
     np.testing.assert_allclose(np.take_along_axis(want, np.array(res["ri"]), 1), np.array(res["rs"]), atol=2e-3)
+    # the shortlist over 8 shards: the single device's pool and exact scores
+    sdb, sq = _segment_case()
+    ci, cs = retrieval.ShortlistCoarseDatabase(retrieval.CoarseDatabase(sdb, blocks=27, top=3,
+                                                                        devices=jax.local_devices()[:1]),
+                                               3).candidates(sq, 30)
+    np.testing.assert_array_equal(np.array(res["ci"]), ci)
+    np.testing.assert_allclose(np.array(res["cs"]), cs, atol=1e-6)
+    np.testing.assert_allclose(cs, np.take_along_axis(retrieval.coarse_scores(sq, sdb, 27, top=3), ci, 1), atol=1e-5)
 
 
 def test_faiss_topk_if_installed():

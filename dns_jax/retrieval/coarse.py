@@ -267,7 +267,8 @@ class ShortlistCoarseDatabase:
         self.regions = exact.blocks // self.segments
         v = np.asarray(exact.vectors[:exact.n], np.float32) if vectors is None else vectors
         self.first = CoarseDatabase(region_means(v, self.segments, self.regions), dtype=exact.dtype,
-                                    precision=exact.precision, blocks=self.regions)
+                                    devices=list(exact.mesh.devices.flat), precision=exact.precision,
+                                    blocks=self.regions)
         self.n, self.dims = exact.n, exact.dims
         self.batch_rows = int(batch_rows)
         self._rescore = None
