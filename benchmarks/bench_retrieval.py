@@ -400,9 +400,8 @@ def region_rows(rng, sizes):
         dbs = {}
         for name, blocks, dims, top in (("1 x 1024", 1, 1024, 1), ("9 x 512", 9, 512, 1), ("27 x 512", 27, 512, 1),
                                         ("27 x 512, top 3", 27, 512, 3)):
-            if top > 1:             # the same vectors, scored by the mean of the 3 best pairs
-                dbs[name] = retrieval.CoarseDatabase(np.asarray(dbs["27 x 512"].vectors[:n]), dtype="float16",
-                                                     blocks=blocks, top=top)
+            if top > 1:             # the same vectors (no second copy), scored by the mean of the 3 best pairs
+                dbs[name] = dbs["27 x 512"].with_top(top)
                 continue
             v = rng.standard_normal((n, blocks, dims), dtype=np.float32)
             v /= np.linalg.norm(v, axis=-1, keepdims=True)

@@ -97,6 +97,20 @@ def test_the_pool_is_the_first_stage_top_scored_exactly():
         short.candidates(q, 0)
 
 
+def test_with_top_shares_the_vectors_and_scores_the_mean_of_the_best_pairs():
+    db, q = _vectors(50), _vectors(3, seed=6)
+    best = CoarseDatabase(db, blocks=S * R)
+    np.testing.assert_allclose(best.similarities(q), coarse_scores(q, db, S * R, top=1), atol=1e-5)
+    best.topk(q, 5)                                  # compiled for the best pair first
+    three = best.with_top(3)
+    assert three.vectors is best.vectors and best.top == 1
+    np.testing.assert_allclose(three.similarities(q), coarse_scores(q, db, S * R, top=3), atol=1e-5)
+    np.testing.assert_allclose(three.topk(q, 5)[0], -np.sort(-coarse_scores(q, db, S * R, top=3), 1)[:, :5], atol=1e-5)
+    np.testing.assert_allclose(best.similarities(q), coarse_scores(q, db, S * R, top=1), atol=1e-5)
+    with pytest.raises(FeatureError, match="top 730 of 729 block pairs"):
+        best.with_top(730)
+
+
 def test_a_copy_of_one_stretch_reaches_the_pool():
     """A query that copies one stretch of a database video: its averaged regions still single that
     video out, and the exact score of the copied stretch is 1."""

@@ -22,6 +22,7 @@ exact inner-product index (IndexFlatIP) for very large collections kept on the h
 """
 from __future__ import annotations
 
+import copy
 from typing import Optional, Sequence, Tuple
 
 import jax
@@ -171,6 +172,15 @@ class CoarseDatabase:
         self.sim_rows = self.sim_rows if self.chunk % self.sim_rows == 0 else self.chunk
         self._topk_fns = {}
         self._sim_fn = None
+
+    def with_top(self, top: int) -> "CoarseDatabase":
+        """The same database, its device arrays shared (no copy), scoring a pair by the mean of its
+        `top` best block pairs."""
+        if not 1 <= int(top) <= self.blocks ** 2:
+            raise FeatureError(f"coarse database: top {top} of {self.blocks ** 2} block pairs")
+        out = copy.copy(self)
+        out.top, out._topk_fns, out._sim_fn = int(top), {}, None
+        return out
 
     # -- all scores -------------------------------------------------------------------------
     def _similarity_fn(self):
