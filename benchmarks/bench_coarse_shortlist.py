@@ -18,7 +18,8 @@ Two sections:
 
     PYTHONPATH=. python benchmarks/bench_coarse_shortlist.py --sizes 10000,100000
     PYTHONPATH=. python benchmarks/bench_coarse_shortlist.py --skip speed \\
-        --workdir /tmp/bench_s2vs_teachers/build_visil_f --ground-truth /tmp/bench_s2vs_teachers/collection/ground_truth.json
+        --workdir /tmp/bench_s2vs_teachers/build_visil_f \\
+        --ground-truth /tmp/bench_s2vs_teachers/collection/ground_truth.json
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ SEGMENTS, REGIONS, DIMS, TOP = 3, 9, 512, 3
 def speed_rows(sizes, pool: int, rounds: int) -> None:
     print(f"\n## Speed: {SEGMENTS} x {REGIONS} x {DIMS}-d float16, top {TOP}; top-100 exactly against the "
           f"shortlist's pool of {pool}, ms per query; load {os.getloadavg()[0]:.1f}")
-    print("| videos | queries / batch | exact top-100 ms | shortlist ms | exact / shortlist | exact GB | shortlist GB |")
+    print("| videos | queries / batch | exact top-100 ms | shortlist ms | exact / shortlist | exact GB | "
+          "shortlist GB |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     rng = np.random.default_rng(0)
     for n in sizes:

@@ -36,6 +36,15 @@ def mean_of_best(scores: Array, top: int = 1) -> Array:
     return scores.max(-1) if top == 1 else jnp.mean(jax.lax.top_k(scores, top)[0], -1)
 
 
+def best_block_pairs(s: Array, top: int = 1) -> Array:
+    """[A, K, B, K] products of A x B videos' K blocks each -> [A, B]: each pair's best block
+    product, or the mean of its `top` best (`mean_of_best`)."""
+    if top == 1:
+        return s.max(axis=(1, 3))
+    a, k, b = s.shape[0], s.shape[1], s.shape[2]
+    return mean_of_best(s.transpose(0, 2, 1, 3).reshape(a, b, k * s.shape[3]), top)
+
+
 def block_max_similarity(a: Array, b: Array, blocks: int = 1, precision=None, top: int = 1) -> Array:
     """[A, K * E] x [B, K * E] -> [A, B]: the largest dot product between one of the K blocks of a
     row of `a` and one of the K blocks of a row of `b` (K = `blocks`; 1: the plain dot product), or
@@ -50,10 +59,7 @@ def block_max_similarity(a: Array, b: Array, blocks: int = 1, precision=None, to
         raise ValueError(f"vectors of {a.shape[-1]} and {b.shape[-1]} values do not split into {blocks} blocks")
     e = a.shape[-1] // blocks
     s = jnp.matmul(a.reshape(-1, e), b.reshape(-1, e).T, precision=precision)     # [A * K, B * K]
-    s = s.reshape(a.shape[0], blocks, b.shape[0], blocks)
-    if top == 1:
-        return s.max(axis=(1, 3))
-    return mean_of_best(s.transpose(0, 2, 1, 3).reshape(a.shape[0], b.shape[0], blocks * blocks), top)
+    return best_block_pairs(s.reshape(a.shape[0], blocks, b.shape[0], blocks), top)
 
 
 def block_max_pairs(a: Array, b: Array, blocks: int = 1, precision=None, top: int = 1) -> Array:

@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coarse-kind", choices=("region_max", "netvlad"),
                    help="the CG student to distil: 'region_max' (the recipe's: 9 region vectors per video, a pair "
                         "scored by its best region pair; finds picture-in-picture and overlaid copies; searched "
-                        "exactly or with --coarse shortlist) or 'netvlad' (the official one vector per video; needed for --coarse faiss-ivfpq)")
+                        "exactly or with --coarse shortlist) or 'netvlad' (the official one vector per video; "
+                        "needed for --coarse faiss-ivfpq)")
     p.add_argument("--coarse-segments", type=_positive, metavar="S",
                    help="region_max only: index the region vectors of S equal stretches of each video (9 x S "
                         "vectors; a pair scores the mean of its coarse.top_pairs best of (9 x S)^2 vector pairs), so "

@@ -72,9 +72,9 @@ def search_index(dns: DnS, index: Index, queries: Representations, stage: str = 
     compressed.check_kind(coarse_search)
     if len(index) == 0:
         raise FeatureError(f"the index at {index.directory!r} is empty")
-    if stage != "fine" and (uses_candidates(index, coarse_search) or uses_shortlist(index, coarse_search)):
-        searcher = dns.shortlist_database(index, coarse_dtype) if uses_shortlist(index, coarse_search) \
-            else compressed_search(index)
+    shortlist = uses_shortlist(index, coarse_search)
+    if stage != "fine" and (shortlist or uses_candidates(index, coarse_search)):
+        searcher = dns.shortlist_database(index, coarse_dtype) if shortlist else compressed_search(index)
         return _search_compressed(dns, index, queries, searcher, stage, budget, topk, fine_mapping, progress, pool,
                                   segments, localize_options)
     if stage == "dns":

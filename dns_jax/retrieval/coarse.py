@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dns_jax.layers import block_max_similarity, mean_of_best
+from dns_jax.layers import best_block_pairs, block_max_similarity
 from dns_jax.validation import FeatureError
 
 
@@ -58,10 +58,7 @@ def _chunk_scores(q, chunk, precision, upcast: bool = False, blocks: int = 1, to
     if blocks > 1:
         nq, m, e = q.shape[0], chunk.shape[0], q.shape[1] // blocks
         s = _chunk_scores(q.reshape(nq * blocks, e), chunk.reshape(m * blocks, e), precision, upcast)
-        s = s.reshape(nq, blocks, m, blocks)
-        if top == 1:
-            return s.max(axis=(1, 3))
-        return mean_of_best(s.transpose(0, 2, 1, 3).reshape(nq, m, blocks * blocks), top)
+        return best_block_pairs(s.reshape(nq, blocks, m, blocks), top)
     if upcast and chunk.dtype != jnp.float32:
         return jnp.dot(q, chunk.astype(jnp.float32).T, precision=precision)
     return jnp.dot(q.astype(chunk.dtype), chunk.T, preferred_element_type=jnp.float32, precision=precision)
@@ -147,9 +144,7 @@ class CoarseDatabase:
         self.blocks = int(blocks)
         if self.blocks < 1 or self.dims % self.blocks:
             raise FeatureError(f"coarse database: {self.dims}-d vectors do not split into {blocks} blocks")
-        self.top = int(top)
-        if not 1 <= self.top <= self.blocks ** 2:
-            raise FeatureError(f"coarse database: top {top} of {self.blocks ** 2} block pairs")
+        self.top = self._checked_top(top)
         chunk = max(8, chunk // self.blocks ** 2 // 8 * 8)
         self.dtype = jnp.dtype(dtype)
         self.precision = precision
@@ -176,11 +171,14 @@ class CoarseDatabase:
     def with_top(self, top: int) -> "CoarseDatabase":
         """The same database, its device arrays shared (no copy), scoring a pair by the mean of its
         `top` best block pairs."""
+        out = copy.copy(self)
+        out.top, out._topk_fns, out._sim_fn = self._checked_top(top), {}, None
+        return out
+
+    def _checked_top(self, top) -> int:
         if not 1 <= int(top) <= self.blocks ** 2:
             raise FeatureError(f"coarse database: top {top} of {self.blocks ** 2} block pairs")
-        out = copy.copy(self)
-        out.top, out._topk_fns, out._sim_fn = int(top), {}, None
-        return out
+        return int(top)
 
     # -- all scores -------------------------------------------------------------------------
     def _similarity_fn(self):
@@ -266,9 +264,9 @@ class ShortlistCoarseDatabase:
     the best pair of its R region vectors averaged over the segments (`region_means`: R^2 products
     a pair instead of (S R)^2; the best pair, as cheap as a plain maximum, finds as many copies here
     as the mean of the best few) and scores the first `pool` exactly (the mean of the `top` best of
-    the (S R)^2 pairs, as `exact` scores them). The exact database `exact` (a CoarseDatabase of the S R blocks, shared
-    with an exact search) stays on the devices; the R-vector copy adds 1 / S of its memory. With a
-    pool as large as the database the scores are `exact`'s (to float32 rounding)."""
+    the (S R)^2 pairs, as `exact` scores them). The exact database `exact` (a CoarseDatabase of the
+    S R blocks, shared with an exact search) stays on the devices; the R-vector copy adds 1 / S of
+    its memory. With a pool as large as the database the scores are `exact`'s (to float32 rounding)."""
 
     def __init__(self, exact: CoarseDatabase, segments: int, vectors=None, batch_rows: int = 4096):
         if exact.blocks % int(segments) or int(segments) < 1:
