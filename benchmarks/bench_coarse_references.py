@@ -31,7 +31,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_s2vs_teachers import (  # noqa: E402
-    HARD_EDITS,
     TEACHERS,
     segment_regions,
     split_collection,
@@ -84,16 +83,13 @@ def ideal_dns(coarse: np.ndarray, fine: np.ndarray, k: int) -> np.ndarray:
 
 def main():
     from dns_jax.app.demo import ranking_metrics, score_stages
-    from dns_jax.datasets.video_collection import make_collection
+    from dns_jax.datasets.video_collection import load_collection
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="/tmp/bench_s2vs_teachers", help="bench_s2vs_teachers.py's --out")
-    p.add_argument("--seed", type=int, default=0, help="its --seed")
-    p.add_argument("--distractors", type=int, default=124, help="its --distractors")
     args = p.parse_args()
 
-    info = make_collection(os.path.join(args.out, "collection"), seed=args.seed, num_sources=4, edits=HARD_EDITS,
-                           extra_edits=0, num_distractors=args.distractors)
+    info = load_collection(os.path.join(args.out, "collection"))    # the one bench_s2vs_teachers.py made
     _, _, gts = split_collection(info, args.out)
     gt = gts["heldout"]
     queries = sorted(gt)

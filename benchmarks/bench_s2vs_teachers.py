@@ -16,12 +16,17 @@ One run:
    need no training on the same features (mean pooling, and "region max": the best region pair of
    the time-averaged regions, several vectors per video).
 
+`--edits harder` adds one more edit to every copy (three or four in all), and `--photo-distractors N`
+adds N distractors with real content (pans and zooms across the scikit-image wheel's photographs,
+`pip install scikit-image`), half of the first 44 in the training part like the others: a harder
+benchmark, on which the teachers and their students have more room to differ.
+
 With `--protocol whole` nothing is held out: each teacher's build is trained on the whole collection
 (as `dns-jax build` is used on a user's own videos: the S2VS teacher learns, without labels, from
 every video it then indexes) and every member of the four families queries it.
 
     PYTHONPATH=. python benchmarks/bench_s2vs_teachers.py [--out /tmp/bench_s2vs_teachers] [--seed 0]
-        [--protocol heldout|whole]
+        [--protocol heldout|whole] [--edits hard|harder] [--photo-distractors 0]
 """
 from __future__ import annotations
 
@@ -35,6 +40,10 @@ import jax
 
 HARD_EDITS = ("pip+lowq", "pip+speed", "overlay+crop", "overlay+lowq+color", "crop+speed+lowq", "pip+overlay",
               "border+overlay+speed", "crop+hflip+lowq")
+# one more edit on each (three or four in all): the `--edits harder` set
+HARDER_EDITS = ("pip+lowq+color", "pip+speed+lowq", "overlay+crop+lowq", "overlay+lowq+color+speed",
+                "crop+speed+lowq+color", "pip+overlay+lowq", "border+overlay+speed+lowq", "crop+hflip+lowq+overlay")
+EDIT_SETS = {"hard": HARD_EDITS, "harder": HARDER_EDITS}
 TRAIN_FAMILIES = (0, 1)
 TEACHERS = ("visil_f", "s2vs")
 FEATURE_STAGES = ("features", "pca", "whiten")
@@ -204,14 +213,20 @@ def main():
     p.add_argument("--protocol", choices=("heldout", "whole"), default="heldout",
                    help="heldout: train on two families and half the first distractors, add the rest untrained "
                         "and query the added families; whole: train on every video and query every family")
+    p.add_argument("--edits", choices=sorted(EDIT_SETS), default="hard",
+                   help="hard: two or three edits on every copy; harder: one more on each")
+    p.add_argument("--photo-distractors", type=int, default=0,
+                   help="distractors panning across real photographs (needs scikit-image), besides --distractors")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args()
+    edits = EDIT_SETS[args.edits]
     log = print
     os.makedirs(args.out, exist_ok=True)
 
     t0 = time.time()
-    info = make_collection(os.path.join(args.out, "collection"), seed=args.seed, num_sources=4, edits=HARD_EDITS,
-                           extra_edits=0, num_distractors=args.distractors)
+    info = make_collection(os.path.join(args.out, "collection"), seed=args.seed, num_sources=4, edits=edits,
+                           extra_edits=0, num_distractors=args.distractors,
+                           photo_distractors=args.photo_distractors)
     t_collection = time.time() - t0
     folders, parts, gts = split_collection(info, args.out, protocol=args.protocol)
     log(f"[bench] collection: {len(info.ids)} videos ({t_collection:.0f} s); training part {len(parts['train'])}, "
@@ -249,7 +264,8 @@ def main():
 
     print(f"\nDnS from each teacher ({args.protocol}): {len(info.ids)} videos ("
           + " and ".join(f"{len(gt)} {columns[k]} members" for k, gt in gts.items()) + " as queries); edits "
-          f"{', '.join(HARD_EDITS)}; recipe {args.recipe}, seed {args.seed}; jax {jax.__version__} on "
+          f"{', '.join(edits)}; {args.photo_distractors} photo distractors; recipe {args.recipe}, seed {args.seed}; "
+          f"jax {jax.__version__} on "
           f"{jax.devices()[0].platform}, load {os.getloadavg()[0]:.1f}")
     print(f"shared features, PCA, whitening of the training part: {shared_seconds:.0f} s")
     first = next(iter(gts))
@@ -271,7 +287,8 @@ def main():
         print(f"| {teacher} | {r['times']['train']:.0f} | {r['times']['add held-out']:.0f} | {st} | "
               f"{r['storage']['index'] / 1e6:.2f} | {r['storage']['models'] / 1e6:.2f} |")
     with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump({"results": results, "protocol": args.protocol, "edits": HARD_EDITS, "seed": args.seed,
+        json.dump({"results": results, "protocol": args.protocol, "edits": edits,
+                   "photo_distractors": args.photo_distractors, "seed": args.seed,
                    "recipe": args.recipe, "shared_seconds": shared_seconds, "videos": len(info.ids)}, fh, indent=1, default=str)
 
 
