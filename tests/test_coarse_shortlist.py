@@ -239,18 +239,83 @@ def test_command_lines(setup, tmp_path, capsys):
     assert "--coarse shortlist" in capsys.readouterr().out
 
 
-def test_the_sharded_search_searches_a_shortlist_index_exactly(setup):
-    """ShardedSearch (Ray actors; here in-process) has no shortlist: a shortlist index is searched
-    exactly there, with the exact search's ranking."""
+def test_the_sharded_search_of_a_shortlist_index_with_a_covering_pool_or_exact_is_the_exact_search(setup):
+    """ShardedSearch (Ray actors; here in-process) on a shortlist index: the default pool covers these
+    40 videos, and `coarse_search='exact'` searches every video; both give the exact ranking."""
     from dns_jax.distributed.search import ShardedSearch
 
     index, dns = setup["index"], DnS(*setup["nets"])
     q = index.representations(["v000", "v007"])
-    sharded = ShardedSearch(dns, index.directory, actors=2, use_ray=False)
-    try:
-        got = sharded.search(q, budget=0.2, topk=None)
-    finally:
-        sharded.close()
     exact = search_index(dns, index, q, "dns", 0.2, topk=None, coarse_search="exact")
-    np.testing.assert_array_equal(got.ranking, exact.ranking)
-    np.testing.assert_allclose(got.scores, exact.scores, atol=1e-5)
+    for coarse_search in (None, "exact"):
+        with ShardedSearch(dns, index.directory, actors=2, use_ray=False, coarse_search=coarse_search) as sharded:
+            assert sharded.candidates_only == (coarse_search is None)
+            got = sharded.search(q, budget=0.2, topk=None)
+        np.testing.assert_array_equal(got.ranking, exact.ranking)
+        np.testing.assert_allclose(got.scores, exact.scores, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sharded_setup(setup):
+    """The same 40 videos indexed in 4 shards of 10, with the shortlist recorded."""
+    index_dir = str(setup["tmp"] / "idx_shards")
+    build_index(index_dir, [setup["h5"]], *setup["nets"], progress=False, log=lambda m: None,
+                coarse_search="shortlist", shard_size=10)
+    return Index.open(index_dir)
+
+
+@pytest.mark.parametrize("budget,topk,pool", [(0.2, None, 12), (4, 6, 9), (0, 5, 7), (0.5, None, None)])
+def test_the_sharded_search_takes_the_shortlist(setup, sharded_setup, budget, topk, pool):
+    """ShardedSearch (Ray actors; here in-process) on a shortlist index: each holder's first `pool`,
+    merged by first-stage score, is the pool one process takes; the ranked ids, scores and
+    re-ranked flags are search_index's, and only the pool is ranked."""
+    from dns_jax.distributed.search import ShardedSearch
+
+    index, dns = sharded_setup, DnS(*setup["nets"])
+    assert len(index.manifest["shards"]) == 4
+    q = index.representations(["v000", "v007", "v031"])
+    with ShardedSearch(dns, index.directory, actors=3, use_ray=False) as sharded:
+        assert sharded.candidates_only and len(sharded.sizes) == 3
+        got = sharded.search(q, budget=budget, topk=topk, pool=pool)
+    want = search_index(dns, index, q, "dns", budget, topk=topk, pool=pool)
+    assert want.timings["candidates_per_query"] == (pool or 40)
+    np.testing.assert_array_equal(got.ranking, want.ranking)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
+    np.testing.assert_array_equal(got.reranked, want.reranked)
+    assert got.timings["candidates_per_query"] == want.timings["candidates_per_query"]
+    if pool:   # the pool is the first stage's top, which the exact stage alone would not give
+        first = dns.shortlist_database(index).candidates(q.coarse, pool)[0]
+        assert all(set(r) <= set(f) for r, f in zip(got.ranking, first))
+
+
+def test_merge_shortlists_takes_the_global_first_stage_top_with_ties_to_the_lower_position():
+    from dns_jax.distributed.search import _merge_shortlists
+
+    rng = np.random.default_rng(3)
+    first = rng.integers(0, 4, (5, 30)).astype(np.float32)          # many ties
+    exact = rng.random((5, 30)).astype(np.float32)
+    offsets = [0, 8, 19]
+    parts = []
+    for a, (lo, hi) in enumerate(zip(offsets, offsets[1:] + [30])):
+        local = first_k(first[:, lo:hi], 6)                          # each holder's own first 6
+        parts.append((local, np.take_along_axis(exact[:, lo:hi], local, 1),
+                      np.take_along_axis(first[:, lo:hi], local, 1), 0.0))
+    pos, scores = _merge_shortlists(parts, np.array(offsets), 6)
+    np.testing.assert_array_equal(pos, first_k(first, 6))
+    np.testing.assert_array_equal(scores, np.take_along_axis(exact, pos, 1))
+
+
+def test_the_sharded_search_refuses_the_shortlist_of_a_one_vector_student(setup, monkeypatch):
+    """Refused in the driver, before any actor starts (on Ray, starting them costs seconds)."""
+    from dns_jax.distributed import search as sharded_search
+
+    index = setup["index"]
+    one_vector = pretrained.load("cg_student", setup["paths"]["coarse"])
+    dns = DnS(setup["nets"][0], one_vector, setup["nets"][2])
+
+    def no_actor(*args, **kwargs):
+        raise AssertionError("an actor was started before the refusal")
+
+    monkeypatch.setattr(sharded_search, "ShardActor", no_actor)
+    with pytest.raises(FeatureError, match="shortlist coarse search needs a region-vector CG student"):
+        sharded_search.ShardedSearch(dns, index.directory, actors=2, use_ray=False, coarse_search="shortlist")

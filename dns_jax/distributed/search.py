@@ -21,8 +21,12 @@ An index with the compressed coarse stage (`--coarse faiss-ivfpq`, `search_index
 the pool's CG vectors exactly and runs the selector on it (`DnS.pool_selection`: pool-sized work,
 the actors hold no CG vectors), then each actor re-scores the chosen videos of its shards with the
 fine student and the driver ranks the pool (`rank_pool`), as `DnS.search_candidates` does.
-An index recorded with the shortlist (`--coarse shortlist`) is searched exactly here: each actor
-scores its own videos, and the ranking is that of `search_index(..., coarse_search='exact')`.
+An index recorded with the shortlist (`--coarse shortlist`) is two fan-outs too: every actor ranks
+its videos by the shortlist's first stage and returns its own first `pool` with their first-stage
+and exact scores (`ShortlistCoarseDatabase.candidates`); the driver merges them into the global
+first `pool` (ties to the lower index position, as one process's `first_k`), runs the selector on
+that pool, and the actors re-score the chosen videos with the fine student as above. Each actor
+scores at most `pool` videos exactly, so the work per actor does not grow with the number of actors.
 
 With `segments=K` each actor localizes its re-ranked results that can be among the first K of a
 query (its own first K, which it knows without the others) on the frame matrices its fine stage
@@ -46,7 +50,7 @@ import numpy as np
 from dns_jax.compile_cache import enable_compilation_cache
 from dns_jax.distributed.cluster import PortableNetwork, cluster, cluster_resources
 from dns_jax.index import compressed
-from dns_jax.index.search import check_search_options, compressed_search, uses_candidates
+from dns_jax.index.search import check_search_options, compressed_search, uses_candidates, uses_shortlist
 from dns_jax.index.store import Index
 from dns_jax.localization import COARSE_ONLY, NotLocalized
 from dns_jax.retrieval import DnS, Representations, SearchResults, budget_count, selector_scores
@@ -56,12 +60,13 @@ from dns_jax.validation import FeatureError
 
 class ShardActor:
     """One actor of a ShardedSearch (run as a Ray actor; usable in-process too, as the tests do).
-    `exact_coarse`: keep the shards' CG vectors for the exact coarse stage (False: the driver's
-    faiss stage proposes the candidates)."""
+    `coarse`: 'exact' keeps the shards' CG vectors for the exact coarse stage, 'shortlist' also the
+    shortlist's first stage (`shortlist`), 'faiss' none (the driver's faiss stage proposes the
+    candidates)."""
 
     def __init__(self, directory: str, shards: Sequence[str], fine: PortableNetwork, coarse: PortableNetwork,
                  selector: PortableNetwork, binary: str = "packed", coarse_dtype: str = "float32",
-                 resident: Optional[bool] = True, own_process: bool = True, exact_coarse: bool = True):
+                 resident: Optional[bool] = True, own_process: bool = True, coarse_search: str = "exact"):
         if own_process:                     # a Ray actor: $DNS_JAX_COMPILATION_CACHE, as the command-line tools
             enable_compilation_cache()
         self.index = Index.open(directory, shards=list(shards))
@@ -69,7 +74,9 @@ class ShardActor:
         self.coarse_dtype = coarse_dtype
         self.pending: Dict[int, tuple] = {}
         if len(self.index):
-            if exact_coarse:
+            if coarse_search == "shortlist":
+                self.dns.shortlist_database(self.index, coarse_dtype)
+            elif coarse_search == "exact":
                 self.dns.coarse_database(self.index, coarse_dtype)
             self.dns.fine_database(self.index)            # resident copy made now, not on the first query
 
@@ -93,6 +100,18 @@ class ShardActor:
         order = np.argsort(-sel, axis=1, kind="stable")[:, :min(k, n)]
         self.pending[key] = (queries, coarse, sel, {"coarse_s": t1 - t0, "selector_s": t2 - t1})
         return order, np.take_along_axis(sel, order, 1)
+
+    def shortlist(self, queries: Representations, pool: int):
+        """The shortlist of the held videos: (local positions (Q, C), exact CG scores (Q, C),
+        first-stage scores (Q, C), seconds) of each query's first C = min(pool, held) videos by
+        the first stage, best first, ties to the lower position."""
+        t0 = time.perf_counter()
+        if not len(self.index):
+            empty = np.zeros((len(queries), 0), np.float32)
+            return empty.astype(np.int64), empty, empty, 0.0
+        short = self.dns.shortlist_database(self.index, self.coarse_dtype)
+        idx, exact, first = short.candidates(queries.coarse, pool, first_scores=True)
+        return idx, exact, first, time.perf_counter() - t0
 
     def _fine(self, queries: Representations, chosen: List[np.ndarray], matrices: bool):
         """Raw fine similarities of `chosen[q]` (local indices) per query -> (list of (n_q,) float32,
@@ -183,6 +202,18 @@ def _balanced_runs(counts: Sequence[int], parts: int) -> List[range]:
     return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
+def _merge_shortlists(parts, offsets, pool: int):
+    """The actors' shortlists [(local positions (Q, c_a), exact scores, first-stage scores, _)] ->
+    (global positions (Q, C), exact scores (Q, C)) of each query's first C = min(pool, sum c_a) by
+    first-stage score, ties to the lower global position (one process's `first_k` over the index)."""
+    pos = np.concatenate([p[0] + off for p, off in zip(parts, offsets)], 1)
+    exact = np.concatenate([p[1] for p in parts], 1)
+    first = np.concatenate([p[2] for p in parts], 1).astype(np.float64)
+    c = min(int(pool), pos.shape[1])
+    order = np.stack([np.lexsort((row_pos, -row_first))[:c] for row_pos, row_first in zip(pos, first)])
+    return np.take_along_axis(pos, order, 1), np.take_along_axis(exact, order, 1)
+
+
 def _merge(lists, offsets, k: Optional[int]):
     """Per query: merge per-actor (indices, scores, extra) lists, best score first, ties to the
     lower global position -> (global indices, scores, extra) of the top k."""
@@ -211,7 +242,7 @@ class ShardedSearch:
     cluster, else 2). `address`: a running cluster; None starts a local one (`num_cpus`).
     `resident`: actors keep their fine representations on the device (default True).
     `coarse_search`: as `search_index`'s (None: the index's; a faiss-ivfpq index's faiss file is
-    opened and checked here, before any actor starts).
+    opened and checked here, before any actor starts; 'shortlist' needs a region-vector CG student).
     `use_ray=False` runs the same shards in this process (no Ray: for tests and small machines)."""
 
     def __init__(self, dns: DnS, directory: str, actors: Optional[int] = None, *, address: Optional[str] = None,
@@ -221,8 +252,11 @@ class ShardedSearch:
         entries = index.manifest["shards"]
         if not len(index):
             raise FeatureError(f"the index at {directory!r} is empty")
-        candidates_only = uses_candidates(index, coarse_search)
-        faiss = compressed_search(index) if candidates_only else None     # CoarseIndexMismatch: before the actors
+        shortlist = uses_shortlist(index, coarse_search)
+        if shortlist:
+            dns.check_shortlist()                                          # a one-vector student: before the actors
+        faiss = compressed_search(index) if uses_candidates(index, coarse_search) else None   # CoarseIndexMismatch too
+        held = "shortlist" if shortlist else "faiss" if faiss is not None else "exact"
         self._stack = contextlib.ExitStack()
         ray = self._stack.enter_context(cluster(address, num_cpus)) if use_ray else None
         try:
@@ -235,7 +269,7 @@ class ShardedSearch:
             shards = [[entries[i]["name"] for i in run] for run in runs]
             if ray is None:
                 self.actors = [_InProcess(ShardActor(directory, names, *nets, binary, coarse_dtype, resident,
-                                                     own_process=False, exact_coarse=not candidates_only))
+                                                     own_process=False, coarse_search=held))
                                for names in shards]
                 self._get, self._put = (lambda x: x), (lambda x: x)
             else:
@@ -244,7 +278,7 @@ class ShardedSearch:
                 remote = ray.remote(**options)(ShardActor)
                 refs = [ray.put(x) for x in nets]
                 self.actors = [remote.remote(directory, names, *refs, binary, coarse_dtype, resident,
-                                             exact_coarse=not candidates_only) for names in shards]
+                                             coarse_search=held) for names in shards]
                 self._get, self._put = ray.get, ray.put
             infos = self._get([a.info.remote() for a in self.actors])
         except Exception:
@@ -258,7 +292,7 @@ class ShardedSearch:
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
         self.resident_bytes = [info["resident_bytes"] for info in infos]
         self._keys = itertools.count()
-        self.index, self._faiss = index, faiss
+        self.index, self._faiss, self._shortlist = index, faiss, shortlist
         if self.ids != index.ids:
             self.close()
             raise FeatureError(f"the index at {directory!r} changed while the sharded search started; start it again")
@@ -268,8 +302,8 @@ class ShardedSearch:
 
     @property
     def candidates_only(self) -> bool:
-        """Whether searches rank each query's faiss candidates only (the index's compressed coarse stage)."""
-        return self._faiss is not None
+        """Whether searches rank each query's pool only (faiss candidates or the shortlist)."""
+        return self._faiss is not None or self._shortlist
 
     def search(self, queries: Representations, budget=0.1, topk: Optional[int] = 100,
                fine_mapping: Optional[Callable[[np.ndarray], np.ndarray]] = None, segments: int = 0,
@@ -278,7 +312,7 @@ class ShardedSearch:
         the results of `search_index(dns, index, queries, 'dns', budget, topk, ...)` (ranking:
         positions in `self.ids`, the index's order; `segments`, `pool` as there)."""
         check_search_options("dns", budget, topk)
-        if self._faiss is not None:
+        if self.candidates_only:
             return self._search_candidates(queries, budget, topk, fine_mapping, segments, localize_options, pool)
         n = len(self.ids)
         k_fine = budget_count(budget, n)
@@ -309,10 +343,17 @@ class ShardedSearch:
         return res
 
     def _search_candidates(self, queries, budget, topk, fine_mapping, segments, localize_options, pool):
-        """`search` of an index with the compressed coarse stage (see the module docstring)."""
+        """`search` of an index with the compressed coarse stage or the shortlist (see the module
+        docstring)."""
         n = len(self.ids)
         t0 = time.perf_counter()
-        cand, coarse = self._faiss.candidates(queries.coarse, compressed.pool_size(n, budget, topk, pool))
+        size = compressed.pool_size(n, budget, topk, pool)
+        q = self._put(queries)
+        if self._shortlist:
+            lists = self._get([a.shortlist.remote(q, size) for a in self.actors])
+            cand, coarse = _merge_shortlists(lists, self.offsets, size)
+        else:
+            cand, coarse = self._faiss.candidates(queries.coarse, size)
         t1 = time.perf_counter()
         cand, c, chosen, t_sel = self.dns.pool_selection(queries, self.index, cand, coarse, budget)
         n_fine = min(budget_count(budget, n), cand.shape[1])
@@ -325,7 +366,6 @@ class ShardedSearch:
         parts = []
         t2 = time.perf_counter()
         if n_fine:
-            q = self._put(queries)
             busy = [a for a in range(len(self.actors)) if any(np.any(w == a) for w in who)]
             calls = [self.actors[a].rescore.remote(q, [picked[qi][who[qi] == a] - self.offsets[a] for qi in range(nq)],
                                                    fine_mapping, segments, localize_options) for a in busy]

@@ -293,20 +293,22 @@ class ShortlistCoarseDatabase:
             self._rescore = jax.jit(lambda q, db, idx: jax.lax.map(one, (q, jnp.take(db, idx, axis=0))))
         return self._rescore
 
-    def candidates(self, queries, pool: int, batch: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+    def candidates(self, queries, pool: int, batch: int = 256, first_scores: bool = False):
         """(Q, S R D) query vectors -> (positions (Q, C) int64, exact scores (Q, C) float32) of each
-        query's first C = min(pool, N) videos by the first stage, best first (ties by index)."""
+        query's first C = min(pool, N) videos by the first stage, best first (ties by index); with
+        `first_scores`, their first-stage scores (Q, C) too (to merge the pools of several shards)."""
         q = _check_vectors(queries, "coarse queries", self.dims).astype(np.float32)
         pool = int(min(pool, self.n))
         if pool < 1:
             raise ValueError(f"the shortlist pool must be >= 1, got {pool}")
         fn, per = self._rescore_fn(), max(1, self.batch_rows // pool)
-        positions, scores = [], []
+        positions, scores, firsts = [], [], []
         for s in range(0, q.shape[0], batch):
             qb = q[s:s + batch]
             first = self.first.similarities(region_means(qb, self.segments, self.regions), batch=batch)
             idx = first_k(first, pool)
             positions.append(idx)
+            firsts.append(np.take_along_axis(np.asarray(first, np.float32), idx, 1))
             for r in range(0, qb.shape[0], per):
                 qr, ir = qb[r:r + per], idx[r:r + per]
                 nr = qr.shape[0]
@@ -314,7 +316,8 @@ class ShortlistCoarseDatabase:
                     qr = np.concatenate([qr, np.zeros((per - nr, qr.shape[1]), np.float32)])
                     ir = np.concatenate([ir, np.zeros((per - nr, pool), ir.dtype)])
                 scores.append(np.asarray(fn(jnp.asarray(qr), self.exact.vectors, jnp.asarray(ir, jnp.int32)))[:nr])
-        return np.concatenate(positions, 0), np.concatenate(scores, 0).astype(np.float32)
+        out = np.concatenate(positions, 0), np.concatenate(scores, 0).astype(np.float32)
+        return out + (np.concatenate(firsts, 0),) if first_scores else out
 
 
 def first_k(scores: np.ndarray, k: int) -> np.ndarray:

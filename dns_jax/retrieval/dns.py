@@ -380,13 +380,17 @@ class DnS:
             self._coarse_db_key = key
         return self._coarse_db
 
-    def shortlist_database(self, database, dtype="float32") -> ShortlistCoarseDatabase:
-        """The two-stage coarse search of `database` (`ShortlistCoarseDatabase`), sharing the exact
-        database of `coarse_database`; only for a region-vector CG student (FeatureError otherwise)."""
+    def check_shortlist(self) -> None:
+        """FeatureError unless the CG student has region vectors (the shortlist's first stage needs them)."""
         if vector_blocks(self.coarse_model) == 1:
             raise FeatureError(f"the shortlist coarse search needs a region-vector CG student (coarse.kind "
                                f"'region_max'); {self.coarse_model.name!r} has one vector per video: search it "
                                f"exactly or with faiss-ivfpq")
+
+    def shortlist_database(self, database, dtype="float32") -> ShortlistCoarseDatabase:
+        """The two-stage coarse search of `database` (`ShortlistCoarseDatabase`), sharing the exact
+        database of `coarse_database`; only for a region-vector CG student (FeatureError otherwise)."""
+        self.check_shortlist()
         exact = self.coarse_database(database, dtype)
         if self._shortlist is None or self._shortlist.exact is not exact:
             self._shortlist = None
