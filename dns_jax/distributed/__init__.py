@@ -14,7 +14,7 @@
 * `ShardedSearch` (search.py): an index split over Ray actors, each holding some shards (coarse
   vectors, selector self-similarities, resident fine representations); a query fans out and the
   driver merges: the same ranked ids, scores and segments as `search_index` over the whole index
-  (on its faiss candidates where the index has the compressed coarse stage).
+  (on its faiss candidates or its shortlist where the index records one).
 
 Everything here imports Ray lazily; without it, `ClusterError` says what to install.
 """
