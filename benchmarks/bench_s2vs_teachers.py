@@ -191,6 +191,34 @@ def weight_free_rows(wd: str, ids, queries):
     return rows
 
 
+def edit_of(info, video: str) -> str:
+    """The edits of a collection video joined by '+' ('source' for a query clip)."""
+    edits = info.videos[video]["recipe"].get("edits") or []
+    return "+".join(name for name, _ in edits) or "source"
+
+
+def precision_by_edit(scores, ids, queries, gt, info):
+    """{edit: mean precision at its rank}: each query's AP is the mean over its relevant videos of the
+    precision at their ranks (ties ranked as listed, as `ranking_metrics`); grouping those terms by
+    the relevant video's edits shows which edits a method loses (their mean over all terms is the
+    mean AP when every query has as many relevant videos)."""
+    import numpy as np
+
+    terms = {}
+    for i, q in enumerate(queries):
+        if q not in gt:
+            continue
+        keep = [j for j, v in enumerate(ids) if v != q]
+        order = np.argsort(-np.asarray(scores[i], np.float64)[keep], kind="stable")
+        ranked = [ids[keep[j]] for j in order]
+        hits = 0
+        for rank, v in enumerate(ranked, 1):
+            if v in gt[q]:
+                hits += 1
+                terms.setdefault(edit_of(info, v), []).append(hits / rank)
+    return {e: float(np.mean(t)) for e, t in sorted(terms.items())}
+
+
 def stage_seconds(wd: str):
     from dns_jax.app.workdir import Workdir
     done = Workdir(wd).read_state()["done"]
@@ -232,6 +260,7 @@ def main():
     log(f"[bench] collection: {len(info.ids)} videos ({t_collection:.0f} s); training part {len(parts['train'])}, "
         f"held-out part {len(parts['heldout'])}")
     columns = {"heldout": "held-out", "train": "training families", "all": "all families"}
+    first_split = next(iter(gts))
 
     results = {}
     shared_seconds = 0.0
@@ -248,6 +277,8 @@ def main():
             for split, gt in gts.items():
                 row[split] = ranking_metrics(st["scores"], ids, queries, gt)
             rows.append(row)
+        for st, row in zip(stages, rows):
+            row["by_edit"] = precision_by_edit(st["scores"], ids, queries, gts[first_split], info)
         for target in filter(None, args.selector_targets.split(",")):
             other = retrain_selector(wd, teacher, target, folders, args, log)
             ids2, stages2 = score_stages(other, queries)
@@ -280,6 +311,15 @@ def main():
                      + [f"{row[k]['mAP']:.3f}" for k in list(gts)[1:]])
             print(f"| {who} | {row['method']} | " + " | ".join(cells) +
                   f" | {row['ms_per_query']:.2f} | {'' if b is None else f'{b:,.0f}'} |")
+    picked = ("teacher", "coarse student", "fine student", "DnS, budget 0.1")
+    print(f"\nMean precision at the rank of each relevant video, by its edits ({columns[first]} queries; "
+          "the terms of their AP):")
+    cols = [(t, row) for t, r in results.items() for row in r["rows"]
+            if row["method"].startswith(picked) and "by_edit" in row]
+    print("\n| edits | " + " | ".join(f"{t}: {row['method'].split(' (')[0]}" for t, row in cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for edit in cols[0][1]["by_edit"]:
+        print(f"| {edit} | " + " | ".join(f"{row['by_edit'][edit]:.3f}" for _, row in cols) + " |")
     print("\n| teacher | build s (training part) | add held-out s | stages s | index MB | models MB |")
     print("|---|---|---|---|---|---|")
     for teacher, r in results.items():
