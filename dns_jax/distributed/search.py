@@ -60,13 +60,15 @@ from dns_jax.validation import FeatureError
 
 class ShardActor:
     """One actor of a ShardedSearch (run as a Ray actor; usable in-process too, as the tests do).
-    `coarse`: 'exact' keeps the shards' CG vectors for the exact coarse stage, 'shortlist' also the
-    shortlist's first stage (`shortlist`), 'faiss' none (the driver's faiss stage proposes the
-    candidates)."""
+    `coarse_search`: 'exact' keeps the shards' CG vectors for the exact coarse stage (`select`),
+    'shortlist' those and the shortlist's first stage (`shortlist`), 'faiss' none (the driver's
+    faiss stage proposes the candidates)."""
 
     def __init__(self, directory: str, shards: Sequence[str], fine: PortableNetwork, coarse: PortableNetwork,
                  selector: PortableNetwork, binary: str = "packed", coarse_dtype: str = "float32",
                  resident: Optional[bool] = True, own_process: bool = True, coarse_search: str = "exact"):
+        if coarse_search not in ("exact", "shortlist", "faiss"):
+            raise ValueError(f"coarse_search must be 'exact', 'shortlist' or 'faiss', got {coarse_search!r}")
         if own_process:                     # a Ray actor: $DNS_JAX_COMPILATION_CACHE, as the command-line tools
             enable_compilation_cache()
         self.index = Index.open(directory, shards=list(shards))
