@@ -247,6 +247,11 @@ def test_unknown_cg_init_is_refused_before_any_work(tmp_path):
     rc.fine.init = "visil"
     with pytest.raises(BuildError, match="fine.init 'visil' in the recipe: expected one of teacher, random"):
         _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
+    for bad in (1.0, -0.1):        # the ConfigDict itself refuses values that are not numbers
+        rc = opts.config()
+        rc.selector.coarse_weight = bad
+        with pytest.raises(BuildError, match=f"selector.coarse_weight {bad!r} in the recipe: expected a number in "):
+            _check_settings(opts, rc, Workdir(str(tmp_path)), lambda *_: None)
     rc = opts.config()
     rc.fine.init_noise = -0.1
     with pytest.raises(BuildError, match="fine.init_noise -0.1 in the recipe: expected a number >= 0"):
@@ -295,8 +300,9 @@ def test_dns_puts_reranked_fine_scores_on_the_coarse_scale(built):
     """A self-built CG student scores unrelated videos near 0, the fine student's official s/2+0.5
     near 0.5: re-ranked entries must take the fine similarity mapped onto the CG scale by the
     quantiles of the two students' training-pair scores, the others keep the CG cosine (budget 1:
-    all mapped fine scores; budget 0: all CG cosines); a build recorded before the quantiles
-    spreads the fine scores."""
+    all mapped fine scores, mixed with the recipe's share of the CG cosine; budget 0: all CG
+    cosines); a build recorded before the quantiles spreads the fine scores, one recorded before
+    the mix takes the mapped fine scores alone."""
     from dns_jax.app.coarse_recipe import quantile_scores, spread_scores
     from dns_jax.app.query import Searcher
     from dns_jax.retrieval import coarse_scores, top_pairs, vector_blocks
@@ -312,9 +318,14 @@ def test_dns_puts_reranked_fine_scores_on_the_coarse_scale(built):
     reps = s.dns.index([s.features(q)[1] for q in queries], queries)
     fine = s.dns.scorer.similarities([reps.fine_rep(i) for i in range(len(queries))],
                                      s.index.fine_reps(range(len(ids))))
+    coarse = coarse_scores(reps.coarse, s.index.coarse, vector_blocks(s.coarse), top=top_pairs(s.coarse))
+    w = s.coarse_weight
+    assert w == rc.selector.coarse_weight == 0.5
+    np.testing.assert_allclose(s.dns_scores(reps, 1.0), w * coarse + (1 - w) * quantile_scores(fine, s.fine_quantiles),
+                               atol=1e-5)
+    np.testing.assert_allclose(s.dns_scores(reps, 0.0), coarse, atol=1e-5)
+    s.coarse_weight = 0.0
     np.testing.assert_allclose(s.dns_scores(reps, 1.0), quantile_scores(fine, s.fine_quantiles), atol=1e-5)
-    np.testing.assert_allclose(s.dns_scores(reps, 0.0), coarse_scores(reps.coarse, s.index.coarse, vector_blocks(s.coarse),
-                                                                      top=top_pairs(s.coarse)), atol=1e-5)
     s.fine_quantiles = None
     np.testing.assert_allclose(s.dns_scores(reps, 1.0), spread_scores(fine, s.fine_spread), atol=1e-5)
 

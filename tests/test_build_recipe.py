@@ -187,7 +187,9 @@ def test_a_work_directory_built_before_the_whitening_shrink_stays_valid(tmp_path
     ("fine.init", "teacher", "random", "keeps its fine student; --reset fine trains it again", "fine"),
     ("fine.init_noise", 0.1, 0.0, "keeps its fine student; --reset fine trains it again", "fine"),
     ("selector.target", "relevance", "gap", "keeps its selector; --reset selector trains it again", "selector"),
-    ("selector.fine_scale", "quantiles", "spread", "--reset selector fits it again", "selector")])
+    ("selector.fine_scale", "quantiles", "spread", "--reset selector fits it again", "selector"),
+    ("selector.coarse_weight", 0.5, 0.0, "keeps re-ranked scores of the fine student alone; --reset selector takes "
+     "the recipe's mix", "selector")])
 def test_a_work_directory_built_before_a_setting_existed_keeps_what_it_has(tmp_path, key, default, other, said,
                                                                            stage):
     """Settings that came after work directories existed: one recorded without the key goes on with

@@ -319,3 +319,75 @@ def test_the_sharded_search_refuses_the_shortlist_of_a_one_vector_student(setup,
     monkeypatch.setattr(sharded_search, "ShardActor", no_actor)
     with pytest.raises(FeatureError, match="shortlist coarse search needs a region-vector CG student"):
         sharded_search.ShardedSearch(dns, index.directory, actors=2, use_ray=False, coarse_search="shortlist")
+
+
+def test_mixed_scores_and_fused_mapping_by_hand():
+    from dns_jax.retrieval import FusedMapping, mixed_scores
+
+    f = np.array([-1.0, 0.0, 0.6], np.float32)
+    c = np.array([0.2, 0.4, 0.9], np.float32)
+    np.testing.assert_allclose(mixed_scores(f, c), f / 2 + 0.5)                        # the official mapping
+    np.testing.assert_allclose(mixed_scores(f, c, lambda x: x * 3), f * 3)              # a mapping alone
+    fused = FusedMapping(lambda x: x * 3, 0.25)
+    np.testing.assert_allclose(mixed_scores(f, c, fused), 0.25 * c + 0.75 * f * 3, rtol=1e-6)
+    np.testing.assert_allclose(mixed_scores(f, c, FusedMapping(None, 0.5)), 0.5 * c + 0.5 * (f / 2 + 0.5), rtol=1e-6)
+    np.testing.assert_allclose(fused(f), f * 3)                                         # called alone: its mapping
+    with pytest.raises(ValueError, match="pass them"):
+        mixed_scores(f, None, fused)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="coarse_weight must be in"):
+            FusedMapping(None, bad)
+
+
+def _in_index_order(res, n):
+    from dns_jax.index.search import scores_in_index_order
+
+    return np.stack([scores_in_index_order(res, q, n) for q in range(len(res.query_ids))])
+
+
+@pytest.mark.parametrize("coarse_search", ["exact", "shortlist", "sharded exact", "sharded shortlist"])
+def test_a_fused_mapping_keeps_its_share_of_the_coarse_score_in_every_search_path(setup, sharded_setup,
+                                                                                 coarse_search):
+    """A re-ranked video scores w x its CG score + (1 - w) x its mapped fine score, the others their CG
+    score: in one process (exact and on the shortlist's pool) and over sharded holders."""
+    from dns_jax.distributed.search import ShardedSearch
+    from dns_jax.retrieval import FusedMapping
+
+    index, dns = sharded_setup, DnS(*setup["nets"])
+    n = len(index)
+    q = index.representations(["v000", "v007", "v031"])
+    coarse = _in_index_order(search_index(dns, index, q, "coarse", 0, topk=None, coarse_search="exact"), n)
+    fine = _in_index_order(search_index(dns, index, q, "fine", 0, topk=None), n)
+    mapping = FusedMapping(lambda raw: np.float32(0.9) * raw + np.float32(0.05), 0.3)
+    if coarse_search.startswith("sharded"):
+        with ShardedSearch(dns, index.directory, actors=3, use_ray=False,
+                           coarse_search=coarse_search.split()[1]) as sharded:
+            got = sharded.search(q, budget=6, topk=None, fine_mapping=mapping, segments=3)
+    else:
+        got = search_index(dns, index, q, "dns", 6, topk=None, fine_mapping=mapping, coarse_search=coarse_search)
+    assert got.reranked.sum(1).tolist() == [6, 6, 6]
+    for qi in range(3):
+        for j, score, reranked in zip(got.ranking[qi], got.scores[qi], got.reranked[qi]):
+            want = 0.3 * coarse[qi, j] + 0.7 * (0.9 * fine[qi, j] + 0.05) if reranked else coarse[qi, j]
+            assert score == pytest.approx(want, abs=2e-5)
+    assert all(np.all(np.diff(row) <= 0) for row in got.scores)                  # ranked by the fused scores
+
+
+def test_a_build_searcher_fuses_with_its_recorded_coarse_weight():
+    """Searcher.fine_mapping: the build's recorded quantile map, fused with its `coarse_weight`
+    (builds recorded before it: the fine score alone)."""
+    from dns_jax.app.coarse_recipe import quantile_scores
+    from dns_jax.app.query import Searcher
+    from dns_jax.retrieval import FusedMapping
+
+    s = Searcher.__new__(Searcher)                    # the mapping needs no work directory
+    s.fine_spread, s.fine_quantiles = None, {"fine": [-1.0, 0.0, 1.0], "coarse": [0.1, 0.5, 0.7]}
+    raw = np.array([-0.5, 0.2, 0.9], np.float32)
+    s.coarse_weight = 0.0
+    plain = s.fine_mapping()
+    assert not isinstance(plain, FusedMapping)
+    np.testing.assert_allclose(plain(raw), quantile_scores(raw, s.fine_quantiles))
+    s.coarse_weight = 0.5
+    fused = s.fine_mapping()
+    assert isinstance(fused, FusedMapping) and fused.coarse_weight == 0.5
+    np.testing.assert_allclose(fused(raw), quantile_scores(raw, s.fine_quantiles))

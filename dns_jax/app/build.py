@@ -468,7 +468,7 @@ def stage_selector(opts: BuildOptions, rc, wd: Workdir, log, changes: SourceChan
                         "selector.threshold": threshold, "learning_rate": rc.selector.learning_rate})
     # how DnS puts the fine student's scores on the CG scale: `fine_quantiles` where recorded, else
     # `fine_spread` (None: the official s / 2 + 0.5); app/query.py Searcher.fine_mapping
-    scales = {"fine_spread": fine_spread}
+    scales = {"fine_spread": fine_spread, "coarse_weight": float(rc.selector.get("coarse_weight", 0.0))}
     if scale == "quantiles" and own_scale:
         scales["fine_quantiles"] = fit_quantile_map(fine_raw, coarse_raw)
     return {"network": "selector", "path": path, "trained": True, **scales,
@@ -567,7 +567,9 @@ LEGACY_SETTINGS = {"features.whitening_shrink": ("its whitening", "--reset pca r
                    "fine.init": ("its fine student", "--reset fine trains it again"),
                    "fine.init_noise": ("its fine student", "--reset fine trains it again"),
                    "selector.target": ("its selector", "--reset selector trains it again"),
-                   "selector.fine_scale": ("how DnS scales its fine scores", "--reset selector fits it again")}
+                   "selector.fine_scale": ("how DnS scales its fine scores", "--reset selector fits it again"),
+                   "selector.coarse_weight": ("re-ranked scores of the fine student alone",
+                                              "--reset selector takes the recipe's mix")}
 # how DnS puts re-ranked fine scores on the CG scale (configs/build.py selector.fine_scale)
 FINE_SCALES = ("quantiles", "spread")
 # where the fine student starts (configs/build.py fine.init)
@@ -689,6 +691,9 @@ def _check_settings(opts: BuildOptions, rc, wd: Workdir, log) -> Dict:
         coarse_recipe.region_max_config(rc.features.dims, rc.coarse.get("segments", 1), rc.coarse.get("top_pairs", 1))
     except ValueError as e:
         raise BuildError(f"{e} (in the recipe)") from None
+    weight = rc.selector.get("coarse_weight", 0.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < 1:
+        raise BuildError(f"selector.coarse_weight {weight!r} in the recipe: expected a number in [0, 1)")
     noise = rc.fine.get("init_noise", 0.1)
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not np.isfinite(noise) or noise < 0:
         raise BuildError(f"fine.init_noise {noise!r} in the recipe: expected a number >= 0")

@@ -30,7 +30,7 @@ from dns_jax.fileio import atomic_write_json, atomic_write_text
 from dns_jax.index import Index, compressed
 from dns_jax.index.search import check_search_options, scores_in_index_order, search_index
 from dns_jax.localization import NotLocalized
-from dns_jax.retrieval import DnS, localize_results, stored_frames, unpack_codes
+from dns_jax.retrieval import DnS, FusedMapping, localize_results, stored_frames, unpack_codes
 
 
 class QueryError(ValueError):
@@ -64,6 +64,7 @@ class Searcher:
         selector_info = self.wd.read_state()["done"].get("selector") or {}
         self.fine_spread = selector_info.get("fine_spread")
         self.fine_quantiles = selector_info.get("fine_quantiles")
+        self.coarse_weight = float(selector_info.get("coarse_weight") or 0.0)   # builds before it: 0
         self._extractor = None
 
     # -- query features -----------------------------------------------------------------------
@@ -104,12 +105,17 @@ class Searcher:
         spread targets scores on another scale than the official s / 2 + 0.5, so the fine scores
         are mapped with what was fitted when the selector was trained: the quantile map of the two
         students' training-pair scores (builds since `selector.fine_scale`), else the spread of the
-        fine scores (None: official)."""
+        fine scores (None: official). With the build's `selector.coarse_weight` the mapping is a
+        FusedMapping: a re-ranked video keeps that share of its CG score."""
         if self.fine_quantiles:
-            return lambda raw: quantile_scores(raw, self.fine_quantiles)
-        if not self.fine_spread:
-            return None
-        return lambda raw: spread_scores(raw, self.fine_spread)
+            quantiles = self.fine_quantiles
+            mapping = lambda raw: quantile_scores(raw, quantiles)  # noqa: E731
+        elif self.fine_spread:
+            spread = self.fine_spread
+            mapping = lambda raw: spread_scores(raw, spread)  # noqa: E731
+        else:
+            mapping = None
+        return FusedMapping(mapping, self.coarse_weight) if self.coarse_weight else mapping
 
     def search(self, query: str, stage: str = "dns", budget: float = 0.05, top: int = 10,
                segments: int = 5, query_id: Optional[str] = None, pair_matrices: bool = True) -> QueryResult:

@@ -62,6 +62,8 @@ def _network(info: Dict[str, Any], stage: str) -> str:
         what += "; fine scores put on the coarse scale by quantiles"
     elif stage == "selector" and info.get("fine_spread"):
         what += "; fine scores put on the coarse scale"
+    if stage == "selector" and info.get("coarse_weight"):
+        what += f", mixed with {info['coarse_weight']:g} of the coarse score"
     return what
 
 

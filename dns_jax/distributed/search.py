@@ -54,7 +54,7 @@ from dns_jax.index.search import check_search_options, compressed_search, uses_c
 from dns_jax.index.store import Index
 from dns_jax.localization import COARSE_ONLY, NotLocalized
 from dns_jax.retrieval import DnS, Representations, SearchResults, budget_count, selector_scores
-from dns_jax.retrieval.dns import rank_pool
+from dns_jax.retrieval.dns import mixed_scores, rank_pool
 from dns_jax.validation import FeatureError
 
 
@@ -160,7 +160,7 @@ class ShardActor:
         for qi, (idx, f) in enumerate(zip(chosen, vals)):
             if len(idx):
                 idx = np.asarray(idx, np.int64)
-                mixed[qi, idx] = f / 2.0 + 0.5 if fine_mapping is None else np.asarray(fine_mapping(f), np.float32)
+                mixed[qi, idx] = mixed_scores(f, mixed[qi, idx], fine_mapping)
                 reranked[qi, idx] = True
         k = n if not topk else min(int(topk), n)
         order = np.argsort(-mixed, axis=1, kind="stable")[:, :k]
@@ -173,19 +173,20 @@ class ShardActor:
 
     def rescore(self, queries: Representations, chosen: List[np.ndarray],
                 fine_mapping: Optional[Callable[[np.ndarray], np.ndarray]] = None, segments: int = 0,
-                localize_options: Optional[dict] = None):
-        """The fine stage of a search on faiss candidates: raw fine similarities of `chosen[q]`
-        (local indices) per query -> (list of (n_q,) float32, per query {local index: segments} of
-        its first `segments` by mixed score (ties to the lower index), timings)."""
+                localize_options: Optional[dict] = None, coarse: Optional[List[np.ndarray]] = None):
+        """The fine stage of a search on a pool (faiss candidates, the shortlist): raw fine
+        similarities of `chosen[q]` (local indices) per query -> (list of (n_q,) float32, per query
+        {local index: segments} of its first `segments` by mixed score (ties to the lower index;
+        `coarse[q]`: the chosen videos' CG scores, which a FusedMapping mixes in), timings)."""
         t0 = time.perf_counter()
         vals, kept = self._fine(queries, chosen, segments > 0)
         t1 = time.perf_counter()
         found = None
         if segments > 0:
             rows = []
-            for idx, f in zip(chosen, vals):
+            for qi, (idx, f) in enumerate(zip(chosen, vals)):
                 idx = np.asarray(idx, np.int64)
-                mapped = f / 2.0 + 0.5 if fine_mapping is None else np.asarray(fine_mapping(f), np.float32)
+                mapped = mixed_scores(f, None if coarse is None else coarse[qi], fine_mapping)
                 rows.append(idx[np.lexsort((idx, -mapped.astype(np.float64)))[:segments]])
             found = self._localize(queries, rows, kept, localize_options)
         return vals, found, {"fine_s": t1 - t0, "localize_s": time.perf_counter() - t1}
@@ -370,7 +371,9 @@ class ShardedSearch:
         if n_fine:
             busy = [a for a in range(len(self.actors)) if any(np.any(w == a) for w in who)]
             calls = [self.actors[a].rescore.remote(q, [picked[qi][who[qi] == a] - self.offsets[a] for qi in range(nq)],
-                                                   fine_mapping, segments, localize_options) for a in busy]
+                                                   fine_mapping, segments, localize_options,
+                                                   [c[qi, chosen[qi]][who[qi] == a] for qi in range(nq)])
+                     for a in busy]
             parts = self._get(calls)
             for a, (vals, segs, _) in zip(busy, parts):
                 for qi in range(nq):

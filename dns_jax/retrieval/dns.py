@@ -196,6 +196,39 @@ def rerank(coarse, fine, selector_scores, budget, *, fine_mapped: bool = False,
     return out[0] if one else out
 
 
+@dataclasses.dataclass(frozen=True)
+class FusedMapping:
+    """A `fine_mapping` that also keeps part of the coarse score: a re-ranked pair scores
+    coarse_weight x coarse + (1 - coarse_weight) x mapping(fine) (`mixed_scores`), so the CG
+    student's evidence is not thrown away where the fine student ranks worse (the build's
+    `selector.coarse_weight`). `mapping`: raw fine similarities -> the coarse scale (None: the
+    official s / 2 + 0.5). Called alone it is `mapping`."""
+    mapping: Optional[Callable[[np.ndarray], np.ndarray]]
+    coarse_weight: float
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.coarse_weight) < 1.0:
+            raise ValueError(f"coarse_weight must be in [0, 1), got {self.coarse_weight!r}")
+
+    def __call__(self, raw):
+        raw = np.asarray(raw, np.float32)
+        return raw / 2.0 + 0.5 if self.mapping is None else np.asarray(self.mapping(raw), np.float32)
+
+
+def mixed_scores(fine, coarse, fine_mapping=None) -> np.ndarray:
+    """DnS scores of re-ranked pairs: raw fine similarities (any shape, in [-1, 1]) on the coarse
+    scale, the official s / 2 + 0.5 or `fine_mapping(fine)`; a FusedMapping also mixes in its
+    share of the pairs' `coarse` scores (same shape). float32."""
+    f = np.asarray(fine, np.float32)
+    mapped = f / 2.0 + 0.5 if fine_mapping is None else np.asarray(fine_mapping(f), np.float32)
+    w = float(getattr(fine_mapping, "coarse_weight", 0.0) or 0.0)
+    if w:
+        if coarse is None:
+            raise ValueError("a FusedMapping mixes in the pairs' coarse scores: pass them")
+        mapped = (w * np.asarray(coarse, np.float32) + (1.0 - w) * mapped).astype(np.float32)
+    return mapped
+
+
 def selection(selector_scores, budget) -> np.ndarray:
     """Indices (Q, budget_count(budget, N)) of the videos re-ranked by the fine student, per query:
     int(budget * N) for a fraction, min(budget, N) for a number of videos."""
@@ -210,8 +243,7 @@ def rank_pool(cand, coarse, chosen, fine, k: int, fine_mapping=None):
     mixed scores (k,), re-ranked flags (k,)), ties to the lower pool column."""
     mixed = np.array(coarse, np.float32, copy=True)
     if fine is not None and len(chosen):
-        f = np.asarray(fine, np.float32)
-        mixed[chosen] = f / 2.0 + 0.5 if fine_mapping is None else np.asarray(fine_mapping(f), np.float32)
+        mixed[chosen] = mixed_scores(fine, mixed[chosen], fine_mapping)
     top = np.argsort(-mixed, kind="stable")[:k]
     return cand[top], mixed[top], np.isin(top, chosen)
 
@@ -533,8 +565,9 @@ class DnS:
         if fine_mapping is None:
             mixed = rerank(coarse, fine, sel, budget)
         else:
-            mapped = np.where(np.isnan(fine), np.nan, fine_mapping(np.nan_to_num(fine))).astype(np.float32)
-            mixed = rerank(coarse, mapped, sel, budget, fine_mapped=True)
+            mapped = mixed_scores(np.nan_to_num(fine), coarse, fine_mapping)
+            mixed = rerank(coarse, np.where(np.isnan(fine), np.nan, mapped).astype(np.float32), sel, budget,
+                           fine_mapped=True)
         k = n if topk is None else int(min(topk, n))
         ranking = np.argsort(-mixed, axis=1, kind="stable")[:, :k]
         reranked = np.zeros(coarse.shape, bool)
