@@ -288,8 +288,10 @@ def test_the_sharded_search_takes_the_shortlist(setup, sharded_setup, budget, to
         assert all(set(r) <= set(f) for r, f in zip(got.ranking, first))
 
 
-def test_merge_shortlists_takes_the_global_first_stage_top_with_ties_to_the_lower_position():
-    from dns_jax.distributed.search import _merge_shortlists
+def test_merging_the_holders_shortlists_takes_the_global_first_stage_top_with_ties_to_the_lower_position():
+    """ShardedSearch merges its holders' shortlists with `_merge` keyed by first-stage score: the
+    first `pool` of one process's `first_k` over the whole index, with their exact scores."""
+    from dns_jax.distributed.search import _merge
 
     rng = np.random.default_rng(3)
     first = rng.integers(0, 4, (5, 30)).astype(np.float32)          # many ties
@@ -300,7 +302,7 @@ def test_merge_shortlists_takes_the_global_first_stage_top_with_ties_to_the_lowe
         local = first_k(first[:, lo:hi], 6)                          # each holder's own first 6
         parts.append((local, np.take_along_axis(exact[:, lo:hi], local, 1),
                       np.take_along_axis(first[:, lo:hi], local, 1), 0.0))
-    pos, scores = _merge_shortlists(parts, np.array(offsets), 6)
+    pos, _, scores = _merge([(p, f, e) for p, e, f, _ in parts], np.array(offsets), 6)
     np.testing.assert_array_equal(pos, first_k(first, 6))
     np.testing.assert_array_equal(scores, np.take_along_axis(exact, pos, 1))
 

@@ -205,18 +205,6 @@ def _balanced_runs(counts: Sequence[int], parts: int) -> List[range]:
     return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
-def _merge_shortlists(parts, offsets, pool: int):
-    """The actors' shortlists [(local positions (Q, c_a), exact scores, first-stage scores, _)] ->
-    (global positions (Q, C), exact scores (Q, C)) of each query's first C = min(pool, sum c_a) by
-    first-stage score, ties to the lower global position (one process's `first_k` over the index)."""
-    pos = np.concatenate([p[0] + off for p, off in zip(parts, offsets)], 1)
-    exact = np.concatenate([p[1] for p in parts], 1)
-    first = np.concatenate([p[2] for p in parts], 1).astype(np.float64)
-    c = min(int(pool), pos.shape[1])
-    order = np.stack([np.lexsort((row_pos, -row_first))[:c] for row_pos, row_first in zip(pos, first)])
-    return np.take_along_axis(pos, order, 1), np.take_along_axis(exact, order, 1)
-
-
 def _merge(lists, offsets, k: Optional[int]):
     """Per query: merge per-actor (indices, scores, extra) lists, best score first, ties to the
     lower global position -> (global indices, scores, extra) of the top k."""
@@ -354,7 +342,9 @@ class ShardedSearch:
         q = self._put(queries)
         if self._shortlist:
             lists = self._get([a.shortlist.remote(q, size) for a in self.actors])
-            cand, coarse = _merge_shortlists(lists, self.offsets, size)
+            # the global first `size` by first-stage score (ties to the lower position, as first_k),
+            # each with its exact CG score
+            cand, _, coarse = _merge([(pos, first, exact) for pos, exact, first, _ in lists], self.offsets, size)
         else:
             cand, coarse = self._faiss.candidates(queries.coarse, size)
         t1 = time.perf_counter()
