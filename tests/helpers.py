@@ -124,3 +124,19 @@ def synthetic_index(directory, nets, n: int, shard: int, seed: int = 0, kind: st
     compressed.sync(index, log=log or (lambda m: None))
     index.close()
     return Index.open(directory)
+
+
+def retrieved_ids(retrieve_main, index_dir: str, kind: str, flags, out_dir) -> list:
+    """The ranked ids `retrieve.py --coarse KIND` writes for queries v000 and v005 of `index_dir`
+    (budget 0.1, top 20; `flags`: the network flags), one list per query."""
+    import json
+    import os
+
+    out = os.path.join(str(out_dir), f"{kind}.json")
+    assert retrieve_main(["--index", index_dir, "--query-ids", "v000", "v005", "--budget", "0.1", "--top", "20",
+                          "--output", out, "--coarse", kind] + list(flags)) == 0
+    with open(out) as fh:
+        results = json.load(fh)
+    ids = [[r["id"] for r in results[q]] for q in results]
+    assert len(ids) == 2 and all(ids), f"retrieve --coarse {kind} wrote no ranking: {results}"
+    return ids

@@ -9,7 +9,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from helpers import save_build_networks
+from helpers import retrieved_ids, save_build_networks
 
 from dns_jax import checkpoint, pretrained
 from dns_jax.app import coarse_recipe
@@ -219,13 +219,8 @@ def test_command_lines(setup, tmp_path, capsys):
     d = str(tmp_path / "idx")
     assert index_cli.main(["--index", d, "--features", setup["h5"], "--coarse", "shortlist"] + common) == 0
     assert Index.open(d).coarse_search == "shortlist"
-    outs = {}
-    for kind in ("shortlist", "exact"):
-        outs[kind] = str(tmp_path / f"{kind}.json")
-        assert retrieve_cli.main(["--index", d, "--query-ids", "v000", "v005", "--budget", "0.1", "--top", "20",
-                                  "--output", outs[kind], "--coarse", kind] + common) == 0
-    a, b = json.load(open(outs["shortlist"])), json.load(open(outs["exact"]))
-    assert [[r["id"] for r in a[q]] for q in a] == [[r["id"] for r in b[q]] for q in b]
+    assert retrieved_ids(retrieve_cli.main, d, "shortlist", common, tmp_path) == \
+        retrieved_ids(retrieve_cli.main, d, "exact", common, tmp_path)
     small = str(tmp_path / "small.json")
     assert retrieve_cli.main(["--index", d, "--query-ids", "v000", "--pool", "7", "--top", "0", "--output", small]
                              + common) == 0

@@ -11,7 +11,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from helpers import network, save_build_networks, synthetic_index
+from helpers import network, retrieved_ids, save_build_networks, synthetic_index
 
 from dns_jax.index import Index, build_index, compressed, search_index
 from dns_jax.retrieval import DnS, Representations
@@ -214,13 +214,8 @@ def test_command_lines(tmp_path, nets, capsys):
     assert "coarse search: faiss IVF" in capsys.readouterr().err
     assert json.load(open(os.path.join(d, "coarse_faiss", "header.json")))["recall"]["recall"] == 1.0  # pool = N
     assert Index.open(d).coarse_search == "faiss-ivfpq" and os.path.exists(os.path.join(d, "coarse_faiss"))
-    outs = {}
-    for kind in ("faiss-ivfpq", "exact"):
-        outs[kind] = str(tmp_path / f"{kind}.json")
-        assert retrieve_cli.main(["--index", d, "--query-ids", "v000", "v005", "--budget", "0.1", "--top", "20",
-                                  "--output", outs[kind], "--coarse", kind] + common) == 0
-    a, b = json.load(open(outs["faiss-ivfpq"])), json.load(open(outs["exact"]))
-    assert [[r["id"] for r in a[q]] for q in a] == [[r["id"] for r in b[q]] for q in b]
+    assert retrieved_ids(retrieve_cli.main, d, "faiss-ivfpq", common, tmp_path) == \
+        retrieved_ids(retrieve_cli.main, d, "exact", common, tmp_path)
     assert index_cli.main(["--index", d, "--features", h5, "--fine", paths["fine"], "--coarse", "faiss-ivfpq",
                            "--selector", paths["selector"], "--quiet"]) == 2
     assert "--coarse: give the coarse student's weights too" in capsys.readouterr().err
