@@ -308,7 +308,8 @@ class ShortlistCoarseDatabase:
             first = self.first.similarities(region_means(qb, self.segments, self.regions), batch=batch)
             idx = first_k(first, pool)
             positions.append(idx)
-            firsts.append(np.take_along_axis(np.asarray(first, np.float32), idx, 1))
+            if first_scores:
+                firsts.append(np.take_along_axis(np.asarray(first, np.float32), idx, 1))
             for r in range(0, qb.shape[0], per):
                 qr, ir = qb[r:r + per], idx[r:r + per]
                 nr = qr.shape[0]
